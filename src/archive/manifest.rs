@@ -1,0 +1,150 @@
+//! The self-describing part of an archive: `manifest.json` (first entry) and
+//! `checksums.json` (last entry). The catalog can be rebuilt from these alone.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when the archive layout changes in a way older readers cannot handle.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the first entry of every archive.
+pub const MANIFEST_NAME: &str = "manifest.json";
+/// Name of the last entry of every archive.
+pub const CHECKSUMS_NAME: &str = "checksums.json";
+/// Digest used for per-entry and whole-archive checksums.
+pub const CHECKSUM_ALGORITHM: &str = "sha256";
+
+/// Everything a backup holds, written before any data so a reader knows what to expect.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub nuwax_version: String,
+    pub backup_id: i64,
+    /// `manual`, `pre-upgrade`, `pre-rollback` or `scheduled`.
+    pub kind: String,
+    pub project: String,
+    pub service_version: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub compression: String,
+    /// Whether the services were stopped while their data was read.
+    pub services_stopped: bool,
+    pub services: Vec<ServiceRecord>,
+    /// Named volumes and bind mounts, each once.
+    pub mounts: Vec<MountRecord>,
+    /// Compose files, `.env`, `nuwax.toml` and extra configured paths.
+    pub configs: Vec<ConfigRecord>,
+    pub skipped: Vec<Skipped>,
+    /// Every entry that follows the manifest, in archive order (the trailer excluded).
+    pub entries: Vec<EntryMeta>,
+    pub checksums: ChecksumInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceRecord {
+    pub service: String,
+    pub container: String,
+    pub image: String,
+    pub image_id: String,
+    pub running: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Volume,
+    Bind,
+}
+
+/// How the data of a mount was read.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Straight from the host filesystem (volume mountpoint or bind source).
+    Host,
+    /// Through the engine's archive API from a (stopped) container.
+    Engine,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MountRecord {
+    pub kind: MountKind,
+    /// Volume name for volumes, absolute host path for binds.
+    pub name: String,
+    /// Host path the data was read from (volume mountpoint or bind source).
+    pub source: String,
+    /// Where the services mount it: `service:/path`.
+    pub destinations: Vec<String>,
+    /// Archive directory (or file, for a single-file bind) holding the data.
+    pub archive_path: String,
+    pub access: Access,
+    pub size: u64,
+    pub file_count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigRecord {
+    /// Path relative to the project directory (absolute when outside it).
+    pub source: String,
+    pub archive_path: String,
+    pub size: u64,
+    pub file_count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One archive entry as declared in the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Archive path: relative, `/`-separated, no `..`, no trailing slash.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Content length for files, 0 otherwise.
+    pub size: u64,
+    /// Permission bits including setuid/setgid/sticky (`0o7777` mask).
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+    /// Symlink target, verbatim (never followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChecksumInfo {
+    pub algorithm: String,
+    /// Name of the trailer entry holding the per-entry digests.
+    pub trailer: String,
+}
+
+impl Default for ChecksumInfo {
+    fn default() -> Self {
+        Self { algorithm: CHECKSUM_ALGORITHM.into(), trailer: CHECKSUMS_NAME.into() }
+    }
+}
+
+/// The trailer: written last, proves every byte of every file entry and of the manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Checksums {
+    pub algorithm: String,
+    /// Hex digest of the exact `manifest.json` bytes in the archive.
+    pub manifest: String,
+    /// Archive path → hex digest of the file's content, for every file entry.
+    pub files: BTreeMap<String, String>,
+    /// Total content bytes of all file entries.
+    pub total_bytes: u64,
+}

@@ -1,0 +1,376 @@
+//! Reads archives back: the manifest alone (cheap), or a full verification pass that proves
+//! every byte against the manifest and the trailer while holding only those two in memory.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::manifest::{CHECKSUMS_NAME, Checksums, EntryKind, EntryMeta, FORMAT_VERSION, MANIFEST_NAME, Manifest};
+use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, detect_compression, hex};
+
+/// Largest `manifest.json` / `checksums.json` accepted; guards memory against a corrupt size.
+const MAX_JSON: u64 = 1 << 30;
+
+/// What a successful [`verify`] saw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyReport {
+    pub manifest: Manifest,
+    /// Declared entries found (manifest and trailer not counted).
+    pub entries: u64,
+    pub content_bytes: u64,
+    /// Size of the archive file.
+    pub archive_bytes: u64,
+    /// Hex sha256 of the archive file.
+    pub archive_sha256: String,
+}
+
+/// Reads just the first entry. [`Error::Corrupt`] if it is not `manifest.json`,
+/// [`Error::UnsupportedFormat`] if a newer nuwax wrote it.
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    let mut archive = tar::Archive::new(open(path)?.0);
+    let mut entries = archive.entries().map_err(read_error(path))?;
+    let (manifest, _) = read_manifest_entry(path, entries.next())?;
+    Ok(manifest)
+}
+
+/// One full pass over the archive at `path`: whole-file sha256 (compared with
+/// `expected_sha256` when given), the manifest first, every following entry declared, in order,
+/// with its declared kind, size and metadata, every file's content digest equal to the
+/// trailer's, the trailer last, and nothing declared missing.
+pub fn verify(
+    path: &Path,
+    expected_sha256: Option<&str>,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<VerifyReport> {
+    let (stream, compression) = open(path)?;
+    let mut archive = tar::Archive::new(stream);
+    let mut entries = archive.entries().map_err(read_error(path))?;
+    let (manifest, manifest_digest) = read_manifest_entry(path, entries.next())?;
+    let declared = &manifest.entries;
+    progress.set_total(declared.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum());
+
+    let mut buf = vec![0u8; BUF_SIZE];
+    // Digests of the file entries in manifest order; paths are in the manifest already.
+    let mut digests: Vec<[u8; 32]> = Vec::new();
+    let mut content_bytes = 0u64;
+    let mut next = 0usize;
+    let trailer_end = loop {
+        cancel.check()?;
+        let Some(entry) = entries.next() else {
+            let (count, first) = match declared.get(next) {
+                Some(first) => (declared.len() - next, first.path.as_str()),
+                None => (1, CHECKSUMS_NAME),
+            };
+            return Err(Error::MissingEntries { count: count as u64, first: first.to_owned() });
+        };
+        let mut entry = entry.map_err(read_error(path))?;
+        let name = entry_name(&entry);
+        if let Some(decl) = declared.get(next).filter(|d| d.path == name) {
+            check_header(&entry, decl)?;
+            if decl.kind == EntryKind::File {
+                let mut hasher = Sha256::new();
+                let mut remaining = decl.size;
+                while remaining > 0 {
+                    cancel.check()?;
+                    let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
+                    let n = entry.read(&mut buf[..want]).map_err(read_error(path))?;
+                    if n == 0 {
+                        return Err(Error::corrupt(format!("archive ends inside {name}")));
+                    }
+                    hasher.update(&buf[..n]);
+                    remaining -= n as u64;
+                    progress.inc(n as u64);
+                }
+                digests.push(hasher.finalize().into());
+                content_bytes += decl.size;
+            }
+            next += 1;
+            continue;
+        }
+        if name != CHECKSUMS_NAME || !is_regular(&entry) {
+            return Err(Error::Undeclared { path: name });
+        }
+        if let Some(first) = declared.get(next) {
+            let count = (declared.len() - next) as u64;
+            return Err(Error::MissingEntries { count, first: first.path.clone() });
+        }
+        let bytes = read_json_entry(path, &mut entry)?;
+        let trailer: Checksums = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("{CHECKSUMS_NAME} does not parse: {e}")))?;
+        check_trailer(&trailer, declared, &digests, &manifest_digest, content_bytes)?;
+        let end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+        if let Some(extra) = entries.next() {
+            let extra = extra.map_err(read_error(path))?;
+            return Err(Error::Undeclared { path: entry_name(&extra) });
+        }
+        break end;
+    };
+    drop(entries);
+
+    let mut stream = archive.into_inner();
+    // The end-of-archive marker (two zero blocks) proves the tar was not cut short.
+    loop {
+        let n = stream.read(&mut buf).map_err(read_error(path))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(Error::corrupt("data after the end-of-archive marker"));
+        }
+    }
+    if stream.count < trailer_end + 1024 {
+        return Err(Error::corrupt("the end-of-archive marker is missing or cut short"));
+    }
+    let mut raw = stream.inner.into_inner();
+    // Whatever follows the compressed stream (gzip stops after one member) is foreign data.
+    if compression != Compression::None && raw.fill_buf().map_err(read_error(path))?.first().is_some() {
+        return Err(Error::corrupt("data after the end of the compressed stream"));
+    }
+    let raw = raw.into_inner();
+    let archive_sha256 = hex(&raw.hasher.finalize());
+    if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&archive_sha256)) {
+        return Err(Error::ChecksumMismatch { expected: expected.to_owned(), actual: archive_sha256 });
+    }
+    Ok(VerifyReport {
+        entries: next as u64,
+        content_bytes,
+        archive_bytes: raw.bytes,
+        archive_sha256,
+        manifest,
+    })
+}
+
+/// Hex sha256 of a whole file.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(Error::io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(hex(&hasher.finalize())),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path)(e)),
+        }
+    }
+}
+
+type Stream = Counting<Decoder<BufReader<RawReader>>>;
+
+/// Opens `path` with the decompressor its first bytes call for.
+fn open(path: &Path) -> Result<(Stream, Compression)> {
+    let file = File::open(path).map_err(Error::io(path))?;
+    let mut raw = BufReader::with_capacity(BUF_SIZE, RawReader { file, hasher: Sha256::new(), bytes: 0 });
+    let compression = detect_compression(raw.fill_buf().map_err(read_error(path))?);
+    let decoder = match compression {
+        Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw).map_err(Error::io(path))?),
+        Compression::Gzip => Decoder::Gzip(flate2::bufread::GzDecoder::new(raw)),
+        Compression::None => Decoder::Plain(raw),
+    };
+    Ok((Counting { inner: decoder, count: 0 }, compression))
+}
+
+/// The first entry must be `manifest.json`; returns it parsed and the digest of its bytes.
+fn read_manifest_entry<R: Read>(
+    path: &Path,
+    first: Option<io::Result<tar::Entry<'_, R>>>,
+) -> Result<(Manifest, String)> {
+    let not_ours = || Error::corrupt(format!("the first entry is not {MANIFEST_NAME}"));
+    let mut entry = first.ok_or_else(not_ours)?.map_err(read_error(path))?;
+    if entry_name(&entry) != MANIFEST_NAME || !is_regular(&entry) {
+        return Err(not_ours());
+    }
+    let bytes = read_json_entry(path, &mut entry)?;
+    // Read the version alone first: a newer manifest may not parse as this one.
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let version: Version = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(format!("{MANIFEST_NAME} does not parse: {e}")))?;
+    if version.format_version > FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat { found: version.format_version, supported: FORMAT_VERSION });
+    }
+    let manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(format!("{MANIFEST_NAME} does not parse: {e}")))?;
+    Ok((manifest, hex(&Sha256::digest(&bytes))))
+}
+
+fn read_json_entry<R: Read>(path: &Path, entry: &mut tar::Entry<'_, R>) -> Result<Vec<u8>> {
+    let size = entry.size();
+    if size > MAX_JSON {
+        return Err(Error::corrupt(format!("{} claims {size} bytes", entry_name(entry))));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    entry.read_to_end(&mut bytes).map_err(read_error(path))?;
+    if bytes.len() as u64 != size {
+        return Err(Error::corrupt(format!("archive ends inside {}", entry_name(entry))));
+    }
+    Ok(bytes)
+}
+
+fn check_header<R: Read>(entry: &tar::Entry<'_, R>, decl: &EntryMeta) -> Result<()> {
+    let header = entry.header();
+    let path = decl.path.as_str();
+    let kind = match header.entry_type() {
+        t if t.is_file() || t.is_contiguous() => EntryKind::File,
+        t if t.is_dir() => EntryKind::Dir,
+        t if t.is_symlink() => EntryKind::Symlink,
+        t => return Err(Error::mismatch(path, format!("unexpected tar entry type {:?}", t.as_byte() as char))),
+    };
+    if kind != decl.kind {
+        return Err(Error::mismatch(path, format!("declared {:?}, archived as {kind:?}", decl.kind)));
+    }
+    let size = entry.size();
+    let declared_size = if kind == EntryKind::File { decl.size } else { 0 };
+    if size != declared_size {
+        return Err(Error::mismatch(path, format!("declared {declared_size} bytes, archive holds {size}")));
+    }
+    let field = |value: io::Result<u64>| value.map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")));
+    let mode = u64::from(header.mode().map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")))? & 0o7777);
+    let mtime = i64::try_from(field(header.mtime())?).unwrap_or(i64::MAX);
+    let checks = [
+        ("mode", u64::from(decl.mode), mode),
+        ("uid", decl.uid, field(header.uid())?),
+        ("gid", decl.gid, field(header.gid())?),
+    ];
+    for (what, want, got) in checks {
+        if want != got {
+            return Err(Error::mismatch(path, format!("declared {what} {want:o}, archived {got:o}")));
+        }
+    }
+    if mtime != decl.mtime {
+        return Err(Error::mismatch(path, format!("declared mtime {}, archived {mtime}", decl.mtime)));
+    }
+    if kind == EntryKind::Symlink {
+        let target = entry.link_name_bytes().unwrap_or_default();
+        if Some(target.as_ref()) != decl.link_target.as_deref().map(str::as_bytes) {
+            return Err(Error::mismatch(path, "symlink target differs"));
+        }
+    }
+    Ok(())
+}
+
+fn check_trailer(
+    trailer: &Checksums,
+    declared: &[EntryMeta],
+    digests: &[[u8; 32]],
+    manifest_digest: &str,
+    content_bytes: u64,
+) -> Result<()> {
+    if trailer.manifest != manifest_digest {
+        return Err(Error::mismatch(MANIFEST_NAME, format!("digest differs from {CHECKSUMS_NAME}")));
+    }
+    let files = declared.iter().filter(|e| e.kind == EntryKind::File);
+    for (entry, digest) in files.zip(digests) {
+        match trailer.files.get(&entry.path) {
+            Some(listed) if *listed == hex(digest) => {}
+            Some(_) => return Err(Error::mismatch(&entry.path, format!("content differs from its digest in {CHECKSUMS_NAME}"))),
+            None => return Err(Error::mismatch(&entry.path, format!("no digest in {CHECKSUMS_NAME}"))),
+        }
+    }
+    if trailer.files.len() != digests.len() {
+        let extra = trailer.files.keys().find(|p| !declared.iter().any(|e| &e.path == *p && e.kind == EntryKind::File));
+        return Err(Error::Undeclared { path: extra.cloned().unwrap_or_else(|| CHECKSUMS_NAME.to_owned()) });
+    }
+    if trailer.total_bytes != content_bytes {
+        let detail = format!("total_bytes {} but the files hold {content_bytes}", trailer.total_bytes);
+        return Err(Error::mismatch(CHECKSUMS_NAME, detail));
+    }
+    Ok(())
+}
+
+/// Entry path as a string: GNU long names resolved, the trailing `/` of directories removed.
+fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> String {
+    let bytes = entry.path_bytes();
+    let bytes = bytes.strip_suffix(b"/").unwrap_or(&bytes);
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn is_regular<R: Read>(entry: &tar::Entry<'_, R>) -> bool {
+    entry.header().entry_type().is_file()
+}
+
+/// Errors while reading the archive file are I/O errors; anything else surfacing from the
+/// decompressor or the tar parser means the content is damaged.
+fn read_error(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
+    move |err| {
+        if err.get_ref().is_some_and(|inner| inner.is::<RawReadError>()) {
+            Error::Io { path: path.to_path_buf(), source: err }
+        } else {
+            Error::corrupt(err.to_string())
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RawReadError(io::Error);
+
+/// The file end of the pipeline: hashes and counts every byte read from disk, and marks its
+/// errors so they are told apart from corruption found further up.
+struct RawReader {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Read for RawReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.file.read(buf) {
+                Ok(n) => {
+                    self.hasher.update(&buf[..n]);
+                    self.bytes += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io::Error::new(e.kind(), RawReadError(e))),
+            }
+        }
+    }
+}
+
+enum Decoder<R: BufRead> {
+    Zstd(zstd::stream::read::Decoder<'static, R>),
+    Gzip(flate2::bufread::GzDecoder<R>),
+    Plain(R),
+}
+
+impl<R: BufRead> Decoder<R> {
+    fn into_inner(self) -> R {
+        match self {
+            Self::Zstd(d) => d.finish(),
+            Self::Gzip(d) => d.into_inner(),
+            Self::Plain(r) => r,
+        }
+    }
+}
+
+impl<R: BufRead> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Zstd(d) => d.read(buf),
+            Self::Gzip(d) => d.read(buf),
+            Self::Plain(r) => r.read(buf),
+        }
+    }
+}
+
+/// Counts decompressed bytes, to check where the tar stream ends.
+struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,308 @@
+//! Lists what an archive will hold, before anything is written: a host directory tree, or a
+//! tar stream from the engine's archive API.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use globset::GlobSet;
+use walkdir::WalkDir;
+
+use super::manifest::{EntryKind, EntryMeta, Skipped};
+use super::{Error, Result, check_archive_path};
+
+/// What a scan found. `entries` are in archive order (a directory before its content).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanResult {
+    pub entries: Vec<EntryMeta>,
+    pub skipped: Vec<Skipped>,
+    /// Sum of the sizes of the regular files.
+    pub size: u64,
+    /// Number of regular files.
+    pub file_count: u64,
+}
+
+impl ScanResult {
+    fn push(&mut self, entry: EntryMeta) {
+        if entry.kind == EntryKind::File {
+            self.size += entry.size;
+            self.file_count += 1;
+        }
+        self.entries.push(entry);
+    }
+
+    fn skip(&mut self, path: String, reason: impl Into<String>) {
+        self.skipped.push(Skipped { path, reason: reason.into() });
+    }
+}
+
+/// Walks `root` (a directory or a single file, never following symlinks, `root` included) and
+/// lists it as entries named `prefix/<relative path>`; `root` itself is the entry `prefix`.
+///
+/// `excludes` are matched against the path relative to `root` and against the absolute path;
+/// excluded directories are not entered. `skip_dirs` are host directories never to enter
+/// (nuwax's own storage); they are reported as skipped. Sockets, FIFOs, devices and names that
+/// are not UTF-8 are reported as skipped. An unreadable directory is an error: a backup that
+/// silently misses data is worse than one that fails.
+pub fn scan_host(
+    prefix: &str,
+    root: &Path,
+    excludes: &GlobSet,
+    skip_dirs: &[PathBuf],
+) -> Result<ScanResult> {
+    check_archive_path(prefix)?;
+    // Compare directories by identity, so a storage dir is recognised whatever path spells it.
+    let skip_ids: Vec<(u64, u64)> = skip_dirs
+        .iter()
+        .filter_map(|dir| fs::metadata(dir).ok())
+        .map(|meta| (meta.dev(), meta.ino()))
+        .collect();
+
+    let mut out = ScanResult::default();
+    let mut walk = WalkDir::new(root)
+        .follow_links(false)
+        .follow_root_links(false)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(item) = walk.next() {
+        let entry = match item {
+            Ok(entry) => entry,
+            // Deleted between listing its parent and reading it: nothing left to back up.
+            Err(err) if err.depth() > 0 && is_not_found(err.io_error()) => continue,
+            Err(err) => return Err(walk_error(err, root)),
+        };
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        let is_dir = entry.file_type().is_dir();
+        if entry.depth() > 0 && (excludes.is_match(rel) || excludes.is_match(entry.path())) {
+            if is_dir {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(err) if entry.depth() > 0 && is_not_found(err.io_error()) => continue,
+            Err(err) => return Err(walk_error(err, root)),
+        };
+        let Some(path) = archive_path(prefix, rel) else {
+            out.skip(lossy_path(prefix, rel), "name is not valid UTF-8");
+            if is_dir {
+                walk.skip_current_dir();
+            }
+            continue;
+        };
+        if is_dir && skip_ids.contains(&(meta.dev(), meta.ino())) {
+            out.skip(path, "nuwax storage or state directory");
+            walk.skip_current_dir();
+            continue;
+        }
+
+        let file_type = meta.file_type();
+        let (kind, size, link_target) = if file_type.is_file() {
+            (EntryKind::File, meta.len(), None)
+        } else if file_type.is_dir() {
+            (EntryKind::Dir, 0, None)
+        } else if file_type.is_symlink() {
+            let target = match fs::read_link(entry.path()) {
+                Ok(target) => target,
+                Err(err) if is_not_found(Some(&err)) => continue,
+                Err(err) => return Err(Error::io(entry.path())(err)),
+            };
+            match target.into_os_string().into_string() {
+                Ok(target) => (EntryKind::Symlink, 0, Some(target)),
+                Err(_) => {
+                    out.skip(path, "symlink target is not valid UTF-8");
+                    continue;
+                }
+            }
+        } else {
+            out.skip(path, special_reason(&file_type));
+            continue;
+        };
+        out.push(EntryMeta {
+            path,
+            kind,
+            size,
+            mode: meta.mode() & 0o7777,
+            uid: u64::from(meta.uid()),
+            gid: u64::from(meta.gid()),
+            mtime: clamp_mtime(meta.mtime()),
+            link_target,
+        });
+    }
+    Ok(out)
+}
+
+/// Lists a tar stream shaped like the engine's `GET /containers/{id}/archive?path=P` output:
+/// entries named `<basename of P>/...`, the first being `<basename of P>` itself. The first
+/// component is replaced by `prefix`. Entry data is read and discarded.
+pub fn scan_tar_stream(prefix: &str, reader: impl Read) -> Result<ScanResult> {
+    check_archive_path(prefix)?;
+    let mut archive = tar::Archive::new(reader);
+    let mut names = StreamNames::new(prefix);
+    let mut out = ScanResult::default();
+    let entries = archive.entries().map_err(Error::io(prefix))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io(prefix))?;
+        match names.classify(&entry)? {
+            StreamItem::Entry(meta) => out.push(meta),
+            StreamItem::Skipped(skipped) => out.skipped.push(skipped),
+            StreamItem::Ignored => {}
+        }
+    }
+    Ok(out)
+}
+
+/// What one entry of an engine tar stream becomes.
+pub(super) enum StreamItem {
+    Entry(EntryMeta),
+    Skipped(Skipped),
+    /// Tar bookkeeping (PAX global headers), not content.
+    Ignored,
+}
+
+/// Maps the names of an engine tar stream to archive paths, checking that they all live under
+/// the same first component.
+pub(super) struct StreamNames<'a> {
+    prefix: &'a str,
+    base: Option<Vec<u8>>,
+}
+
+impl<'a> StreamNames<'a> {
+    pub(super) fn new(prefix: &'a str) -> Self {
+        Self { prefix, base: None }
+    }
+
+    pub(super) fn classify<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<StreamItem> {
+        let header = entry.header();
+        let entry_type = header.entry_type();
+        if entry_type.is_pax_global_extensions() {
+            return Ok(StreamItem::Ignored);
+        }
+        let path = match self.map(&entry.path_bytes())? {
+            Ok(path) => path,
+            Err(lossy) => {
+                let reason = "name is not valid UTF-8".to_owned();
+                return Ok(StreamItem::Skipped(Skipped { path: lossy, reason }));
+            }
+        };
+        let skipped = |reason: String| Ok(StreamItem::Skipped(Skipped { path: path.clone(), reason }));
+        let (kind, size, link_target) = if entry_type.is_file() || entry_type.is_contiguous() {
+            (EntryKind::File, entry.size(), None)
+        } else if entry_type.is_dir() {
+            (EntryKind::Dir, 0, None)
+        } else if entry_type.is_symlink() {
+            let target = entry.link_name_bytes().unwrap_or_default();
+            match String::from_utf8(target.into_owned()) {
+                Ok(target) => (EntryKind::Symlink, 0, Some(target)),
+                Err(_) => return skipped("symlink target is not valid UTF-8".into()),
+            }
+        } else if entry_type.is_hard_link() {
+            // Its data was sent once, under the first name; it cannot be re-read for this one.
+            let target = entry.link_name_bytes().unwrap_or_default();
+            let target = String::from_utf8_lossy(&target);
+            return skipped(format!("hard link to {target} (not supported through the engine)"));
+        } else {
+            return skipped(stream_special_reason(entry_type));
+        };
+        let field = |value: io::Result<u64>, what: &str| {
+            value.map_err(|err| Error::corrupt(format!("{path}: bad {what} in tar header: {err}")))
+        };
+        let mtime = field(header.mtime(), "mtime")?;
+        Ok(StreamItem::Entry(EntryMeta {
+            mode: header.mode().map_err(|err| Error::corrupt(format!("{path}: bad mode: {err}")))?
+                & 0o7777,
+            uid: field(header.uid(), "uid")?,
+            gid: field(header.gid(), "gid")?,
+            mtime: i64::try_from(mtime).unwrap_or(i64::MAX),
+            path,
+            kind,
+            size,
+            link_target,
+        }))
+    }
+
+    /// `Ok(archive path)`, or `Err(lossy path)` when the name is not UTF-8.
+    fn map(&mut self, raw: &[u8]) -> Result<std::result::Result<String, String>> {
+        let mut parts = raw.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".");
+        let Some(first) = parts.next() else {
+            return Err(Error::corrupt("engine tar stream has an entry with an empty name"));
+        };
+        let rest: Vec<&[u8]> = parts.collect();
+        if first == b".." || rest.iter().any(|c| *c == b"..") {
+            let name = String::from_utf8_lossy(raw);
+            return Err(Error::corrupt(format!("engine tar stream entry {name:?} contains `..`")));
+        }
+        match &self.base {
+            None => self.base = Some(first.to_vec()),
+            Some(base) if base == first => {}
+            Some(_) => {
+                let name = String::from_utf8_lossy(raw);
+                return Err(Error::corrupt(format!(
+                    "engine tar stream entry {name:?} is outside the requested path"
+                )));
+            }
+        }
+        let mut path = self.prefix.to_owned();
+        let mut lossy = false;
+        for part in rest {
+            path.push('/');
+            match std::str::from_utf8(part) {
+                Ok(part) => path.push_str(part),
+                Err(_) => {
+                    lossy = true;
+                    path.push_str(&String::from_utf8_lossy(part));
+                }
+            }
+        }
+        Ok(if lossy { Err(path) } else { Ok(path) })
+    }
+}
+
+fn archive_path(prefix: &str, rel: &Path) -> Option<String> {
+    let rel = rel.to_str()?;
+    Some(if rel.is_empty() { prefix.to_owned() } else { format!("{prefix}/{rel}") })
+}
+
+fn lossy_path(prefix: &str, rel: &Path) -> String {
+    format!("{prefix}/{}", rel.to_string_lossy())
+}
+
+/// Tar headers of this format hold no negative times; pre-1970 mtimes are stored as 0.
+pub(super) fn clamp_mtime(mtime: i64) -> i64 {
+    mtime.max(0)
+}
+
+fn is_not_found(err: Option<&io::Error>) -> bool {
+    err.is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+}
+
+fn walk_error(err: walkdir::Error, root: &Path) -> Error {
+    let path = err.path().unwrap_or(root).to_path_buf();
+    let source = err.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop"));
+    Error::Io { path, source }
+}
+
+fn special_reason(file_type: &fs::FileType) -> &'static str {
+    if file_type.is_fifo() {
+        "FIFO (special files are not archived)"
+    } else if file_type.is_socket() {
+        "socket (special files are not archived)"
+    } else if file_type.is_block_device() {
+        "block device (special files are not archived)"
+    } else if file_type.is_char_device() {
+        "character device (special files are not archived)"
+    } else {
+        "unsupported file type"
+    }
+}
+
+fn stream_special_reason(entry_type: tar::EntryType) -> String {
+    match entry_type {
+        tar::EntryType::Fifo => "FIFO (special files are not archived)".into(),
+        tar::EntryType::Char => "character device (special files are not archived)".into(),
+        tar::EntryType::Block => "block device (special files are not archived)".into(),
+        other => format!("unsupported tar entry type {:?}", other.as_byte() as char),
+    }
+}

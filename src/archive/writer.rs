@@ -1,0 +1,464 @@
+//! Writes an archive: manifest first, then the declared entries read from the host or from an
+//! engine tar stream (hashed while copied), then the checksums trailer.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use sha2::{Digest, Sha256};
+
+use super::manifest::{
+    CHECKSUM_ALGORITHM, CHECKSUMS_NAME, Checksums, EntryKind, EntryMeta, MANIFEST_NAME, Manifest,
+};
+use super::scan::{StreamItem, StreamNames};
+use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, check_archive_path, hex, tarfmt};
+
+/// How to write an archive.
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    pub compression: Compression,
+    pub level: i32,
+    /// zstd worker threads; 0 compresses on the calling thread.
+    pub threads: u32,
+    /// Bytes per second of entry content; a test hook to make archiving slow.
+    pub rate_limit: Option<u64>,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            compression: Compression::Zstd,
+            level: Compression::Zstd.default_level(),
+            threads: u32::try_from(threads).unwrap_or(1),
+            rate_limit: None,
+        }
+    }
+}
+
+/// What [`ArchiveWriter::finish`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Bytes written to the output (after compression).
+    pub archive_bytes: u64,
+    /// Hex sha256 of every byte written to the output.
+    pub archive_sha256: String,
+    /// Total content bytes of the file entries.
+    pub content_bytes: u64,
+    /// Number of declared entries written (manifest and trailer not counted).
+    pub entries: u64,
+}
+
+/// Streams one archive into `W`. Call [`write_manifest`](Self::write_manifest) first, then
+/// `append_*` for the declared entries in manifest order, then [`finish`](Self::finish).
+pub struct ArchiveWriter<W: Write> {
+    out: BufWriter<Encoder<HashingWriter<W>>>,
+    cancel: Cancel,
+    progress: Arc<dyn Progress>,
+    limiter: Option<RateLimiter>,
+    buf: Vec<u8>,
+    manifest_written: bool,
+    /// The manifest's entries; every appended entry must be the next one.
+    declared: Vec<EntryMeta>,
+    next: usize,
+    checksums: Checksums,
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    pub fn new(out: W, opts: &WriteOptions, cancel: Cancel, progress: Arc<dyn Progress>) -> Result<Self> {
+        if !opts.compression.level_range().contains(&opts.level) {
+            return Err(Error::Usage(format!(
+                "{} level {} is outside {:?}",
+                opts.compression, opts.level, opts.compression.level_range()
+            )));
+        }
+        let sink = HashingWriter { inner: out, hasher: Sha256::new(), bytes: 0 };
+        let encoder = Encoder::new(sink, opts).map_err(Error::Output)?;
+        // Enough chunks per second that throttling stays smooth and cancellation prompt.
+        let chunk = opts.rate_limit.map_or(BUF_SIZE, |rate| {
+            usize::try_from(rate / 16).unwrap_or(BUF_SIZE).clamp(512, BUF_SIZE)
+        });
+        Ok(Self {
+            out: BufWriter::with_capacity(BUF_SIZE, encoder),
+            cancel,
+            progress,
+            limiter: opts.rate_limit.filter(|&r| r > 0).map(RateLimiter::new),
+            buf: vec![0; chunk],
+            manifest_written: false,
+            declared: Vec::new(),
+            next: 0,
+            checksums: Checksums { algorithm: CHECKSUM_ALGORITHM.into(), ..Checksums::default() },
+        })
+    }
+
+    /// Writes `manifest.json`; must be called first, exactly once.
+    pub fn write_manifest(&mut self, m: &Manifest) -> Result<()> {
+        if self.manifest_written {
+            return Err(Error::Usage("write_manifest called twice".into()));
+        }
+        for entry in &m.entries {
+            check_archive_path(&entry.path)?;
+            if entry.path == MANIFEST_NAME || entry.path == CHECKSUMS_NAME {
+                return Err(Error::Usage(format!("entry path {} is reserved", entry.path)));
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(m).map_err(|e| Error::Usage(e.to_string()))?;
+        self.checksums.manifest = hex(&Sha256::digest(&bytes));
+        let meta = tarfmt::meta_file(MANIFEST_NAME, bytes.len() as u64, tarfmt::rfc3339_seconds(&m.created_at));
+        tarfmt::write_header(&mut self.out, &meta).map_err(Error::Output)?;
+        self.out.write_all(&bytes).map_err(Error::Output)?;
+        tarfmt::pad(&mut self.out, bytes.len() as u64).map_err(Error::Output)?;
+        self.declared.clone_from(&m.entries);
+        self.manifest_written = true;
+        let total = m.entries.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum();
+        self.progress.set_total(total);
+        Ok(())
+    }
+
+    /// Writes `entries` (from `scan_host(prefix, root, ..)`, in order), reading their data from
+    /// `root` now. A file whose kind or size no longer matches its entry is [`Error::Changed`].
+    pub fn append_host(&mut self, prefix: &str, root: &Path, entries: &[EntryMeta]) -> Result<()> {
+        let mut tree = HostTree { root, prefix, stack: Vec::new() };
+        for entry in entries {
+            self.cancel.check()?;
+            self.expect_next(entry)?;
+            let rel = tree.relative(&entry.path)?;
+            let host = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+            match entry.kind {
+                EntryKind::Dir => {
+                    tree.enter_dir(rel, &host)?;
+                    self.write_entry(entry, io::empty(), &host)?;
+                }
+                EntryKind::Symlink => {
+                    let (dir, name) = tree.parent(rel)?;
+                    let target = rustix::fs::readlinkat(dir, name, Vec::new())
+                        .map_err(|e| changed_or_io(&host, e, "is no longer a symlink"))?;
+                    if Some(target.as_bytes()) != entry.link_target.as_deref().map(str::as_bytes) {
+                        return Err(Error::changed(&host, "symlink target changed"));
+                    }
+                    self.write_entry(entry, io::empty(), &host)?;
+                }
+                EntryKind::File => {
+                    let (dir, name) = tree.parent(rel)?;
+                    // NONBLOCK: opening a FIFO that replaced the file must not hang the backup.
+                    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+                    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())
+                        .map_err(|e| changed_or_io(&host, e, "is no longer a regular file"))?;
+                    let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io(&host)(e.into()))?;
+                    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+                        return Err(Error::changed(&host, "is no longer a regular file"));
+                    }
+                    if u64::try_from(stat.st_size).ok() != Some(entry.size) {
+                        let detail = format!("size changed from {} to {} bytes", entry.size, stat.st_size);
+                        return Err(Error::changed(&host, detail));
+                    }
+                    let mut file = File::from(fd);
+                    self.write_entry(entry, &mut file, &host)?;
+                    // Growth after the size check would be silently cut off otherwise.
+                    let mut probe = [0u8; 1];
+                    if file.read(&mut probe).map_err(Error::io(&host))? != 0 {
+                        return Err(Error::changed(&host, "grew while it was being read"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `entries` (from `scan_tar_stream(prefix, ..)` of an earlier fetch of the same
+    /// path) from a fresh engine tar stream. Every stream entry must match the next expected
+    /// entry (path, kind, size, link target), else [`Error::Changed`].
+    pub fn append_tar_stream(&mut self, prefix: &str, reader: impl Read, entries: &[EntryMeta]) -> Result<()> {
+        let mut archive = tar::Archive::new(reader);
+        let mut names = StreamNames::new(prefix);
+        let mut expected = entries.iter();
+        for item in archive.entries().map_err(Error::io(prefix))? {
+            self.cancel.check()?;
+            let mut item = item.map_err(Error::io(prefix))?;
+            let StreamItem::Entry(found) = names.classify(&item)? else { continue };
+            let Some(entry) = expected.next() else {
+                return Err(Error::changed(&found.path, "appeared after the scan"));
+            };
+            let same = found.path == entry.path
+                && found.kind == entry.kind
+                && found.size == entry.size
+                && found.link_target == entry.link_target;
+            if !same {
+                let detail = format!("expected {} ({:?}, {} bytes), the engine sent {} ({:?}, {} bytes)",
+                    entry.path, entry.kind, entry.size, found.path, found.kind, found.size);
+                return Err(Error::changed(&entry.path, detail));
+            }
+            self.expect_next(entry)?;
+            let path = PathBuf::from(&entry.path);
+            self.write_entry(entry, &mut item, &path)?;
+        }
+        if let Some(missing) = expected.next() {
+            return Err(Error::changed(&missing.path, "vanished after the scan"));
+        }
+        Ok(())
+    }
+
+    /// Writes `checksums.json` and the end-of-archive marker, finishes the compressor and
+    /// flushes. Does not fsync: the caller owns the file.
+    pub fn finish(mut self) -> Result<WriteSummary> {
+        if !self.manifest_written {
+            return Err(Error::Usage("finish called before write_manifest".into()));
+        }
+        if let Some(first) = self.declared.get(self.next) {
+            let count = (self.declared.len() - self.next) as u64;
+            return Err(Error::MissingEntries { count, first: first.path.clone() });
+        }
+        let bytes = serde_json::to_vec_pretty(&self.checksums).map_err(|e| Error::Usage(e.to_string()))?;
+        let meta = tarfmt::meta_file(CHECKSUMS_NAME, bytes.len() as u64, 0);
+        let out = &mut self.out;
+        tarfmt::write_header(out, &meta)
+            .and_then(|()| out.write_all(&bytes))
+            .and_then(|()| tarfmt::pad(out, bytes.len() as u64))
+            .and_then(|()| out.write_all(&[0; 1024]))
+            .map_err(Error::Output)?;
+        let encoder = self.out.into_inner().map_err(|e| Error::Output(e.into_error()))?;
+        let mut sink = encoder.finish().map_err(Error::Output)?;
+        sink.inner.flush().map_err(Error::Output)?;
+        Ok(WriteSummary {
+            archive_bytes: sink.bytes,
+            archive_sha256: hex(&sink.hasher.finalize()),
+            content_bytes: self.checksums.total_bytes,
+            entries: self.declared.len() as u64,
+        })
+    }
+
+    fn expect_next(&mut self, entry: &EntryMeta) -> Result<()> {
+        if !self.manifest_written {
+            return Err(Error::Usage("entries appended before write_manifest".into()));
+        }
+        match self.declared.get(self.next) {
+            Some(declared) if declared == entry => {
+                self.next += 1;
+                Ok(())
+            }
+            _ => Err(Error::Undeclared { path: entry.path.clone() }),
+        }
+    }
+
+    /// Header, exactly `entry.size` bytes from `data` (hashed on the way), padding.
+    fn write_entry(&mut self, entry: &EntryMeta, mut data: impl Read, source: &Path) -> Result<()> {
+        tarfmt::write_header(&mut self.out, entry).map_err(Error::Output)?;
+        if entry.kind != EntryKind::File {
+            return Ok(());
+        }
+        let mut hasher = Sha256::new();
+        let mut remaining = entry.size;
+        while remaining > 0 {
+            self.cancel.check()?;
+            let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(self.buf.len());
+            let n = match data.read(&mut self.buf[..want]) {
+                Ok(0) => {
+                    let detail = format!("shrank: {} of {} bytes left unread", remaining, entry.size);
+                    return Err(Error::changed(source, detail));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(source)(e)),
+            };
+            hasher.update(&self.buf[..n]);
+            self.out.write_all(&self.buf[..n]).map_err(Error::Output)?;
+            remaining -= n as u64;
+            self.progress.inc(n as u64);
+            if let Some(limiter) = &mut self.limiter {
+                limiter.throttle(n as u64, &self.cancel)?;
+            }
+        }
+        tarfmt::pad(&mut self.out, entry.size).map_err(Error::Output)?;
+        self.checksums.files.insert(entry.path.clone(), hex(&hasher.finalize()));
+        self.checksums.total_bytes += entry.size;
+        Ok(())
+    }
+}
+
+/// Opens the host entries of one prefix relative to directory descriptors, so that a path
+/// component swapped for a symlink after the scan is refused instead of followed out of the
+/// tree. Entries come parent-first, so a stack of open directories serves them in order.
+struct HostTree<'a> {
+    root: &'a Path,
+    prefix: &'a str,
+    /// (path relative to root, `O_PATH` descriptor); the root, "", at the bottom.
+    stack: Vec<(String, OwnedFd)>,
+}
+
+impl<'a> HostTree<'a> {
+    fn relative<'e>(&self, path: &'e str) -> Result<&'e str> {
+        if path == self.prefix {
+            return Ok("");
+        }
+        match path.strip_prefix(self.prefix).and_then(|rest| rest.strip_prefix('/')) {
+            Some(rel) => check_archive_path(rel).map(|()| rel),
+            None => Err(Error::Usage(format!("entry {path} is not under prefix {}", self.prefix))),
+        }
+    }
+
+    /// Checks that `rel` is still a directory and makes it the top of the stack.
+    fn enter_dir(&mut self, rel: &str, host: &Path) -> Result<()> {
+        if rel.is_empty() {
+            self.stack.clear();
+            let fd = open_dir(rustix::fs::CWD, self.root, host)?;
+            self.stack.push((String::new(), fd));
+            return Ok(());
+        }
+        let (dir, name) = self.parent(rel)?;
+        let fd = open_dir(dir, name, host)?;
+        self.stack.push((rel.to_owned(), fd));
+        Ok(())
+    }
+
+    /// The open parent directory of `rel` and its last component; for the root itself
+    /// (`rel == ""`, a single file or symlink), the current directory and the root path.
+    fn parent<'r>(&mut self, rel: &'r str) -> Result<(BorrowedFd<'_>, &'r Path)>
+    where
+        'a: 'r,
+    {
+        if rel.is_empty() {
+            return Ok((rustix::fs::CWD, self.root));
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let is_ancestor = |dir: &str| dir.is_empty() || parent == dir || parent.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+        while self.stack.last().is_some_and(|(dir, _)| !is_ancestor(dir)) {
+            self.stack.pop();
+        }
+        if self.stack.is_empty() {
+            let fd = open_dir(rustix::fs::CWD, self.root, self.root)?;
+            self.stack.push((String::new(), fd));
+        }
+        // Open whatever directories between the deepest open ancestor and `parent` are missing.
+        let open_len = self.stack.last().map_or(0, |(dir, _)| dir.len());
+        if parent.len() > open_len {
+            let start = if open_len == 0 { 0 } else { open_len + 1 };
+            for component in parent[start..].split('/') {
+                let (top, top_fd) = self.stack.last().expect("root is on the stack");
+                let path = if top.is_empty() { component.to_owned() } else { format!("{top}/{component}") };
+                let fd = open_dir(top_fd.as_fd(), component, &self.root.join(&path))?;
+                self.stack.push((path, fd));
+            }
+        }
+        let (_, fd) = self.stack.last().expect("root is on the stack");
+        Ok((fd.as_fd(), Path::new(name)))
+    }
+}
+
+fn open_dir(dir: BorrowedFd<'_>, name: impl rustix::path::Arg, host: &Path) -> Result<OwnedFd> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, name, flags, Mode::empty())
+        .map_err(|e| changed_or_io(host, e, "is no longer a directory"))
+}
+
+/// Errors that mean "the tree changed since the scan" become [`Error::Changed`]; the rest
+/// (permissions, I/O) stay I/O errors.
+fn changed_or_io(host: &Path, err: rustix::io::Errno, kind_detail: &str) -> Error {
+    use rustix::io::Errno;
+    match err {
+        Errno::NOENT => Error::changed(host, "vanished after the scan"),
+        Errno::NOTDIR | Errno::LOOP | Errno::INVAL | Errno::ISDIR => Error::changed(host, kind_detail),
+        other => Error::io(host)(other.into()),
+    }
+}
+
+/// The output end: counts and hashes every byte that reaches `W`.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Encoder<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+    Plain(W),
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(out: W, opts: &WriteOptions) -> io::Result<Self> {
+        Ok(match opts.compression {
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(out, opts.level)?;
+                // The frame checksum lets `zstd -t` check an archive without nuwax; it is cheap.
+                enc.include_checksum(true)?;
+                enc.multithread(opts.threads)?;
+                Self::Zstd(enc)
+            }
+            Compression::Gzip => {
+                let level = flate2::Compression::new(opts.level.unsigned_abs());
+                Self::Gzip(flate2::write::GzEncoder::new(out, level))
+            }
+            Compression::None => Self::Plain(out),
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Self::Zstd(enc) => enc.finish(),
+            Self::Gzip(enc) => enc.finish(),
+            Self::Plain(out) => Ok(out),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Zstd(enc) => enc.write(buf),
+            Self::Gzip(enc) => enc.write(buf),
+            Self::Plain(out) => out.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Zstd(enc) => enc.flush(),
+            Self::Gzip(enc) => enc.flush(),
+            Self::Plain(out) => out.flush(),
+        }
+    }
+}
+
+/// Sleeps so that content flows at no more than `rate` bytes per second on average.
+struct RateLimiter {
+    rate: u64,
+    start: Instant,
+    bytes: u64,
+}
+
+impl RateLimiter {
+    fn new(rate: u64) -> Self {
+        Self { rate, start: Instant::now(), bytes: 0 }
+    }
+
+    fn throttle(&mut self, n: u64, cancel: &Cancel) -> Result<()> {
+        self.bytes += n;
+        #[allow(clippy::cast_precision_loss)]
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        loop {
+            cancel.check()?;
+            let elapsed = self.start.elapsed();
+            if elapsed >= due {
+                return Ok(());
+            }
+            std::thread::sleep((due - elapsed).min(Duration::from_millis(20)));
+        }
+    }
+}

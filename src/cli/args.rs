@@ -1,0 +1,69 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nuwax", version, about = "Backup, upgrade and rollback for docker compose projects")]
+pub struct Cli {
+    /// The compose project directory (default: the current directory).
+    #[arg(long, global = true, value_name = "DIR", env = "NUWAX_PROJECT_DIR")]
+    pub project_dir: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Write a commented nuwax.toml and create the directories nuwax uses.
+    Init,
+    /// Services, version, last backup and any unfinished operation.
+    Status,
+    /// Stop the services, archive configs, database and volumes, start the services again.
+    Backup(BackupArgs),
+    /// The backups in the catalog.
+    List,
+    /// One backup: its record and what its archive holds.
+    Show { id: i64 },
+    /// Read an archive back and check every byte against its checksums.
+    Verify {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every complete backup of the project.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a backup's archive, then its record.
+    Delete { id: i64 },
+    /// Finish an operation a killed nuwax left behind: start its services, mark its backup failed.
+    Recover,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// A note stored with the backup.
+    #[arg(long)]
+    pub note: Option<String>,
+    /// zstd (default, multithreaded), gzip or none.
+    #[arg(long, value_name = "ALGO")]
+    pub compression: Option<String>,
+    /// Compression level (zstd 1-19, gzip 0-9).
+    #[arg(long)]
+    pub level: Option<i32>,
+    /// Read the data while the services keep running (faster, not crash-consistent).
+    #[arg(long)]
+    pub no_stop: bool,
+    /// Do not talk to the Docker engine: back up config files and bind mounts only.
+    #[arg(long)]
+    pub no_docker: bool,
+}

@@ -1,0 +1,190 @@
+//! One function per command: set up what it needs, call the flow, render the result.
+
+use anyhow::{Context, Result};
+
+use super::{Cli, Command, context, progress, recover_if_needed, render};
+use crate::archive::{self, Compression};
+use crate::catalog::BackupKind;
+use crate::engine::compose_cli::ComposeCli;
+use crate::flows::backup::{BackupOptions, backup};
+use crate::flows::sources::VolumeAccess;
+use crate::guard::Interrupt;
+use crate::lock::ProjectLock;
+use crate::project::Project;
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let interrupt = Interrupt::install().context("installing signal handlers")?;
+    match &cli.command {
+        Command::Init => init(&cli),
+        Command::Status => status(&cli, interrupt).await,
+        Command::Backup(args) => {
+            let mut ctx = context(&cli, !args.no_docker, interrupt).await?;
+            let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
+            recover_if_needed(&mut ctx, Some(&lock)).await?;
+            let opts = backup_options(&ctx.project, args)?;
+            if args.no_docker {
+                tracing::warn!("--no-docker: services were not touched; named volumes are not included");
+            }
+            let bar = progress::bar(cli.json || cli.quiet);
+            let outcome = backup(&ctx, &opts, bar.clone()).await;
+            bar.done();
+            let outcome = outcome?;
+            ctx.catalog.close().await;
+            render::backup(&cli, &outcome);
+            Ok(())
+        }
+        Command::List => {
+            let mut ctx = context(&cli, false, interrupt).await?;
+            recover_if_needed(&mut ctx, None).await?;
+            let records = ctx.catalog.list(&ctx.project.name).await?;
+            render::list(&cli, &records);
+            Ok(())
+        }
+        Command::Show { id } => {
+            let mut ctx = context(&cli, false, interrupt).await?;
+            recover_if_needed(&mut ctx, None).await?;
+            let rec = ctx.catalog.get(*id).await?.filter(|r| r.project == ctx.project.name).ok_or(crate::Error::BackupNotFound { id: *id })?;
+            let manifest = rec.path.as_ref().and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok());
+            render::show(&cli, &rec, manifest.as_ref());
+            Ok(())
+        }
+        Command::Verify { id, all } => {
+            let mut ctx = context(&cli, false, interrupt).await?;
+            recover_if_needed(&mut ctx, None).await?;
+            let records = if *all {
+                ctx.catalog.list(&ctx.project.name).await?.into_iter().filter(|r| r.is_complete()).collect()
+            } else {
+                let id = id.expect("clap requires an id without --all");
+                vec![ctx.catalog.get(id).await?.filter(|r| r.project == ctx.project.name).ok_or(crate::Error::BackupNotFound { id })?]
+            };
+            let mut results = Vec::new();
+            for rec in &records {
+                let res = if !rec.is_complete() {
+                    Err(format!("status is {}, not complete: not restorable", rec.status))
+                } else {
+                    let path = std::path::PathBuf::from(rec.path.clone().unwrap_or_default());
+                    let (sum, cancel) = (rec.checksum.clone(), ctx.interrupt.cancel().clone());
+                    let bar = progress::bar(cli.json || cli.quiet);
+                    let b = bar.clone();
+                    let r = tokio::task::spawn_blocking(move || archive::verify(&path, sum.as_deref(), &cancel, &*b)).await?;
+                    bar.done();
+                    ctx.interrupt.check()?;
+                    r.map_err(|e| e.to_string())
+                };
+                results.push((rec, res));
+            }
+            render::verify(&cli, &results);
+            match results.iter().find(|(_, r)| r.is_err()) {
+                Some((rec, Err(e))) => Err(crate::Error::VerifyFailed { id: rec.id, detail: e.clone() }.into()),
+                _ => Ok(()),
+            }
+        }
+        Command::Delete { id } => {
+            let mut ctx = context(&cli, false, interrupt).await?;
+            let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
+            recover_if_needed(&mut ctx, Some(&lock)).await?;
+            let rec = ctx.catalog.get(*id).await?.filter(|r| r.project == ctx.project.name).ok_or(crate::Error::BackupNotFound { id: *id })?;
+            // File first, then the row: a crash in between leaves a row pointing at nothing
+            // (reported by verify), never an archive nobody knows about.
+            if let Some(p) = &rec.path {
+                match std::fs::remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {p}"))),
+                }
+            }
+            ctx.catalog.delete(*id).await?;
+            render::deleted(&cli, &rec);
+            Ok(())
+        }
+        Command::Recover => {
+            let mut ctx = context(&cli, false, interrupt).await?;
+            let _lock = ProjectLock::acquire(&ctx.project.state_dir)?;
+            if !ctx.catalog.unfinished(&ctx.project.name).await?.is_empty() {
+                ctx.engine = Some(super::connect().await?);
+            }
+            let done = crate::flows::recover::recover(&ctx).await?;
+            render::recover(&cli, &done);
+            Ok(())
+        }
+    }
+}
+
+fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<BackupOptions> {
+    let s = &project.settings;
+    let compression: Compression = match args.compression.as_deref().or(s.compression.as_deref()) {
+        Some(c) => c.parse().map_err(|e| crate::Error::Config(format!("compression: {e}")))?,
+        None => Compression::Zstd,
+    };
+    let level = args.level.or(s.level).unwrap_or(compression.default_level());
+    if !compression.level_range().contains(&level) {
+        return Err(crate::Error::Config(format!(
+            "compression level {level} is out of range for {} ({:?})",
+            compression.as_str(),
+            compression.level_range()
+        ))
+        .into());
+    }
+    let volume_access = match std::env::var("NUWAX_VOLUME_ACCESS").ok().or(s.volume_access.clone()) {
+        Some(v) => v.parse::<VolumeAccess>().map_err(crate::Error::Config)?,
+        None => VolumeAccess::Auto,
+    };
+    Ok(BackupOptions {
+        kind: BackupKind::Manual,
+        note: args.note.clone(),
+        compression,
+        level,
+        stop: !args.no_stop,
+        volume_access,
+        rate_limit: std::env::var("NUWAX_RATE_LIMIT").ok().and_then(|v| v.parse().ok()),
+    })
+}
+
+fn init(cli: &Cli) -> Result<()> {
+    let dir = cli.project_dir.clone().unwrap_or_else(|| ".".into());
+    let config = dir.join(crate::project::CONFIG_FILE);
+    let wrote = if config.exists() {
+        false
+    } else {
+        std::fs::write(&config, render::NUWAX_TOML_TEMPLATE).with_context(|| format!("writing {}", config.display()))?;
+        true
+    };
+    let project = Project::discover(&dir)?;
+    crate::fsutil::create_private_dir(&project.storage_dir)?;
+    crate::fsutil::create_private_dir(&project.state_dir)?;
+    render::init(cli, &project, &config, wrote);
+    Ok(())
+}
+
+async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
+    let mut ctx = context(cli, false, interrupt).await?;
+    recover_if_needed(&mut ctx, None).await?;
+    let engine = match super::connect().await {
+        Ok(e) => Ok(e),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    let (info, containers) = match &engine {
+        Ok(e) => (e.info().await.ok(), e.project_containers(&ctx.project.name).await.ok()),
+        Err(_) => (None, None),
+    };
+    let last = ctx.catalog.last_complete(&ctx.project.name).await?;
+    let unfinished = ctx.catalog.unfinished(&ctx.project.name).await?;
+    let holder = match ProjectLock::acquire(&ctx.project.state_dir) {
+        Ok(_) => None,
+        Err(e) => Some(format!("{e}")),
+    };
+    render::status(
+        cli,
+        &render::Status {
+            project: &ctx.project,
+            compose: ComposeCli::detect(),
+            engine: engine.as_ref().err().cloned(),
+            info,
+            containers,
+            last,
+            unfinished,
+            running_operation: holder,
+        },
+    );
+    Ok(())
+}

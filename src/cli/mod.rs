@@ -1,0 +1,146 @@
+//! The command line: parse, set up (project, catalog, engine, lock, recovery), run one command,
+//! render its result (text or `--json` on stdout; logs and progress on stderr), map errors to
+//! exit codes. The only place that talks to the user.
+
+mod args;
+mod commands;
+mod progress;
+mod render;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+pub use args::{BackupArgs, Cli, Command};
+
+use crate::catalog::Catalog;
+use crate::engine::{DockerEngine, Engine, EngineError};
+use crate::error::exit;
+use crate::flows::Ctx;
+use crate::guard::Interrupt;
+use crate::lock::ProjectLock;
+use crate::project::Project;
+
+/// Runs the command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing(&cli);
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nuwax: error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let dir = cli.project_dir.clone();
+        // The command runs in its own task so that a panic anywhere in it is caught here, and
+        // the services it may have stopped are started again through the journal.
+        match tokio::spawn(commands::run(cli)).await {
+            Ok(r) => r,
+            Err(join) => {
+                eprintln!("nuwax: internal error: {join}; starting any stopped services again");
+                if let Err(e) = recover_after_panic(dir).await {
+                    eprintln!("nuwax: recovery after the internal error failed: {e:#}");
+                }
+                Err(anyhow::anyhow!("internal error: {join}"))
+            }
+        }
+    });
+    // Do not wait for blocking tasks a cancelled command may have left (they stop on their own).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            let code = exit_code(&e);
+            eprintln!("nuwax: error: {e:#}");
+            if let Some(hint) = e.chain().find_map(|c| c.downcast_ref::<crate::Error>()).and_then(|e| e.hint()) {
+                eprintln!("hint: {hint}");
+            }
+            if json {
+                let doc = serde_json::json!({ "status": "failed", "error": format!("{e:#}"), "exit_code": code });
+                println!("{doc}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for c in e.chain() {
+        if let Some(e) = c.downcast_ref::<crate::Error>() {
+            return e.exit_code();
+        }
+        if let Some(EngineError::Unreachable { .. }) = c.downcast_ref::<EngineError>() {
+            return exit::ENGINE_UNREACHABLE;
+        }
+    }
+    exit::FAILED
+}
+
+fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("NUWAX_LOG").unwrap_or_else(|_| EnvFilter::new(format!("nuwax={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Connects to the engine, turning "unreachable" into the user-facing error.
+async fn connect() -> Result<Arc<dyn Engine>> {
+    match DockerEngine::connect().await {
+        Ok(e) => Ok(Arc::new(e)),
+        Err(EngineError::Unreachable { host, detail }) => Err(crate::Error::EngineUnreachable { host, detail }.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The project, its catalog and (when `engine`) a connected engine.
+async fn context(cli: &Cli, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
+    let dir = cli.project_dir.clone().unwrap_or_else(|| ".".into());
+    let project = Project::discover(&dir)?;
+    let catalog = Catalog::open(&project.state_dir).await?;
+    let engine = if engine { Some(connect().await?) } else { None };
+    Ok(Ctx { project, catalog, engine, interrupt })
+}
+
+/// Before any command: if a previous nuwax died mid-operation, finish its recovery now. Only
+/// when the lock is free (a live operation holds it) and only when there is something to do.
+async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<()> {
+    let _own;
+    if lock.is_none() {
+        match ProjectLock::acquire(&ctx.project.state_dir) {
+            Ok(l) => _own = l,
+            Err(_) => return Ok(()),
+        }
+    }
+    if ctx.catalog.unfinished(&ctx.project.name).await?.is_empty() {
+        return Ok(());
+    }
+    if ctx.engine.is_none() {
+        ctx.engine = Some(connect().await.map_err(|e| {
+            e.context("an earlier nuwax operation left services stopped and the engine is needed to start them")
+        })?);
+    }
+    for r in crate::flows::recover::recover(ctx).await? {
+        render::recovered(&r);
+    }
+    Ok(())
+}
+
+async fn recover_after_panic(dir: Option<std::path::PathBuf>) -> Result<()> {
+    let project = Project::discover(&dir.unwrap_or_else(|| ".".into()))?;
+    let catalog = Catalog::open(&project.state_dir).await?;
+    let mut ctx = Ctx { project, catalog, engine: None, interrupt: Interrupt::none() };
+    recover_if_needed(&mut ctx, None).await
+}

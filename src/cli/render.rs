@@ -1,0 +1,317 @@
+//! Text and JSON rendering of command results. Data goes to stdout; notices to stderr.
+
+use std::path::Path;
+
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use serde_json::json;
+
+use super::Cli;
+use crate::archive::VerifyReport;
+use crate::archive::manifest::Manifest;
+use crate::catalog::{BackupRecord, Operation};
+use crate::engine::compose_cli::ComposeCli;
+use crate::engine::{Container, EngineInfo};
+use crate::flows::backup::BackupOutcome;
+use crate::flows::recover::Recovered;
+use crate::fsutil::{human_bytes, human_ms};
+use crate::project::Project;
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn backup(cli: &Cli, o: &BackupOutcome) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        return;
+    }
+    println!("backup {} complete: {}", o.id, o.path.display());
+    let ratio = if o.size_bytes > 0 { o.content_bytes as f64 / o.size_bytes as f64 } else { 1.0 };
+    println!(
+        "  size {} ({} of data in {} files, ratio {ratio:.2}x, {})",
+        human_bytes(o.size_bytes),
+        human_bytes(o.content_bytes),
+        o.file_count,
+        o.compression
+    );
+    println!(
+        "  duration {} (archive {}, verify {}), downtime {}",
+        human_ms(o.duration_ms),
+        human_ms(o.archive_ms),
+        human_ms(o.verify_ms),
+        o.downtime_ms.map(human_ms).unwrap_or_else(|| "none (services not stopped)".into())
+    );
+    if !o.services_stopped.is_empty() {
+        println!("  services stopped and started again: {}", o.services_stopped.join(", "));
+    }
+    for s in &o.skipped {
+        println!("  skipped {}: {}", s.path, s.reason);
+    }
+}
+
+pub fn list(cli: &Cli, records: &[BackupRecord]) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(records).unwrap_or_default());
+        return;
+    }
+    if records.is_empty() {
+        println!("no backups yet (nuwax backup makes one)");
+        return;
+    }
+    let mut t = table(&["id", "kind", "status", "version", "created (UTC)", "size", "downtime", "path / error"]);
+    for r in records {
+        let created = r.created_at.get(..19).unwrap_or(&r.created_at).replace('T', " ");
+        let last = if r.status == "failed" { opt(r.error.clone()) } else { opt(r.path.as_deref().map(file_name)) };
+        t.add_row(vec![
+            r.id.to_string(),
+            r.kind.clone(),
+            r.status.clone(),
+            r.service_version.clone(),
+            created,
+            opt(r.size_bytes.map(|s| human_bytes(s as u64))),
+            opt(r.downtime_ms.map(|d| human_ms(d as u64))),
+            last,
+        ]);
+    }
+    println!("{t}");
+}
+
+fn file_name(p: &str) -> String {
+    Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())
+}
+
+pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
+    if cli.json {
+        let summary = m.map(|m| {
+            json!({
+                "format_version": m.format_version, "nuwax_version": m.nuwax_version,
+                "services": m.services, "mounts": m.mounts, "configs": m.configs,
+                "skipped": m.skipped, "entries": m.entries.len(), "services_stopped": m.services_stopped,
+            })
+        });
+        println!("{}", serde_json::to_string_pretty(&json!({ "record": r, "manifest": summary })).unwrap_or_default());
+        return;
+    }
+    println!("backup {} ({}, {})", r.id, r.kind, r.status);
+    println!("  project      {} (version {})", r.project, r.service_version);
+    println!("  created      {}", r.created_at);
+    println!("  archive      {}", opt(r.path.clone()));
+    println!("  size         {}", opt(r.size_bytes.map(|s| human_bytes(s as u64))));
+    println!("  sha256       {}", opt(r.checksum.clone()));
+    println!("  files        {}", opt(r.file_count));
+    println!("  duration     {}", opt(r.duration_ms.map(|d| human_ms(d as u64))));
+    println!("  downtime     {}", opt(r.downtime_ms.map(|d| human_ms(d as u64))));
+    if let Some(n) = &r.note {
+        println!("  note         {n}");
+    }
+    if let Some(e) = &r.error {
+        println!("  error        {e}");
+    }
+    let Some(m) = m else { return };
+    let mut t = table(&["service", "image", "image id", "was running"]);
+    for s in &m.services {
+        t.add_row(vec![s.service.clone(), s.image.clone(), s.image_id.chars().take(19).collect(), s.running.to_string()]);
+    }
+    println!("{t}");
+    let mut t = table(&["kind", "name / source", "used by", "size", "files", "read via"]);
+    for x in &m.mounts {
+        t.add_row(vec![
+            format!("{:?}", x.kind).to_lowercase(),
+            x.name.clone(),
+            x.destinations.join(", "),
+            human_bytes(x.size),
+            x.file_count.to_string(),
+            format!("{:?}", x.access).to_lowercase(),
+        ]);
+    }
+    for c in &m.configs {
+        t.add_row(vec!["config".into(), c.source.clone(), "-".into(), human_bytes(c.size), c.file_count.to_string(), "host".into()]);
+    }
+    println!("{t}");
+    for s in &m.skipped {
+        println!("  skipped {}: {}", s.path, s.reason);
+    }
+}
+
+pub fn verify(cli: &Cli, results: &[(&BackupRecord, Result<VerifyReport, String>)]) {
+    if cli.json {
+        let docs: Vec<_> = results
+            .iter()
+            .map(|(r, res)| match res {
+                Ok(v) => json!({ "id": r.id, "ok": true, "entries": v.entries, "content_bytes": v.content_bytes, "archive_bytes": v.archive_bytes }),
+                Err(e) => json!({ "id": r.id, "ok": false, "error": e }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&docs).unwrap_or_default());
+        return;
+    }
+    if results.is_empty() {
+        println!("no complete backups to verify");
+    }
+    for (r, res) in results {
+        match res {
+            Ok(v) => println!("backup {}: OK ({} entries, {} of data, sha256 matches)", r.id, v.entries, human_bytes(v.content_bytes)),
+            Err(e) => println!("backup {}: FAILED: {e}", r.id),
+        }
+    }
+}
+
+pub fn deleted(cli: &Cli, r: &BackupRecord) {
+    if cli.json {
+        println!("{}", json!({ "deleted": r.id, "path": r.path }));
+    } else {
+        println!("deleted backup {} ({})", r.id, opt(r.path.clone()));
+    }
+}
+
+pub fn recovered(r: &Recovered) {
+    eprintln!(
+        "nuwax: recovered an unfinished {} (operation {}, pid {}, started {}): {}{}{}",
+        r.kind,
+        r.operation,
+        r.pid,
+        r.started_at,
+        if r.services_started.is_empty() { "no services to start".to_string() } else { format!("started {}", r.services_started.join(", ")) },
+        r.backup_id.map(|id| format!("; backup {id} marked failed")).unwrap_or_default(),
+        r.temp_removed.as_ref().map(|t| format!("; removed {t}")).unwrap_or_default(),
+    );
+}
+
+pub fn recover(cli: &Cli, done: &[Recovered]) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(done).unwrap_or_default());
+        return;
+    }
+    if done.is_empty() {
+        println!("nothing to recover");
+    }
+    for r in done {
+        recovered(r);
+    }
+}
+
+pub fn init(cli: &Cli, p: &Project, config: &Path, wrote: bool) {
+    if cli.json {
+        println!("{}", json!({ "project": p.name, "config": config, "config_written": wrote, "storage_dir": p.storage_dir, "state_dir": p.state_dir }));
+        return;
+    }
+    if wrote {
+        println!("wrote {}", config.display());
+    } else {
+        println!("{} already exists; left as it is", config.display());
+    }
+    println!("project {} ({})", p.name, p.dir.display());
+    println!("backups go to {}", p.storage_dir.display());
+    println!("catalog in {}", p.state_dir.display());
+}
+
+pub struct Status<'a> {
+    pub project: &'a Project,
+    pub compose: Option<ComposeCli>,
+    pub engine: Option<String>,
+    pub info: Option<EngineInfo>,
+    pub containers: Option<Vec<Container>>,
+    pub last: Option<BackupRecord>,
+    pub unfinished: Vec<Operation>,
+    pub running_operation: Option<String>,
+}
+
+pub fn status(cli: &Cli, s: &Status<'_>) {
+    let p = s.project;
+    if cli.json {
+        let services: Vec<_> = s
+            .containers
+            .iter()
+            .flatten()
+            .map(|c| json!({ "service": c.service, "container": c.name, "state": c.state, "health": c.health, "image": c.image, "image_id": c.image_id }))
+            .collect();
+        let doc = json!({
+            "project": p.name, "dir": p.dir, "compose_files": p.compose_files, "service_version": p.service_version(),
+            "compose_cli": s.compose, "engine": s.info.as_ref().map(|i| json!({"host": i.host, "version": i.version, "api_version": i.api_version})),
+            "engine_error": s.engine, "services": services, "last_backup": s.last, "unfinished_operations": s.unfinished,
+            "running_operation": s.running_operation, "storage_dir": p.storage_dir,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    println!("project   {} ({})", p.name, p.dir.display());
+    println!("version   {}", p.service_version());
+    println!("compose   {}", s.compose.as_ref().map(|c| c.display()).unwrap_or_else(|| "not found (neither `docker compose` nor `docker-compose`)".into()));
+    match (&s.info, &s.engine) {
+        (Some(i), _) => println!("engine    Docker {} (API {}) at {}", i.version, i.api_version, i.host),
+        (None, Some(e)) => println!("engine    unreachable: {e}"),
+        _ => println!("engine    unknown"),
+    }
+    println!("storage   {}", p.storage_dir.display());
+    match &s.last {
+        Some(r) => println!("last backup  {} ({}, {}) {}", r.id, r.kind, r.created_at, opt(r.path.clone())),
+        None => println!("last backup  none"),
+    }
+    if let Some(op) = &s.running_operation {
+        println!("running   {op}");
+    }
+    for op in &s.unfinished {
+        println!("unfinished  {} operation {} (pid {}, started {})", op.kind, op.id, op.pid, op.started_at);
+    }
+    match &s.containers {
+        Some(cs) if !cs.is_empty() => {
+            let mut t = table(&["service", "container", "state", "health", "image"]);
+            for c in cs {
+                t.add_row(vec![
+                    c.service.clone(),
+                    c.name.clone(),
+                    format!("{:?}", c.state).to_lowercase(),
+                    c.health.map(|h| format!("{h:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
+                    c.image.clone(),
+                ]);
+            }
+            println!("{t}");
+        }
+        Some(_) => println!("no containers of this project (compose up has not run?)"),
+        None => {}
+    }
+}
+
+pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in this compose project. Every key is optional.
+
+# Compose project name. Default: as compose derives it (COMPOSE_PROJECT_NAME, the compose
+# file's `name:`, else the directory name).
+# project_name = "mysite"
+
+# Compose files. Default: compose.yaml / compose.yml / docker-compose.yml / docker-compose.yaml
+# (plus the matching override file).
+# compose_files = ["compose.yaml"]
+
+# env_file = ".env"
+
+# Extra files or directories to include in every backup (relative to this directory or absolute).
+# include = ["config/", "/etc/mysite/"]
+
+# Globs of paths to leave out (matched against paths inside each volume / bind mount / include).
+# exclude = ["**/*.tmp", "cache/**"]
+
+# Where archives go. Default: ./backups. NUWAX_STORAGE_DIR overrides this.
+# storage_dir = "/var/backups/mysite"
+
+# zstd (multithreaded), gzip or none, and the level (zstd 1-19, gzip 0-9).
+# compression = "zstd"
+# level = 3
+
+# Seconds a service gets to stop when its compose file sets no stop_grace_period.
+# stop_timeout = 10
+# Seconds each service gets to be running (and healthy, when it has a healthcheck) again.
+# health_timeout = 120
+
+# The version this deployment runs; written into each backup's name and manifest.
+# service_version = "1.0.0"
+
+# How volume data is read: auto (from the host when readable, else through the engine),
+# host, or engine (remote engines, rootless Docker, Docker Desktop).
+# volume_access = "auto"
+"#;

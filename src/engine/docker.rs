@@ -1,0 +1,200 @@
+//! The real engine: Docker through bollard, API version negotiated.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::query_parameters::{
+    DownloadFromContainerOptions, InspectContainerOptions, ListContainersOptions,
+    ListVolumesOptions, StartContainerOptions, StopContainerOptions,
+};
+use futures_util::TryStreamExt;
+
+use super::*;
+
+pub struct DockerEngine {
+    docker: Docker,
+    host: String,
+}
+
+impl DockerEngine {
+    /// Connect through `DOCKER_HOST` or the default socket and negotiate the API version.
+    /// Fails with [`EngineError::Unreachable`] when nothing answers.
+    pub async fn connect() -> Result<Self> {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        let unreachable = |e: BollardError| EngineError::Unreachable {
+            host: host.clone(),
+            detail: e.to_string(),
+        };
+        let docker = Docker::connect_with_defaults().map_err(unreachable)?;
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        Ok(Self { docker, host })
+    }
+}
+
+fn api<'a>(op: &'static str, target: &'a str) -> impl Fn(BollardError) -> EngineError + 'a {
+    move |e| match e {
+        BollardError::DockerResponseServerError { status_code: 404, .. } => {
+            EngineError::NotFound { target: target.to_string() }
+        }
+        other => EngineError::Api { op, target: target.to_string(), detail: other.to_string() },
+    }
+}
+
+fn label_filter(key: &str, value: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_string(), vec![format!("{key}={value}")])])
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    async fn info(&self) -> Result<EngineInfo> {
+        let v = self.docker.version().await.map_err(api("version", "engine"))?;
+        Ok(EngineInfo {
+            host: self.host.clone(),
+            version: v.version.unwrap_or_default(),
+            api_version: v.api_version.unwrap_or_default(),
+        })
+    }
+
+    async fn project_containers(&self, project: &str) -> Result<Vec<Container>> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(label_filter(LABEL_PROJECT, project)),
+            ..Default::default()
+        };
+        let list = self.docker.list_containers(Some(opts)).await.map_err(api("list containers", project))?;
+        let mut out = Vec::with_capacity(list.len());
+        for c in list {
+            let Some(id) = c.id else { continue };
+            match self.inspect(&id).await {
+                Ok(c) => out.push(c),
+                // Removed between list and inspect: not ours to care about any more.
+                Err(EngineError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| (&a.service, &a.name).cmp(&(&b.service, &b.name)));
+        Ok(out)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Container> {
+        let r = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(api("inspect container", id))?;
+        let config = r.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        let st = r.state.unwrap_or_default();
+        let state = match st.status {
+            Some(ContainerStateStatusEnum::CREATED) => State::Created,
+            Some(ContainerStateStatusEnum::RUNNING) => State::Running,
+            Some(ContainerStateStatusEnum::PAUSED) => State::Paused,
+            Some(ContainerStateStatusEnum::RESTARTING) => State::Restarting,
+            Some(ContainerStateStatusEnum::REMOVING) => State::Removing,
+            Some(ContainerStateStatusEnum::EXITED) => State::Exited,
+            Some(ContainerStateStatusEnum::DEAD) => State::Dead,
+            _ => State::Unknown,
+        };
+        let health = st.health.and_then(|h| match h.status {
+            Some(HealthStatusEnum::STARTING) => Some(Health::Starting),
+            Some(HealthStatusEnum::HEALTHY) => Some(Health::Healthy),
+            Some(HealthStatusEnum::UNHEALTHY) => Some(Health::Unhealthy),
+            _ => None,
+        });
+        let has_healthcheck = config
+            .healthcheck
+            .and_then(|h| h.test)
+            .is_some_and(|t| !t.is_empty() && t[0] != "NONE");
+        let mounts = r
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| Mount {
+                kind: match m.typ.as_deref() {
+                    Some("volume") => MountType::Volume,
+                    Some("bind") => MountType::Bind,
+                    _ => MountType::Other,
+                },
+                name: m.name,
+                source: PathBuf::from(m.source.unwrap_or_default()),
+                destination: m.destination.unwrap_or_default(),
+            })
+            .collect();
+        let depends_on: BTreeSet<String> = labels
+            .get(LABEL_DEPENDS_ON)
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|d| d.split(':').next())
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Container {
+            id: r.id.unwrap_or_else(|| id.to_string()),
+            name: r.name.unwrap_or_default().trim_start_matches('/').to_string(),
+            service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+            state,
+            health,
+            has_healthcheck,
+            image: config.image.unwrap_or_default(),
+            image_id: r.image.unwrap_or_default(),
+            mounts,
+            depends_on,
+            stop_timeout: config.stop_timeout.and_then(|t| u64::try_from(t).ok()),
+            restart_count: r.restart_count.unwrap_or(0),
+        })
+    }
+
+    async fn project_volumes(&self, project: &str) -> Result<Vec<String>> {
+        let opts = ListVolumesOptions { filters: Some(label_filter(LABEL_PROJECT, project)) };
+        let r = self.docker.list_volumes(Some(opts)).await.map_err(api("list volumes", project))?;
+        let mut names: Vec<String> = r.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn volume_mountpoint(&self, name: &str) -> Result<PathBuf> {
+        let v = self.docker.inspect_volume(name).await.map_err(api("inspect volume", name))?;
+        Ok(PathBuf::from(v.mountpoint))
+    }
+
+    async fn stop(&self, id: &str, timeout_secs: u64) -> Result<Outcome> {
+        let opts = StopContainerOptions { t: Some(timeout_secs.min(i32::MAX as u64) as i32), signal: None };
+        // The engine answers 304 for an already stopped container, which bollard reports as
+        // success; ask first so callers can tell the two apart.
+        if !self.inspect(id).await?.is_running() {
+            return Ok(Outcome::AlreadyInState);
+        }
+        self.docker.stop_container(id, Some(opts)).await.map_err(api("stop container", id))?;
+        Ok(Outcome::Done)
+    }
+
+    async fn start(&self, id: &str) -> Result<Outcome> {
+        if self.inspect(id).await?.state == State::Running {
+            return Ok(Outcome::AlreadyInState);
+        }
+        self.docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(api("start container", id))?;
+        Ok(Outcome::Done)
+    }
+
+    async fn export_path(&self, id: &str, path: &str) -> Result<TarStream> {
+        let opts = DownloadFromContainerOptions { path: path.to_string() };
+        let stream = self
+            .docker
+            .download_from_container(id, Some(opts))
+            .map_err(std::io::Error::other);
+        Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+}

@@ -1,0 +1,138 @@
+//! An in-memory engine for unit tests of the flows. It models only what the flows rely on
+//! (state changes, call order, injected failures); behaviour of Docker itself is tested against
+//! the real engine in `tests/`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::*;
+
+#[derive(Default)]
+pub struct FakeEngine {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    containers: Vec<Container>,
+    volumes: BTreeMap<String, PathBuf>,
+    calls: Vec<String>,
+    fail_start: BTreeSet<String>,
+}
+
+impl FakeEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a container of service `service`, running or not, with the given mounts.
+    pub fn add(&self, service: &str, running: bool, depends_on: &[&str], mounts: Vec<Mount>) {
+        let mut inner = self.inner.lock().unwrap();
+        let n = inner.containers.len();
+        inner.containers.push(Container {
+            id: format!("id-{service}-{n}"),
+            name: format!("fake-{service}-1"),
+            service: service.to_string(),
+            state: if running { State::Running } else { State::Exited },
+            health: None,
+            has_healthcheck: false,
+            image: format!("{service}:latest"),
+            image_id: format!("sha256:{service}"),
+            mounts,
+            depends_on: depends_on.iter().map(|s| s.to_string()).collect(),
+            stop_timeout: None,
+            restart_count: 0,
+        });
+    }
+
+    pub fn add_volume(&self, name: &str, mountpoint: PathBuf) {
+        self.inner.lock().unwrap().volumes.insert(name.to_string(), mountpoint);
+    }
+
+    /// Makes `start` of the service's containers fail.
+    pub fn fail_start(&self, service: &str) {
+        self.inner.lock().unwrap().fail_start.insert(service.to_string());
+    }
+
+    /// `stop db`, `start app`, ... in call order.
+    pub fn calls(&self) -> Vec<String> {
+        self.inner.lock().unwrap().calls.clone()
+    }
+
+    pub fn running(&self) -> Vec<String> {
+        let inner = self.inner.lock().unwrap();
+        inner.containers.iter().filter(|c| c.is_running()).map(|c| c.service.clone()).collect()
+    }
+
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container, &mut Vec<String>, &BTreeSet<String>) -> T) -> Result<T> {
+        let mut inner = self.inner.lock().unwrap();
+        let Inner { containers, calls, fail_start, .. } = &mut *inner;
+        let c = containers
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| EngineError::NotFound { target: id.to_string() })?;
+        Ok(f(c, calls, fail_start))
+    }
+}
+
+#[async_trait]
+impl Engine for FakeEngine {
+    async fn info(&self) -> Result<EngineInfo> {
+        Ok(EngineInfo { host: "fake".into(), version: "0".into(), api_version: "0".into() })
+    }
+
+    async fn project_containers(&self, _project: &str) -> Result<Vec<Container>> {
+        Ok(self.inner.lock().unwrap().containers.clone())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Container> {
+        self.with(id, |c, _, _| c.clone())
+    }
+
+    async fn project_volumes(&self, _project: &str) -> Result<Vec<String>> {
+        Ok(self.inner.lock().unwrap().volumes.keys().cloned().collect())
+    }
+
+    async fn volume_mountpoint(&self, name: &str) -> Result<PathBuf> {
+        self.inner
+            .lock()
+            .unwrap()
+            .volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound { target: name.to_string() })
+    }
+
+    async fn stop(&self, id: &str, _timeout_secs: u64) -> Result<Outcome> {
+        self.with(id, |c, calls, _| {
+            calls.push(format!("stop {}", c.service));
+            if c.is_running() {
+                c.state = State::Exited;
+                Outcome::Done
+            } else {
+                Outcome::AlreadyInState
+            }
+        })
+    }
+
+    async fn start(&self, id: &str) -> Result<Outcome> {
+        self.with(id, |c, calls, fail| {
+            calls.push(format!("start {}", c.service));
+            if fail.contains(&c.service) {
+                return Err(EngineError::Api { op: "start container", target: c.name.clone(), detail: "injected failure".into() });
+            }
+            if c.is_running() {
+                return Ok(Outcome::AlreadyInState);
+            }
+            c.state = State::Running;
+            Ok(Outcome::Done)
+        })?
+    }
+
+    async fn export_path(&self, id: &str, _path: &str) -> Result<TarStream> {
+        Err(EngineError::Api { op: "export", target: id.to_string(), detail: "not supported by the fake engine".into() })
+    }
+}

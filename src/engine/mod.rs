@@ -1,0 +1,138 @@
+//! The container engine behind a narrow trait of our own, so flows run against the real Docker
+//! engine (bollard, [`docker`]) and against a [`fake`] in unit tests with the same code.
+
+pub mod compose_cli;
+pub mod docker;
+pub mod fake;
+pub mod order;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+
+pub use docker::DockerEngine;
+
+/// Label compose puts on every container and volume of a project.
+pub const LABEL_PROJECT: &str = "com.docker.compose.project";
+pub const LABEL_SERVICE: &str = "com.docker.compose.service";
+/// Compose v2 only: `db:service_healthy:false,cache:service_started:true`.
+pub const LABEL_DEPENDS_ON: &str = "com.docker.compose.depends_on";
+pub const LABEL_VOLUME: &str = "com.docker.compose.volume";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("cannot reach the Docker engine at {host}: {detail}")]
+    Unreachable { host: String, detail: String },
+    #[error("{op} {target}: {detail}")]
+    Api { op: &'static str, target: String, detail: String },
+    #[error("{target}: not found")]
+    NotFound { target: String },
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountType {
+    Volume,
+    Bind,
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub kind: MountType,
+    /// Volume name (volumes only).
+    pub name: Option<String>,
+    /// Host path: the bind source, or the volume's mountpoint as the engine reports it.
+    pub source: PathBuf,
+    pub destination: String,
+}
+
+/// One container of the project, as the engine reports it.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub service: String,
+    pub state: State,
+    pub health: Option<Health>,
+    /// Whether the container defines a healthcheck at all.
+    pub has_healthcheck: bool,
+    /// The image reference it was created from (`Config.Image`).
+    pub image: String,
+    /// The image id it runs (`sha256:...`).
+    pub image_id: String,
+    pub mounts: Vec<Mount>,
+    /// From compose v2's depends_on label.
+    pub depends_on: BTreeSet<String>,
+    /// Seconds, from `Config.StopTimeout` (compose's `stop_grace_period`).
+    pub stop_timeout: Option<u64>,
+    pub restart_count: i64,
+}
+
+impl Container {
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, State::Running | State::Restarting)
+    }
+
+    /// Running, and healthy where it has a healthcheck.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Running && (!self.has_healthcheck || self.health == Some(Health::Healthy))
+    }
+}
+
+/// Idempotent outcomes: stopping a stopped container is not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    AlreadyInState,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub host: String,
+    pub version: String,
+    pub api_version: String,
+}
+
+/// A tar stream of a path inside a container (the engine's archive API).
+pub type TarStream = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+#[async_trait]
+pub trait Engine: Send + Sync {
+    async fn info(&self) -> Result<EngineInfo>;
+    /// Every container (running or not) labelled with the project.
+    async fn project_containers(&self, project: &str) -> Result<Vec<Container>>;
+    async fn inspect(&self, id: &str) -> Result<Container>;
+    /// Volume names labelled with the project.
+    async fn project_volumes(&self, project: &str) -> Result<Vec<String>>;
+    async fn volume_mountpoint(&self, name: &str) -> Result<PathBuf>;
+    async fn stop(&self, id: &str, timeout_secs: u64) -> Result<Outcome>;
+    async fn start(&self, id: &str) -> Result<Outcome>;
+    /// `GET /containers/{id}/archive?path=...`: entries are named `<basename of path>/...`.
+    async fn export_path(&self, id: &str, path: &str) -> Result<TarStream>;
+}

@@ -1,0 +1,81 @@
+//! User-facing error classes: each has an exit code and a one-line hint of what to do next.
+//!
+//! Subsystems return their own typed errors (or `anyhow` with context); the CLI looks for one of
+//! these anywhere in the cause chain to pick the exit code.
+
+use std::path::PathBuf;
+
+/// Exit codes, documented in README.md.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const LOCKED: u8 = 3;
+    pub const ENGINE_UNREACHABLE: u8 = 4;
+    pub const PROJECT: u8 = 5;
+    pub const PREFLIGHT: u8 = 6;
+    pub const VERIFY_FAILED: u8 = 7;
+    pub const SERVICES_DOWN: u8 = 8;
+    pub const NOT_FOUND: u8 = 9;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("another nuwax operation is running (pid {pid})")]
+    Locked { pid: String },
+    #[error("cannot reach the Docker engine at {host}: {detail}")]
+    EngineUnreachable { host: String, detail: String },
+    #[error("no compose file in {dir} (looked for compose.yaml, compose.yml, docker-compose.yml, docker-compose.yaml)")]
+    NoComposeFile { dir: PathBuf },
+    #[error("{0}")]
+    Config(String),
+    #[error("not enough free space: needs ~{needed}, {free} free in {dir}")]
+    NoSpace { needed: String, free: String, dir: PathBuf },
+    #[error("storage directory {dir} is not writable: {detail}")]
+    StorageNotWritable { dir: PathBuf, detail: String },
+    #[error("backup {id} not found")]
+    BackupNotFound { id: i64 },
+    #[error("backup {id} failed verification: {detail}")]
+    VerifyFailed { id: i64, detail: String },
+    #[error("interrupted by {signal}")]
+    Interrupted { signal: &'static str },
+    #[error("services did not come back: {detail}")]
+    ServicesDown { detail: String },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Locked { .. } => exit::LOCKED,
+            Error::EngineUnreachable { .. } => exit::ENGINE_UNREACHABLE,
+            Error::NoComposeFile { .. } | Error::Config(_) => exit::PROJECT,
+            Error::NoSpace { .. } | Error::StorageNotWritable { .. } => exit::PREFLIGHT,
+            Error::BackupNotFound { .. } => exit::NOT_FOUND,
+            Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
+            Error::Interrupted { signal } => {
+                if *signal == "SIGTERM" {
+                    143
+                } else {
+                    exit::INTERRUPTED
+                }
+            }
+            Error::ServicesDown { .. } => exit::SERVICES_DOWN,
+        }
+    }
+
+    /// What the operator can do next, when there is something useful to say.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::Locked { .. } => "wait for it to finish; `nuwax status` shows what it is doing".into(),
+            Error::EngineUnreachable { .. } => "start dockerd, set DOCKER_HOST, or pass --no-docker to back up files only".into(),
+            Error::NoComposeFile { .. } => "run nuwax inside the compose project or pass --project-dir DIR".into(),
+            Error::NoSpace { .. } => "free some space, prune old backups, or set storage_dir / NUWAX_STORAGE_DIR to a larger disk".into(),
+            Error::StorageNotWritable { .. } => "fix the permissions, or set storage_dir / NUWAX_STORAGE_DIR".into(),
+            Error::BackupNotFound { .. } => "`nuwax list` shows the backups in the catalog".into(),
+            Error::ServicesDown { .. } => "check `docker ps -a` and the service logs, then `nuwax recover` to retry starting them".into(),
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,448 @@
+//! `nuwax backup`: preflight → record pending → journal + stop → scan → archive → start →
+//! verify → rename → record complete. Services are started again on every path out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use serde::Serialize;
+
+use super::Ctx;
+use super::sources::{self, Origin, Role, Source, VolumeAccess};
+use crate::archive::manifest::{ChecksumInfo, ConfigRecord, FORMAT_VERSION, Manifest, MountRecord, ServiceRecord, Skipped};
+use crate::archive::{self, ArchiveWriter, Compression, Progress, ScanResult, WriteOptions};
+use crate::catalog::{BackupKind, Completed, NewBackup, OperationState};
+use crate::engine::{Container, Engine};
+use crate::fsutil;
+use crate::guard::ServiceGuard;
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub kind: BackupKind,
+    pub note: Option<String>,
+    pub compression: Compression,
+    pub level: i32,
+    /// `false` with `--no-stop`: read the data while the services run.
+    pub stop: bool,
+    pub volume_access: VolumeAccess,
+    /// Bytes/s of content; a test hook for slow archiving (`NUWAX_RATE_LIMIT`).
+    pub rate_limit: Option<u64>,
+}
+
+/// What `backup` reports (`--json` prints this).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupOutcome {
+    pub id: i64,
+    pub path: PathBuf,
+    pub status: &'static str,
+    pub kind: &'static str,
+    pub size_bytes: u64,
+    pub content_bytes: u64,
+    pub file_count: u64,
+    pub compression: &'static str,
+    pub checksum: String,
+    pub duration_ms: u64,
+    /// Reading the data and writing the archive (the services' downtime is this plus stop/start).
+    pub archive_ms: u64,
+    pub verify_ms: u64,
+    /// First stop to last service ready; `null` when nothing was stopped.
+    pub downtime_ms: Option<u64>,
+    pub services_stopped: Vec<String>,
+    pub services_touched: bool,
+    pub skipped: Vec<Skipped>,
+}
+
+pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let project = &ctx.project;
+    let mut skipped = Vec::new();
+
+    // Everything that can be known without stopping anything.
+    let containers = match &ctx.engine {
+        Some(engine) => engine.project_containers(&project.name).await?,
+        None => Vec::new(),
+    };
+    if ctx.engine.is_some() && containers.is_empty() {
+        tracing::warn!("no containers of compose project {:?} found; backing up files and labelled volumes only", project.name);
+    }
+    let mut plan = sources::config_sources(project, &mut skipped);
+    plan.extend(match &ctx.engine {
+        Some(engine) => sources::mount_sources(project, &**engine, &containers, opts.volume_access, &mut skipped).await?,
+        None => sources::compose_bind_sources(project, &mut skipped),
+    });
+    let excludes = build_excludes(&project.settings.exclude)?;
+    let skip_dirs = vec![project.storage_dir.clone(), project.state_dir.clone()];
+    preflight(project.storage_dir.as_path(), &plan, &excludes, &skip_dirs)?;
+    ctx.interrupt.check()?;
+
+    let created_at = Utc::now();
+    let version = project.service_version();
+    let id = ctx
+        .catalog
+        .insert_pending(&NewBackup {
+            kind: opts.kind,
+            project: &project.name,
+            service_version: &version,
+            compression: opts.compression.as_str(),
+            created_at,
+            note: opts.note.as_deref(),
+        })
+        .await?;
+    let file_name = format!(
+        "backup_{}_v{}_{}_{}.{}",
+        opts.kind.as_str(),
+        sanitize(&version),
+        created_at.format("%Y-%m-%d_%H-%M-%S"),
+        id,
+        opts.compression.extension()
+    );
+    let final_path = project.storage_dir.join(&file_name);
+    let temp_path = project.storage_dir.join(format!(".nuwax-partial-{id}.tmp"));
+    let op = ctx.catalog.begin_operation("backup", &project.name, Some(id), Some(&temp_path)).await?;
+    tracing::info!(id, path = %final_path.display(), "backup started");
+
+    let mut guard = ctx
+        .engine
+        .as_ref()
+        .map(|e| ServiceGuard::new(e.clone(), project.dependencies(), ctx.timeouts()));
+    let services: Vec<ServiceRecord> = containers
+        .iter()
+        .map(|c| ServiceRecord {
+            service: c.service.clone(),
+            container: c.name.clone(),
+            image: c.image.clone(),
+            image_id: c.image_id.clone(),
+            running: c.is_running(),
+        })
+        .collect();
+
+    let work = Work { ctx, opts, id, op, created_at, plan: &plan, containers: &containers, services, skipped, excludes, skip_dirs, temp_path: &temp_path, progress };
+    let result = work.run(guard.as_mut()).await;
+
+    // Always: start what was stopped, whatever happened above.
+    let stopped_names: Vec<String> = guard
+        .as_ref()
+        .map(|g| g.stopped().iter().map(|c| c.service.clone()).collect())
+        .unwrap_or_default();
+    let restart = match guard.as_mut() {
+        Some(g) if !g.stopped().is_empty() => Some(g.restart().await),
+        _ => None,
+    };
+    let downtime_ms = guard.as_ref().and_then(|g| g.elapsed_ms());
+    let restart_failed = matches!(restart, Some(Err(_)));
+
+    let result = match (result, restart) {
+        (Ok(w), None | Some(Ok(_))) => finish(ctx, id, &temp_path, &final_path, w, started, downtime_ms).await,
+        (Err(e), Some(Err(r))) => Err(e.context(format!("and starting the services again failed: {r:#}"))),
+        (Ok(_), Some(Err(r))) => Err(r),
+        (Err(e), _) => Err(e),
+    };
+    match result {
+        Ok(mut outcome) => {
+            ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
+            outcome.services_stopped = stopped_names;
+            outcome.duration_ms = started.elapsed().as_millis() as u64;
+            Ok(outcome)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp_path);
+            let msg = format!("{e:#}");
+            ctx.catalog.fail(id, &msg, downtime_ms).await?;
+            // With services still down the journal stays open: the next nuwax run (or
+            // `nuwax recover`) tries to start them again.
+            if !restart_failed {
+                ctx.catalog.finish_operation(op, OperationState::Done, Some("failed")).await?;
+            }
+            Err(e.context(format!("backup {id} failed")))
+        }
+    }
+}
+
+struct Work<'a> {
+    ctx: &'a Ctx,
+    opts: &'a BackupOptions,
+    id: i64,
+    op: i64,
+    created_at: chrono::DateTime<Utc>,
+    plan: &'a [Source],
+    containers: &'a [Container],
+    services: Vec<ServiceRecord>,
+    skipped: Vec<Skipped>,
+    excludes: globset::GlobSet,
+    skip_dirs: Vec<PathBuf>,
+    temp_path: &'a Path,
+    progress: Arc<dyn Progress>,
+}
+
+struct Written {
+    summary: archive::WriteSummary,
+    manifest: Manifest,
+    archive_ms: u64,
+}
+
+impl Work<'_> {
+    /// Stop (unless `--no-stop`), scan, archive. Services are restarted by the caller.
+    async fn run(self, guard: Option<&mut ServiceGuard>) -> Result<Written> {
+        let ctx = self.ctx;
+        let stopping = self.opts.stop && guard.is_some();
+        if let (true, Some(guard)) = (self.opts.stop, guard) {
+            guard.stop(&ctx.catalog, self.op, self.containers).await?;
+        }
+        ctx.interrupt.check()?;
+        let archive_started = Instant::now();
+
+        let engine = ctx.engine.clone();
+        let handle = tokio::runtime::Handle::current();
+        let cancel = ctx.interrupt.cancel().clone();
+        let Work { opts, id, created_at, plan, services, mut skipped, excludes, skip_dirs, temp_path, progress, .. } = self;
+        let plan = plan.to_vec();
+        let temp_path = temp_path.to_path_buf();
+        let project = ctx.project.name.clone();
+        let version = ctx.project.service_version();
+        let wopts = WriteOptions {
+            compression: opts.compression,
+            level: opts.level,
+            threads: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            rate_limit: opts.rate_limit,
+        };
+        let kind = opts.kind.as_str().to_string();
+        let written = tokio::task::spawn_blocking(move || -> Result<(archive::WriteSummary, Manifest)> {
+            let mut scans = Vec::with_capacity(plan.len());
+            for s in &plan {
+                if cancel.is_cancelled() {
+                    return Err(archive::Error::Cancelled.into());
+                }
+                let scan = match &s.origin {
+                    Origin::Host(root) => archive::scan_host(&s.prefix, root, &excludes, &skip_dirs)
+                        .with_context(|| format!("reading {}", root.display()))?,
+                    Origin::Engine { container, path } => {
+                        let stream = export(&handle, engine.as_deref(), container, path)?;
+                        archive::scan_tar_stream(&s.prefix, stream)
+                            .with_context(|| format!("reading {path} through the engine"))?
+                    }
+                };
+                skipped.extend(scan.skipped.iter().cloned());
+                scans.push(scan);
+            }
+            let manifest = build_manifest(ManifestParts { id, kind, project, version, created_at, compression: wopts.compression, stopped: stopping, services, plan: &plan, scans: &scans, skipped });
+            progress.set_total(scans.iter().map(|s| s.size).sum());
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode_private()
+                .open(&temp_path)
+                .with_context(|| format!("creating {}", temp_path.display()))?;
+            let mut w = ArchiveWriter::new(std::io::BufWriter::with_capacity(1 << 20, &file), &wopts, cancel.clone(), progress.clone())?;
+            w.write_manifest(&manifest)?;
+            for (s, scan) in plan.iter().zip(&scans) {
+                match &s.origin {
+                    Origin::Host(root) => w
+                        .append_host(&s.prefix, root, &scan.entries)
+                        .with_context(|| format!("archiving {}", root.display()))?,
+                    Origin::Engine { container, path } => {
+                        let stream = export(&handle, engine.as_deref(), container, path)?;
+                        w.append_tar_stream(&s.prefix, stream, &scan.entries)
+                            .with_context(|| format!("archiving {path} through the engine"))?
+                    }
+                }
+            }
+            let summary = w.finish()?;
+            file.sync_all().with_context(|| format!("syncing {}", temp_path.display()))?;
+            Ok((summary, manifest))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("archiving panicked: {e}"))?;
+        let (summary, manifest) = match written {
+            Err(e) if e.downcast_ref::<archive::Error>().is_some_and(|a| matches!(a, archive::Error::Cancelled)) => {
+                ctx.interrupt.check()?;
+                return Err(e);
+            }
+            other => other?,
+        };
+        Ok(Written { summary, manifest, archive_ms: archive_started.elapsed().as_millis() as u64 })
+    }
+}
+
+fn export(
+    handle: &tokio::runtime::Handle,
+    engine: Option<&dyn Engine>,
+    container: &str,
+    path: &str,
+) -> Result<impl std::io::Read + use<>> {
+    let engine = engine.context("the engine is needed to read this volume")?;
+    let stream = handle.block_on(engine.export_path(container, path))?;
+    Ok(tokio_util::io::SyncIoBridge::new_with_handle(stream, handle.clone()))
+}
+
+/// After the services are back: verify the temp file, rename it into place, record it complete.
+async fn finish(ctx: &Ctx, id: i64, temp: &Path, final_path: &Path, w: Written, started: Instant, downtime_ms: Option<u64>) -> Result<BackupOutcome> {
+    ctx.interrupt.check()?;
+    let verify_started = Instant::now();
+    let (t, sha, cancel) = (temp.to_path_buf(), w.summary.archive_sha256.clone(), ctx.interrupt.cancel().clone());
+    let report = tokio::task::spawn_blocking(move || archive::verify(&t, Some(&sha), &cancel, &archive::NoProgress))
+        .await?
+        .map_err(|e| crate::Error::VerifyFailed { id, detail: e.to_string() })?;
+    let verify_ms = verify_started.elapsed().as_millis() as u64;
+    ctx.interrupt.check()?;
+    std::fs::rename(temp, final_path).with_context(|| format!("renaming {} to {}", temp.display(), final_path.display()))?;
+    let dir = final_path.parent().unwrap_or(Path::new("."));
+    fsutil::fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+    let file_count = w.manifest.entries.iter().filter(|e| e.kind == archive::manifest::EntryKind::File).count() as u64;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    ctx.catalog
+        .complete(
+            id,
+            &Completed {
+                path: final_path.to_path_buf(),
+                size_bytes: w.summary.archive_bytes,
+                checksum: w.summary.archive_sha256.clone(),
+                file_count,
+                finished_at: Utc::now(),
+                duration_ms,
+                downtime_ms,
+            },
+        )
+        .await?;
+    let compression = match w.manifest.compression.as_str() {
+        "zstd" => "zstd",
+        "gzip" => "gzip",
+        _ => "none",
+    };
+    Ok(BackupOutcome {
+        id,
+        path: final_path.to_path_buf(),
+        status: "complete",
+        kind: kind_str(&w.manifest.kind),
+        size_bytes: report.archive_bytes,
+        content_bytes: report.content_bytes,
+        file_count,
+        compression,
+        checksum: w.summary.archive_sha256,
+        duration_ms,
+        archive_ms: w.archive_ms,
+        verify_ms,
+        downtime_ms,
+        services_stopped: Vec::new(),
+        services_touched: w.manifest.services_stopped,
+        skipped: w.manifest.skipped,
+    })
+}
+
+fn kind_str(k: &str) -> &'static str {
+    match k {
+        "pre-upgrade" => "pre-upgrade",
+        "pre-rollback" => "pre-rollback",
+        "scheduled" => "scheduled",
+        _ => "manual",
+    }
+}
+
+struct ManifestParts<'a> {
+    id: i64,
+    kind: String,
+    project: String,
+    version: String,
+    created_at: chrono::DateTime<Utc>,
+    compression: Compression,
+    stopped: bool,
+    services: Vec<ServiceRecord>,
+    plan: &'a [Source],
+    scans: &'a [ScanResult],
+    skipped: Vec<Skipped>,
+}
+
+fn build_manifest(p: ManifestParts<'_>) -> Manifest {
+    let mut mounts = Vec::new();
+    let mut configs = Vec::new();
+    let mut entries = Vec::new();
+    for (s, scan) in p.plan.iter().zip(p.scans) {
+        match &s.role {
+            Role::Config { source } => configs.push(ConfigRecord {
+                source: source.clone(),
+                archive_path: s.prefix.clone(),
+                size: scan.size,
+                file_count: scan.file_count,
+            }),
+            Role::Mount { kind, name, source, destinations } => mounts.push(MountRecord {
+                kind: *kind,
+                name: name.clone(),
+                source: source.clone(),
+                destinations: destinations.clone(),
+                archive_path: s.prefix.clone(),
+                access: s.access(),
+                size: scan.size,
+                file_count: scan.file_count,
+            }),
+        }
+        entries.extend(scan.entries.iter().cloned());
+    }
+    Manifest {
+        format_version: FORMAT_VERSION,
+        nuwax_version: crate::VERSION.to_string(),
+        backup_id: p.id,
+        kind: p.kind,
+        project: p.project,
+        service_version: Some(p.version),
+        created_at: p.created_at.to_rfc3339(),
+        compression: p.compression.as_str().to_string(),
+        services_stopped: p.stopped,
+        services: p.services,
+        mounts,
+        configs,
+        skipped: p.skipped,
+        entries,
+        checksums: ChecksumInfo::default(),
+    }
+}
+
+/// Refuses before anything is stopped: unwritable storage, or not enough room for the data.
+fn preflight(storage: &Path, plan: &[Source], excludes: &globset::GlobSet, skip_dirs: &[PathBuf]) -> Result<()> {
+    fsutil::create_private_dir(storage).map_err(|e| crate::Error::StorageNotWritable { dir: storage.to_path_buf(), detail: format!("{e:#}") })?;
+    fsutil::probe_writable(storage).map_err(|e| crate::Error::StorageNotWritable { dir: storage.to_path_buf(), detail: e.to_string() })?;
+    let mut estimate: u64 = 0;
+    for s in plan {
+        if let Origin::Host(root) = &s.origin
+            && let Ok(scan) = archive::scan_host(&s.prefix, root, excludes, skip_dirs)
+        {
+            // Headers and the manifest add ~1 KiB per entry; compression usually saves more, but
+            // incompressible data is common (media, already-compressed dumps): assume none.
+            estimate += scan.size + 1024 * scan.entries.len() as u64;
+        }
+    }
+    let free = fsutil::free_space(storage).with_context(|| format!("checking free space in {}", storage.display()))?;
+    // Keep a margin so the backup does not fill the disk to the last byte.
+    let needed = estimate + estimate / 20 + (1 << 20);
+    if needed > free {
+        return Err(crate::Error::NoSpace {
+            needed: fsutil::human_bytes(needed),
+            free: fsutil::human_bytes(free),
+            dir: storage.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn build_excludes(globs: &[String]) -> Result<globset::GlobSet> {
+    let mut b = globset::GlobSetBuilder::new();
+    for g in globs {
+        b.add(globset::Glob::new(g).map_err(|e| crate::Error::Config(format!("exclude glob {g:?}: {e}")))?);
+    }
+    Ok(b.build()?)
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
+}
+
+trait PrivateMode {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateMode for std::fs::OpenOptions {
+    fn mode_private(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}

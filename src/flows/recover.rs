@@ -1,0 +1,124 @@
+//! Finishing what a dead nuwax left behind: start the services it had stopped, mark its backup
+//! failed, remove its temp file. Runs at the start of every command that can take the project
+//! lock, and on demand as `nuwax recover`.
+
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Ctx;
+use crate::catalog::OperationState;
+use crate::guard::start_and_wait;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovered {
+    pub operation: i64,
+    pub kind: String,
+    pub pid: i64,
+    pub started_at: String,
+    pub backup_id: Option<i64>,
+    pub services_started: Vec<String>,
+    pub temp_removed: Option<String>,
+}
+
+/// Recovers every unfinished operation of the project. The caller holds the project lock, so
+/// their processes are gone (or it is this process, after a panic).
+pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
+    let mut out = Vec::new();
+    for op in ctx.catalog.unfinished(&ctx.project.name).await? {
+        let mut services_started = Vec::new();
+        if !op.stopped_services.is_empty() {
+            let engine = ctx.engine.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "operation {} (pid {}) left services stopped ({}); the Docker engine is needed to start them",
+                    op.id,
+                    op.pid,
+                    op.stopped_services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            let wanted: BTreeSet<&str> = op.stopped_services.iter().map(|s| s.id.as_str()).collect();
+            let containers: Vec<_> = engine
+                .project_containers(&ctx.project.name)
+                .await?
+                .into_iter()
+                .filter(|c| wanted.contains(c.id.as_str()))
+                .collect();
+            let gone = wanted.len() - containers.len();
+            if gone > 0 {
+                tracing::warn!("{gone} container(s) stopped by operation {} no longer exist", op.id);
+            }
+            start_and_wait(&**engine, &containers, &ctx.project.dependencies(), ctx.timeouts().ready).await?;
+            services_started = containers.iter().map(|c| c.service.clone()).collect();
+        }
+        let mut temp_removed = None;
+        if let Some(temp) = &op.temp_path
+            && std::fs::remove_file(temp).is_ok()
+        {
+            temp_removed = Some(temp.display().to_string());
+        }
+        if let Some(id) = op.backup_id {
+            let msg = format!("interrupted: nuwax (pid {}) ended before the backup finished; recovered by pid {}", op.pid, std::process::id());
+            ctx.catalog.fail(id, &msg, None).await?;
+        }
+        ctx.catalog.finish_operation(op.id, OperationState::Recovered, Some("recovered")).await?;
+        out.push(Recovered {
+            operation: op.id,
+            kind: op.kind,
+            pid: op.pid,
+            started_at: op.started_at,
+            backup_id: op.backup_id,
+            services_started,
+            temp_removed,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::catalog::{BackupKind, Catalog, NewBackup};
+    use crate::engine::Engine;
+    use crate::engine::fake::FakeEngine;
+    use crate::guard::{Interrupt, ServiceGuard, Timeouts};
+
+    #[tokio::test]
+    async fn a_dead_backup_is_finished_by_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("compose.yaml"), "services: {db: {image: x}, app: {image: y, depends_on: [db]}}\n").unwrap();
+        let project = crate::project::Project::discover(dir.path()).unwrap();
+        let catalog = Catalog::open(&project.state_dir).await.unwrap();
+        let engine = Arc::new(FakeEngine::new());
+        engine.add("db", true, &[], vec![]);
+        engine.add("app", true, &[], vec![]);
+        engine.add("cron", false, &[], vec![]);
+        // A backup that stopped its services and then "died" (never restarted them).
+        let id = catalog
+            .insert_pending(&NewBackup { kind: BackupKind::Manual, project: &project.name, service_version: "0", compression: "zstd", created_at: chrono::Utc::now(), note: None })
+            .await
+            .unwrap();
+        let temp = dir.path().join("partial.tmp");
+        std::fs::write(&temp, b"half an archive").unwrap();
+        let op = catalog.begin_operation("backup", &project.name, Some(id), Some(&temp)).await.unwrap();
+        let containers = engine.project_containers("x").await.unwrap();
+        ServiceGuard::new(engine.clone(), project.dependencies(), Timeouts::default())
+            .stop(&catalog, op, &containers)
+            .await
+            .unwrap();
+        assert!(engine.running().is_empty());
+
+        let ctx = Ctx { project, catalog, engine: Some(engine.clone()), interrupt: Interrupt::none() };
+        let done = recover(&ctx).await.unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(engine.calls()[3..], ["start db".to_string(), "start app".to_string()]);
+        assert!(!temp.exists());
+        let rec = ctx.catalog.get(id).await.unwrap().unwrap();
+        assert_eq!(rec.status, "failed");
+        assert!(ctx.catalog.unfinished(&ctx.project.name).await.unwrap().is_empty());
+        // Nothing left to do the second time.
+        assert!(recover(&ctx).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,67 @@
+//! One operation per project at a time: an exclusive lock on `<state_dir>/lock` holding the pid.
+//! The kernel drops the lock when the process dies, so a stale lock file never blocks anyone.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::Error;
+
+pub const LOCK_FILE: &str = "lock";
+
+/// Held for as long as the value lives.
+#[derive(Debug)]
+pub struct ProjectLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+impl ProjectLock {
+    /// Takes the lock at once or fails with [`Error::Locked`] naming the holder's pid.
+    pub fn acquire(state_dir: &Path) -> Result<ProjectLock> {
+        crate::fsutil::create_private_dir(state_dir)?;
+        let path = state_dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(Error::Locked { pid: if pid.is_empty() { "unknown".into() } else { pid.into() } }.into());
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(anyhow::Error::new(e).context(format!("locking {}", path.display())));
+            }
+        }
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        write!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(ProjectLock { _file: file, path })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ProjectLock::acquire(dir.path()).unwrap();
+        let err = ProjectLock::acquire(dir.path()).unwrap_err();
+        let locked = err.downcast_ref::<Error>().unwrap();
+        assert_eq!(locked.to_string(), format!("another nuwax operation is running (pid {})", std::process::id()));
+        drop(first);
+        ProjectLock::acquire(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,327 @@
+//! Finding the compose project: its directory, compose files, name (derived exactly as compose
+//! derives it), `.env`, the optional `nuwax.toml`, and what the compose files say about services.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Compose's own default file names, in its order of preference.
+pub const COMPOSE_FILE_NAMES: [&str; 4] =
+    ["compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml"];
+const OVERRIDE_FILE_NAMES: [&str; 4] = [
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
+];
+pub const CONFIG_FILE: &str = "nuwax.toml";
+
+/// `nuwax.toml`: everything optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub project_name: Option<String>,
+    pub compose_files: Option<Vec<PathBuf>>,
+    pub env_file: Option<PathBuf>,
+    #[serde(default)]
+    pub include: Vec<PathBuf>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub storage_dir: Option<PathBuf>,
+    pub compression: Option<String>,
+    pub level: Option<i32>,
+    /// Seconds a service gets to stop when its container sets no stop timeout.
+    pub stop_timeout: Option<u64>,
+    /// Seconds to wait for each service to be running (and healthy) again.
+    pub health_timeout: Option<u64>,
+    pub service_version: Option<String>,
+    /// `auto` (host when readable, else engine), `host` or `engine`.
+    pub volume_access: Option<String>,
+}
+
+/// What the compose files say about one service.
+#[derive(Debug, Default, Clone)]
+pub struct ComposeService {
+    pub depends_on: BTreeSet<String>,
+    /// Host paths of bind mounts (resolved against the project dir).
+    pub binds: Vec<PathBuf>,
+    /// Named volumes (compose-level names, not yet prefixed with the project).
+    pub volumes: Vec<String>,
+}
+
+/// A discovered project, ready for the flows.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub dir: PathBuf,
+    pub name: String,
+    pub compose_files: Vec<PathBuf>,
+    pub env_file: PathBuf,
+    /// Key/values of the env file (missing file → empty).
+    pub env: BTreeMap<String, String>,
+    pub settings: Settings,
+    pub services: BTreeMap<String, ComposeService>,
+    /// `volumes:` top-level entries: compose name → explicit `name:` when set.
+    pub declared_volumes: BTreeMap<String, Option<String>>,
+    pub storage_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Project {
+    /// Discover the project in `dir`. Environment: `COMPOSE_PROJECT_NAME`, `NUWAX_STORAGE_DIR`,
+    /// `NUWAX_STATE_DIR`.
+    pub fn discover(dir: &Path) -> Result<Project> {
+        let dir = std::fs::canonicalize(dir)
+            .with_context(|| format!("project directory {}", dir.display()))?;
+        let settings = load_settings(&dir)?;
+        let compose_files = match &settings.compose_files {
+            Some(files) => files.iter().map(|f| dir.join(f)).collect(),
+            None => default_compose_files(&dir)?,
+        };
+        for f in &compose_files {
+            if !f.is_file() {
+                return Err(Error::Config(format!("compose file {} does not exist", f.display())).into());
+            }
+        }
+        let env_file = dir.join(settings.env_file.clone().unwrap_or_else(|| ".env".into()));
+        let env = read_env_file(&env_file)?;
+
+        let mut top_name = None;
+        let mut services = BTreeMap::new();
+        let mut declared_volumes = BTreeMap::new();
+        for f in &compose_files {
+            let doc = parse_compose(f, &dir)?;
+            top_name = doc.name.or(top_name);
+            for (k, v) in doc.services {
+                let s: &mut ComposeService = services.entry(k).or_default();
+                s.depends_on.extend(v.depends_on);
+                s.binds.extend(v.binds);
+                s.volumes.extend(v.volumes);
+            }
+            declared_volumes.extend(doc.volumes);
+        }
+        let name = settings
+            .project_name
+            .clone()
+            .or_else(|| std::env::var("COMPOSE_PROJECT_NAME").ok().filter(|s| !s.is_empty()))
+            .or_else(|| env.get("COMPOSE_PROJECT_NAME").cloned().filter(|s| !s.is_empty()))
+            .or(top_name)
+            .unwrap_or_else(|| {
+                normalize_project_name(&dir.file_name().unwrap_or_default().to_string_lossy())
+            });
+        if name.is_empty() {
+            return Err(Error::Config(format!(
+                "cannot derive a compose project name from {}; set COMPOSE_PROJECT_NAME or project_name in nuwax.toml",
+                dir.display()
+            ))
+            .into());
+        }
+        let storage_dir = std::env::var_os("NUWAX_STORAGE_DIR")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| settings.storage_dir.clone())
+            .map(|p| dir.join(p))
+            .unwrap_or_else(|| dir.join("backups"));
+        let state_dir = std::env::var_os("NUWAX_STATE_DIR")
+            .filter(|s| !s.is_empty())
+            .map(|p| dir.join(p))
+            .unwrap_or_else(|| dir.join(".nuwax"));
+        Ok(Project {
+            dir,
+            name,
+            compose_files,
+            env_file,
+            env,
+            settings,
+            services,
+            declared_volumes,
+            storage_dir,
+            state_dir,
+        })
+    }
+
+    /// The version the project runs, as configured (`service_version`), else `0`.
+    pub fn service_version(&self) -> String {
+        self.settings.service_version.clone().unwrap_or_else(|| "0".into())
+    }
+
+    /// Service → the services it depends on.
+    pub fn dependencies(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.services.iter().map(|(k, v)| (k.clone(), v.depends_on.clone())).collect()
+    }
+}
+
+fn load_settings(dir: &Path) -> Result<Settings> {
+    let path = dir.join(CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())).into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
+fn default_compose_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let main = COMPOSE_FILE_NAMES
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::NoComposeFile { dir: dir.to_path_buf() })?;
+    let mut files = vec![main];
+    if let Some(o) = OVERRIDE_FILE_NAMES.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+        files.push(o);
+    }
+    Ok(files)
+}
+
+/// Compose v2's normalisation (compose-go `NormalizeProjectName`): lowercase, keep
+/// `[a-z0-9_-]`, trim leading `_`/`-`. Compose v1 differs only in not trimming.
+pub fn normalize_project_name(s: &str) -> String {
+    let kept: String = s
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect();
+    kept.trim_start_matches(['_', '-']).to_string()
+}
+
+/// A `.env` file as compose reads it: `KEY=VALUE`, `#` comments, optional `export `, quotes.
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            out.insert(k.trim().to_string(), v.to_string());
+        }
+    }
+    Ok(out)
+}
+
+struct ComposeDoc {
+    name: Option<String>,
+    services: BTreeMap<String, ComposeService>,
+    volumes: BTreeMap<String, Option<String>>,
+}
+
+fn parse_compose(path: &Path, dir: &Path) -> Result<ComposeDoc> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let name = doc.get("name").and_then(|v| v.as_str()).map(str::to_string);
+    let mut services = BTreeMap::new();
+    if let Some(map) = doc.get("services").and_then(|v| v.as_mapping()) {
+        for (k, v) in map {
+            let Some(k) = k.as_str() else { continue };
+            let mut s = ComposeService::default();
+            match v.get("depends_on") {
+                Some(serde_yaml_ng::Value::Sequence(seq)) => {
+                    s.depends_on.extend(seq.iter().filter_map(|d| d.as_str().map(str::to_string)))
+                }
+                Some(serde_yaml_ng::Value::Mapping(m)) => {
+                    s.depends_on.extend(m.keys().filter_map(|d| d.as_str().map(str::to_string)))
+                }
+                _ => {}
+            }
+            for vol in v.get("volumes").and_then(|v| v.as_sequence()).into_iter().flatten() {
+                match parse_volume(vol) {
+                    Some(VolumeRef::Bind(src)) => s.binds.push(dir.join(expand_home(&src))),
+                    Some(VolumeRef::Named(n)) => s.volumes.push(n),
+                    None => {}
+                }
+            }
+            services.insert(k.to_string(), s);
+        }
+    }
+    let mut volumes = BTreeMap::new();
+    if let Some(map) = doc.get("volumes").and_then(|v| v.as_mapping()) {
+        for (k, v) in map {
+            if let Some(k) = k.as_str() {
+                volumes.insert(k.to_string(), v.get("name").and_then(|n| n.as_str()).map(str::to_string));
+            }
+        }
+    }
+    Ok(ComposeDoc { name, services, volumes })
+}
+
+enum VolumeRef {
+    Bind(String),
+    Named(String),
+}
+
+fn parse_volume(v: &serde_yaml_ng::Value) -> Option<VolumeRef> {
+    if let Some(s) = v.as_str() {
+        let src = s.split(':').next()?;
+        if s.split(':').count() < 2 {
+            return None; // anonymous volume
+        }
+        return Some(if src.starts_with(['.', '/', '~']) {
+            VolumeRef::Bind(src.to_string())
+        } else {
+            VolumeRef::Named(src.to_string())
+        });
+    }
+    let typ = v.get("type")?.as_str()?;
+    let src = v.get("source")?.as_str()?.to_string();
+    match typ {
+        "bind" => Some(VolumeRef::Bind(src)),
+        "volume" => Some(VolumeRef::Named(src)),
+        _ => None,
+    }
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_are_normalised_like_compose() {
+        assert_eq!(normalize_project_name("My Site.v2"), "mysitev2");
+        assert_eq!(normalize_project_name("_-demo"), "demo");
+        assert_eq!(normalize_project_name("demo_app-1"), "demo_app-1");
+    }
+
+    #[test]
+    fn compose_file_is_read_for_dependencies_and_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "name: shop\nservices:\n  app:\n    image: x\n    depends_on: [db]\n    volumes: ['./up:/srv', 'data:/d', {type: bind, source: /etc/hosts, target: /h}]\n  db:\n    image: y\n    depends_on:\n      cache: {condition: service_healthy}\n  cache: {image: z}\nvolumes:\n  data: {}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join(".env"), "# c\nexport A=\"1\"\nB='two'\n").unwrap();
+        let p = Project::discover(dir.path()).unwrap();
+        assert_eq!(p.name, "shop");
+        assert_eq!(p.env["A"], "1");
+        assert_eq!(p.env["B"], "two");
+        assert!(p.services["app"].depends_on.contains("db"));
+        assert!(p.services["db"].depends_on.contains("cache"));
+        assert_eq!(p.services["app"].volumes, vec!["data".to_string()]);
+        assert_eq!(p.services["app"].binds.len(), 2);
+        assert!(p.declared_volumes.contains_key("data"));
+    }
+}

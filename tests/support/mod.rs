@@ -1,0 +1,260 @@
+//! Test environments: a private copy of the demo stack under its own compose project name, its
+//! own image tag and temp dirs, torn down (`down -v`, image removed) even when the test fails.
+
+#![allow(dead_code)]
+
+pub mod tree;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nuwax::engine::compose_cli::ComposeCli;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `Some(compose)` when a Docker engine answers. Otherwise prints a loud SKIPPED (straight to
+/// the terminal, past the test harness's capture) and returns `None` — or panics when
+/// NUWAX_REQUIRE_DOCKER=1, as CI sets it.
+pub fn docker(test: &str) -> Option<ComposeCli> {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let compose = ok.then(ComposeCli::detect).flatten();
+    if compose.is_none() {
+        let why = if ok { "no compose CLI (docker compose / docker-compose)" } else { "no Docker engine" };
+        if std::env::var("NUWAX_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+            panic!("{test}: {why}, and NUWAX_REQUIRE_DOCKER=1");
+        }
+        let _ = writeln!(std::io::stderr(), "\n*** {test}: SKIPPED ({why}) ***\n");
+    }
+    compose
+}
+
+/// Runs the test body only with a Docker engine (see [`docker`]).
+#[macro_export]
+macro_rules! require_docker {
+    () => {
+        match $crate::support::docker(module_path!()) {
+            Some(c) => c,
+            None => return,
+        }
+    };
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique, compose-valid name for this test.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}{}x{n}x{:x}", std::process::id(), t % 0xfffff)
+}
+
+/// A copy of `compose/demo` in a temp dir named after its unique project, with its own image tag.
+pub struct Demo {
+    pub name: String,
+    pub image: String,
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub compose: ComposeCli,
+}
+
+impl Demo {
+    pub fn new(compose: ComposeCli) -> Demo {
+        let name = unique("nxt");
+        let tmp = tempfile::Builder::new().prefix("nuwax-test-").tempdir().unwrap();
+        let dir = tmp.path().join(&name);
+        copy_dir(&repo().join("compose/demo"), &dir);
+        for junk in ["backups", ".nuwax"] {
+            let _ = std::fs::remove_dir_all(dir.join(junk));
+        }
+        let image = format!("nuwax-demo:{name}");
+        let demo = Demo { name, image, dir, _tmp: tmp, compose };
+        let out = Command::new(demo.dir.join("build-images")).arg(&demo.image).output().unwrap();
+        assert!(out.status.success(), "build-images failed: {}", String::from_utf8_lossy(&out.stderr));
+        demo
+    }
+
+    /// `compose ARGS` for this project.
+    pub fn compose(&self, args: &[&str]) -> Output {
+        let mut c = self.compose.command(&self.dir, &self.name, &[], args);
+        c.env("NUWAX_DEMO_IMAGE", &self.image);
+        c.output().unwrap()
+    }
+
+    /// `up -d` and wait until every service is healthy.
+    pub fn up(&self) {
+        let out = self.compose(&["up", "-d", "--no-build"]);
+        assert!(out.status.success(), "compose up: {}", String::from_utf8_lossy(&out.stderr));
+        self.wait_healthy(&["db", "app", "worker"]);
+    }
+
+    pub fn wait_healthy(&self, services: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let states = self.states();
+            let ok = services.iter().all(|s| states.iter().any(|(svc, st)| svc == s && st == "running/healthy"));
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "services not healthy in time: {states:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// (service, "state/health") for each container of the project.
+    pub fn states(&self) -> Vec<(String, String)> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={}", self.name)])
+            .output()
+            .unwrap();
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let out = Command::new("docker")
+            .arg("inspect")
+            .arg("--format")
+            .arg(r#"{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}"#)
+            .args(&ids)
+            .output()
+            .unwrap();
+        let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn state_of(&self, service: &str) -> String {
+        self.states().into_iter().find(|(s, _)| s == service).map(|(_, st)| st).unwrap_or_default()
+    }
+
+    /// The `nuwax` binary pointed at this project.
+    pub fn nuwax(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nuwax"));
+        c.arg("--project-dir").arg(&self.dir).env_remove("NUWAX_STORAGE_DIR").env_remove("NUWAX_STATE_DIR").env_remove("COMPOSE_PROJECT_NAME").env("NUWAX_LOG", "nuwax=info").stdin(Stdio::null());
+        c
+    }
+
+    /// Runs nuwax with `args`; returns the output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.nuwax().args(args).output().unwrap()
+    }
+
+    pub fn volume(&self, name: &str) -> String {
+        format!("{}_{name}", self.name)
+    }
+
+    /// Host path of a named volume of this project.
+    pub fn volume_path(&self, name: &str) -> PathBuf {
+        let out = Command::new("docker")
+            .args(["volume", "inspect", "--format", "{{.Mountpoint}}", &self.volume(name)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "volume inspect {name}: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.join("backups")
+    }
+
+    /// Files in the storage dir (hidden temp files included).
+    pub fn storage_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.storage())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// `nuwax --json list`.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["--json", "list"]);
+        assert!(out.status.success(), "list: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--remove-orphans", "--timeout", "2"]);
+        let _ = Command::new("docker").args(["image", "rm", "-f", &self.image]).output();
+        // Whatever a test chmod-ed away, the temp dir must still go.
+        let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(&self.dir).output();
+    }
+}
+
+/// `cp -a`: keeps modes, symlinks and times.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(st.success());
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Parses the one JSON document `--json` prints on stdout.
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+/// Extracts an archive with GNU tar (numeric owners, modes) into a new temp dir.
+pub fn gnu_untar(archive: &Path) -> tempfile::TempDir {
+    let out = tempfile::tempdir().unwrap();
+    let mut c = Command::new("tar");
+    c.arg("--numeric-owner").arg("-xpf").arg(archive).arg("-C").arg(out.path());
+    match archive.extension().and_then(|e| e.to_str()) {
+        Some("zst") => {
+            c.arg("--zstd");
+        }
+        Some("gz") => {
+            c.arg("-z");
+        }
+        _ => {}
+    }
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "GNU tar failed: {}", stderr(&o));
+    out
+}
+
+/// Whether we are root (some fault tests need to drop capabilities to make "unreadable" real).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Wraps `cmd` so that, as root, it runs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file
+/// permissions then apply to it as to any user.
+pub fn without_dac_override(cmd: Command) -> Command {
+    if !is_root() {
+        return cmd;
+    }
+    let mut c = Command::new("setpriv");
+    c.args(["--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"]);
+    c.arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.stdin(Stdio::null());
+    c
+}

@@ -1,0 +1,8 @@
+//! The integration test binary: one binary, modules by concern. Tests that need Docker use the
+//! real engine; without one they print a loud SKIPPED and pass, unless NUWAX_REQUIRE_DOCKER=1.
+
+mod support;
+
+mod archive;
+mod backup;
+mod faults;
