@@ -113,7 +113,7 @@ mod tests {
         let ctx = Ctx { project, catalog, engine: Some(engine.clone()), interrupt: Interrupt::none() };
         let done = recover(&ctx).await.unwrap();
         assert_eq!(done.len(), 1);
-        assert_eq!(engine.calls()[3..], ["start db".to_string(), "start app".to_string()]);
+        assert_eq!(engine.calls()[2..], ["start db".to_string(), "start app".to_string()]);
         assert!(!temp.exists());
         let rec = ctx.catalog.get(id).await.unwrap().unwrap();
         assert_eq!(rec.status, "failed");
