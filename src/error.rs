@@ -27,7 +27,9 @@ pub enum Error {
     Locked { pid: String },
     #[error("cannot reach the Docker engine at {host}: {detail}")]
     EngineUnreachable { host: String, detail: String },
-    #[error("no compose file in {dir} (looked for compose.yaml, compose.yml, docker-compose.yml, docker-compose.yaml)")]
+    #[error(
+        "no compose file in {dir} (looked for compose.yaml, compose.yml, docker-compose.yml, docker-compose.yaml)"
+    )]
     NoComposeFile { dir: PathBuf },
     #[error("{0}")]
     Config(String),
@@ -69,12 +71,24 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             Error::Locked { .. } => "wait for it to finish; `nuwax status` shows what it is doing".into(),
-            Error::EngineUnreachable { .. } => "start dockerd, set DOCKER_HOST, or pass --no-docker to back up files only".into(),
-            Error::NoComposeFile { .. } => "run nuwax inside the compose project or pass --project-dir DIR".into(),
-            Error::NoSpace { .. } => "free some space, prune old backups, or set storage_dir / NUWAX_STORAGE_DIR to a larger disk".into(),
-            Error::StorageNotWritable { .. } => "fix the permissions, or set storage_dir / NUWAX_STORAGE_DIR".into(),
+            Error::EngineUnreachable { .. } => {
+                "start dockerd, set DOCKER_HOST, or pass --no-docker to back up files only".into()
+            }
+            Error::NoComposeFile { .. } => {
+                "run nuwax inside the compose project or pass --project-dir DIR".into()
+            }
+            Error::NoSpace { .. } => {
+                "free some space, prune old backups, or set storage_dir / NUWAX_STORAGE_DIR to a larger disk"
+                    .into()
+            }
+            Error::StorageNotWritable { .. } => {
+                "fix the permissions, or set storage_dir / NUWAX_STORAGE_DIR".into()
+            }
             Error::BackupNotFound { .. } => "`nuwax list` shows the backups in the catalog".into(),
-            Error::ServicesDown { .. } => "check `docker ps -a` and the service logs, then `nuwax recover` to retry starting them".into(),
+            Error::ServicesDown { .. } => {
+                "check `docker ps -a` and the service logs, then `nuwax recover` to retry starting them"
+                    .into()
+            }
             _ => return None,
         })
     }

@@ -41,7 +41,11 @@ pub struct ServiceGuard {
 
 impl ServiceGuard {
     /// `deps`: service → services it depends on (compose file and v2 labels merged).
-    pub fn new(engine: Arc<dyn Engine>, deps: BTreeMap<String, BTreeSet<String>>, timeouts: Timeouts) -> Self {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        deps: BTreeMap<String, BTreeSet<String>>,
+        timeouts: Timeouts,
+    ) -> Self {
         ServiceGuard { engine, deps, timeouts, stopped: Vec::new(), first_stop: None }
     }
 
@@ -139,7 +143,10 @@ async fn wait_ready(engine: &dyn Engine, id: &str, timeout: Duration) -> Result<
     }
 }
 
-fn levels_of<'a>(containers: &'a [Container], deps: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<&'a Container>> {
+fn levels_of<'a>(
+    containers: &'a [Container],
+    deps: &BTreeMap<String, BTreeSet<String>>,
+) -> Vec<Vec<&'a Container>> {
     let services: BTreeSet<String> = containers.iter().map(|c| c.service.clone()).collect();
     let mut all_deps = deps.clone();
     for c in containers {
@@ -180,7 +187,10 @@ impl Interrupt {
                 let first = m.signal.compare_exchange(NONE, sig, Ordering::SeqCst, Ordering::SeqCst).is_ok();
                 m.cancel.cancel();
                 if first {
-                    eprintln!("nuwax: {} received: stopping at the next safe point; services will be started again", name(sig));
+                    eprintln!(
+                        "nuwax: {} received: stopping at the next safe point; services will be started again",
+                        name(sig)
+                    );
                 } else {
                     eprintln!("nuwax: still finishing up (starting services again); please wait");
                 }

@@ -36,7 +36,10 @@ impl ProjectLock {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
-                return Err(Error::Locked { pid: if pid.is_empty() { "unknown".into() } else { pid.into() } }.into());
+                return Err(Error::Locked {
+                    pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
+                }
+                .into());
             }
             Err(TryLockError::Error(e)) => {
                 return Err(anyhow::Error::new(e).context(format!("locking {}", path.display())));
@@ -60,7 +63,10 @@ mod tests {
         let first = ProjectLock::acquire(dir.path()).unwrap();
         let err = ProjectLock::acquire(dir.path()).unwrap_err();
         let locked = err.downcast_ref::<Error>().unwrap();
-        assert_eq!(locked.to_string(), format!("another nuwax operation is running (pid {})", std::process::id()));
+        assert_eq!(
+            locked.to_string(),
+            format!("another nuwax operation is running (pid {})", std::process::id())
+        );
         drop(first);
         ProjectLock::acquire(dir.path()).unwrap();
     }

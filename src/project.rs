@@ -74,8 +74,8 @@ impl Project {
     /// Discover the project in `dir`. Environment: `COMPOSE_PROJECT_NAME`, `NUWAX_STORAGE_DIR`,
     /// `NUWAX_STATE_DIR`.
     pub fn discover(dir: &Path) -> Result<Project> {
-        let dir = std::fs::canonicalize(dir)
-            .with_context(|| format!("project directory {}", dir.display()))?;
+        let dir =
+            std::fs::canonicalize(dir).with_context(|| format!("project directory {}", dir.display()))?;
         let settings = load_settings(&dir)?;
         let compose_files = match &settings.compose_files {
             Some(files) => files.iter().map(|f| dir.join(f)).collect(),
@@ -157,8 +157,9 @@ impl Project {
 fn load_settings(dir: &Path) -> Result<Settings> {
     let path = dir.join(CONFIG_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())).into()),
+        Ok(text) => {
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())).into())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Settings::default()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     }
@@ -223,8 +224,8 @@ struct ComposeDoc {
 
 fn parse_compose(path: &Path, dir: &Path) -> Result<ComposeDoc> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let name = doc.get("name").and_then(|v| v.as_str()).map(str::to_string);
     let mut services = BTreeMap::new();
     if let Some(map) = doc.get("services").and_then(|v| v.as_mapping()) {

@@ -56,7 +56,9 @@ fn scan(prefix: &str, root: &Path) -> ScanResult {
 /// Scans `root` under `prefix` and archives it into `out`.
 fn archive_tree(prefix: &str, root: &Path, out: &Path, opts: &WriteOptions) -> (ScanResult, WriteSummary) {
     let scanned = scan(prefix, root);
-    let summary = write_archive(out, opts, &scanned.entries, |w| w.append_host(prefix, root, &scanned.entries)).unwrap();
+    let summary =
+        write_archive(out, opts, &scanned.entries, |w| w.append_host(prefix, root, &scanned.entries))
+            .unwrap();
     (scanned, summary)
 }
 
@@ -176,15 +178,21 @@ fn file_modes() -> &'static [u32] {
 }
 
 fn dir_modes() -> &'static [u32] {
-    if is_root() { &[0o755, 0o700, 0o1777, 0o2775, 0o555, 0o000, 0o3750] } else { &[0o755, 0o700, 0o750, 0o1777] }
+    if is_root() {
+        &[0o755, 0o700, 0o1777, 0o2775, 0o555, 0o000, 0o3750]
+    } else {
+        &[0o755, 0o700, 0o750, 0o1777]
+    }
 }
 
 fn tree() -> impl Strategy<Value = Node> {
-    let file = (prop::collection::vec(any::<u8>(), 0..3000), meta(file_modes())).prop_map(|(c, m)| Node::File(c, m));
+    let file =
+        (prop::collection::vec(any::<u8>(), 0..3000), meta(file_modes())).prop_map(|(c, m)| Node::File(c, m));
     let link = (target(), meta(&[0o777])).prop_map(|(t, m)| Node::Symlink(t, m));
     let leaf = prop_oneof![3 => file, 1 => link];
     let dir = leaf.prop_recursive(4, 48, 6, |inner| {
-        (prop::collection::btree_map(name(), inner, 0..6), meta(dir_modes())).prop_map(|(c, m)| Node::Dir(c, m))
+        (prop::collection::btree_map(name(), inner, 0..6), meta(dir_modes()))
+            .prop_map(|(c, m)| Node::Dir(c, m))
     });
     (prop::collection::btree_map(name(), dir, 0..7), meta(dir_modes())).prop_map(|(mut children, m)| {
         children.insert("fixed".into(), long_chain());
@@ -194,7 +202,11 @@ fn tree() -> impl Strategy<Value = Node> {
 
 /// Always present: a path well over 255 bytes and a link target over 100 bytes.
 fn long_chain() -> Node {
-    let owner = if is_root() { (0, 0) } else { (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw()) };
+    let owner = if is_root() {
+        (0, 0)
+    } else {
+        (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw())
+    };
     let m = |mode| Meta { mode, mtime: 1_700_000_000, owner };
     let leaf = BTreeMap::from([
         ("f".repeat(150), Node::File(b"deep".to_vec(), m(0o640))),

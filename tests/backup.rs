@@ -13,7 +13,11 @@ fn add_odd_files(dir: &Path) {
     let t = dir.join("odd");
     std::fs::create_dir_all(t.join("empty/deeper-empty")).unwrap();
     std::fs::create_dir_all(t.join("nested/a/b")).unwrap();
-    std::fs::write(t.join("nested/a/b/data.bin"), (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(
+        t.join("nested/a/b/data.bin"),
+        (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
     std::fs::write(t.join("secret.key"), "k").unwrap();
     std::fs::set_permissions(t.join("secret.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(t.join("script.sh"), "#!/bin/sh\n").unwrap();
@@ -51,7 +55,10 @@ fn backup_holds_every_volume_bind_and_config_exactly_and_services_come_back() {
     assert!(v["downtime_ms"].as_u64().unwrap() > 0);
     let path = archive_path(&v);
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("backup_manual_v0_") && name.ends_with(&format!("_{}.tar.zst", v["id"])), "{name}");
+    assert!(
+        name.starts_with("backup_manual_v0_") && name.ends_with(&format!("_{}.tar.zst", v["id"])),
+        "{name}"
+    );
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 
     // Running services run again; the stopped one stays stopped.
@@ -61,7 +68,8 @@ fn backup_holds_every_volume_bind_and_config_exactly_and_services_come_back() {
 
     // GNU tar reads it; every byte, mode, owner, symlink and empty dir is there.
     let x = gnu_untar(&path);
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(x.path().join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(x.path().join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["project"], demo.name.as_str());
     assert_eq!(manifest["backup_id"], v["id"]);
     let vol = x.path().join(format!("volumes/{}", demo.volume("dbdata")));
@@ -69,18 +77,36 @@ fn backup_holds_every_volume_bind_and_config_exactly_and_services_come_back() {
     tree::assert_same(&dbdata, &vol, &["journal.log"]);
     let now = std::fs::read(dbdata.join("journal.log")).unwrap();
     let then = std::fs::read(vol.join("journal.log")).unwrap();
-    assert!(now.starts_with(&then) && then.ends_with(b"shutdown\n"), "journal in the archive is not the stopped db's");
+    assert!(
+        now.starts_with(&then) && then.ends_with(b"shutdown\n"),
+        "journal in the archive is not the stopped db's"
+    );
     let uploads = demo.dir.join("uploads");
-    tree::assert_same(&uploads, &x.path().join(format!("binds/{}", uploads.display().to_string().trim_start_matches('/'))), &[]);
+    tree::assert_same(
+        &uploads,
+        &x.path().join(format!("binds/{}", uploads.display().to_string().trim_start_matches('/'))),
+        &[],
+    );
     let cache = demo.volume_path("cache");
     tree::assert_same(&cache, &x.path().join(format!("volumes/{}", demo.volume("cache"))), &[]);
     for f in ["compose.yaml", ".env"] {
-        assert_eq!(std::fs::read(demo.dir.join(f)).unwrap(), std::fs::read(x.path().join("config").join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(demo.dir.join(f)).unwrap(),
+            std::fs::read(x.path().join("config").join(f)).unwrap(),
+            "{f}"
+        );
     }
     assert!(x.path().join("checksums.json").is_file());
-    let services: Vec<&str> = manifest["services"].as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap()).collect();
+    let services: Vec<&str> =
+        manifest["services"].as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap()).collect();
     assert_eq!(services, ["app", "db", "worker"]);
-    assert!(manifest["services"].as_array().unwrap().iter().all(|s| s["image_id"].as_str().unwrap().starts_with("sha256:")));
+    assert!(
+        manifest["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["image_id"].as_str().unwrap().starts_with("sha256:"))
+    );
 
     // The catalog agrees, and verify proves it.
     let list = demo.list();
@@ -118,7 +144,11 @@ fn gzip_and_plain_archives_and_engine_volume_access_hold_the_same_data() {
         let path = archive_path(&v);
         let manifest = nuwax::archive::read_manifest(&path).unwrap();
         let cache = manifest.mounts.iter().find(|m| m.name == demo.volume("cache")).unwrap();
-        let expect = if env.is_some() { nuwax::archive::manifest::Access::Engine } else { nuwax::archive::manifest::Access::Host };
+        let expect = if env.is_some() {
+            nuwax::archive::manifest::Access::Engine
+        } else {
+            nuwax::archive::manifest::Access::Host
+        };
         assert_eq!(cache.access, expect);
         let x = gnu_untar(&path);
         trees.push((x.path().join(format!("volumes/{}/odd", demo.volume("cache"))), x));
@@ -151,14 +181,20 @@ fn a_missing_bind_mount_is_skipped_with_a_warning_and_recorded() {
 fn an_unreachable_engine_is_one_clear_line_and_no_docker_backs_up_files_only() {
     let compose = require_docker!();
     let demo = Demo::new(compose);
-    let out = demo.nuwax().args(["backup"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    let out =
+        demo.nuwax().args(["backup"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock"), "{err}");
     assert!(err.contains("--no-docker"), "no hint: {err}");
     assert!(demo.list().is_empty());
 
-    let out = demo.nuwax().args(["--json", "backup", "--no-docker"]).env("DOCKER_HOST", "unix:///nonexistent/docker.sock").output().unwrap();
+    let out = demo
+        .nuwax()
+        .args(["--json", "backup", "--no-docker"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("services were not touched"));
     let v = json(&out);
@@ -166,5 +202,9 @@ fn an_unreachable_engine_is_one_clear_line_and_no_docker_backs_up_files_only() {
     let x = gnu_untar(&archive_path(&v));
     assert!(x.path().join("config/compose.yaml").is_file());
     let uploads = demo.dir.join("uploads");
-    tree::assert_same(&uploads, &x.path().join(format!("binds/{}", uploads.display().to_string().trim_start_matches('/'))), &[]);
+    tree::assert_same(
+        &uploads,
+        &x.path().join(format!("binds/{}", uploads.display().to_string().trim_start_matches('/'))),
+        &[],
+    );
 }

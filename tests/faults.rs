@@ -13,7 +13,11 @@ use crate::support::{Demo, stderr, without_dac_override};
 /// shows no complete backup.
 fn assert_nothing_complete_and_all_running(demo: &Demo) {
     demo.wait_healthy(&["db", "app", "worker"]);
-    let leftovers: Vec<String> = demo.storage_files().into_iter().filter(|f| f.starts_with("backup_") || f.starts_with(".nuwax-partial")).collect();
+    let leftovers: Vec<String> = demo
+        .storage_files()
+        .into_iter()
+        .filter(|f| f.starts_with("backup_") || f.starts_with(".nuwax-partial"))
+        .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert!(demo.list().iter().all(|r| r["status"] != "complete"), "{:?}", demo.list());
 }
@@ -80,7 +84,11 @@ fn not_enough_free_space_is_refused_in_preflight() {
     demo.up();
     add_bulk(&demo, "dbdata", 8);
     let small = tempfile::tempdir().unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(small.path()).status().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(small.path())
+        .status()
+        .unwrap();
     assert!(st.success(), "mount tmpfs");
     struct Unmount<'a>(&'a std::path::Path);
     impl Drop for Unmount<'_> {
@@ -92,7 +100,10 @@ fn not_enough_free_space_is_refused_in_preflight() {
     let out = demo.nuwax().arg("backup").env("NUWAX_STORAGE_DIR", small.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("not enough free space: needs ~") && err.contains(&small.path().display().to_string()), "{err}");
+    assert!(
+        err.contains("not enough free space: needs ~") && err.contains(&small.path().display().to_string()),
+        "{err}"
+    );
     assert_eq!(std::fs::read_dir(small.path()).unwrap().count(), 0);
     assert_nothing_complete_and_all_running(&demo);
 }
@@ -128,7 +139,11 @@ fn sigint_during_archiving_restarts_services_and_leaves_no_archive() {
     add_bulk(&demo, "dbdata", 16);
     let mut child = start_slow_backup(&demo, 2 << 20);
     assert!(demo.state_of("db").starts_with("exited"), "db not stopped while archiving: {:?}", demo.states());
-    rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), rustix::process::Signal::INT).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
@@ -173,7 +188,11 @@ fn a_second_backup_is_refused_while_one_runs_and_the_first_completes() {
     let out = demo.run(&["backup"]);
     assert!(t.elapsed() < Duration::from_secs(5), "the second backup waited instead of refusing");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("another nuwax operation is running (pid {})", child.id())), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("another nuwax operation is running (pid {})", child.id())),
+        "{}",
+        stderr(&out)
+    );
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     demo.wait_healthy(&["db", "app", "worker"]);

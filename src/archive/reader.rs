@@ -8,7 +8,9 @@ use std::path::Path;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::manifest::{CHECKSUMS_NAME, Checksums, EntryKind, EntryMeta, FORMAT_VERSION, MANIFEST_NAME, Manifest};
+use super::manifest::{
+    CHECKSUMS_NAME, Checksums, EntryKind, EntryMeta, FORMAT_VERSION, MANIFEST_NAME, Manifest,
+};
 use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, detect_compression, hex};
 
 /// Largest `manifest.json` / `checksums.json` accepted; guards memory against a corrupt size.
@@ -167,7 +169,9 @@ fn open(path: &Path) -> Result<(Stream, Compression)> {
     let mut raw = BufReader::with_capacity(BUF_SIZE, RawReader { file, hasher: Sha256::new(), bytes: 0 });
     let compression = detect_compression(raw.fill_buf().map_err(read_error(path))?);
     let decoder = match compression {
-        Compression::Zstd => Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw).map_err(Error::io(path))?),
+        Compression::Zstd => {
+            Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw).map_err(Error::io(path))?)
+        }
         Compression::Gzip => Decoder::Gzip(flate2::bufread::GzDecoder::new(raw)),
         Compression::None => Decoder::Plain(raw),
     };
@@ -220,7 +224,12 @@ fn check_header<R: Read>(entry: &tar::Entry<'_, R>, decl: &EntryMeta) -> Result<
         t if t.is_file() || t.is_contiguous() => EntryKind::File,
         t if t.is_dir() => EntryKind::Dir,
         t if t.is_symlink() => EntryKind::Symlink,
-        t => return Err(Error::mismatch(path, format!("unexpected tar entry type {:?}", t.as_byte() as char))),
+        t => {
+            return Err(Error::mismatch(
+                path,
+                format!("unexpected tar entry type {:?}", t.as_byte() as char),
+            ));
+        }
     };
     if kind != decl.kind {
         return Err(Error::mismatch(path, format!("declared {:?}, archived as {kind:?}", decl.kind)));
@@ -230,8 +239,11 @@ fn check_header<R: Read>(entry: &tar::Entry<'_, R>, decl: &EntryMeta) -> Result<
     if size != declared_size {
         return Err(Error::mismatch(path, format!("declared {declared_size} bytes, archive holds {size}")));
     }
-    let field = |value: io::Result<u64>| value.map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")));
-    let mode = u64::from(header.mode().map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")))? & 0o7777);
+    let field =
+        |value: io::Result<u64>| value.map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")));
+    let mode = u64::from(
+        header.mode().map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")))? & 0o7777,
+    );
     let mtime = i64::try_from(field(header.mtime())?).unwrap_or(i64::MAX);
     let checks = [
         ("mode", u64::from(decl.mode), mode),
@@ -269,12 +281,20 @@ fn check_trailer(
     for (entry, digest) in files.zip(digests) {
         match trailer.files.get(&entry.path) {
             Some(listed) if *listed == hex(digest) => {}
-            Some(_) => return Err(Error::mismatch(&entry.path, format!("content differs from its digest in {CHECKSUMS_NAME}"))),
+            Some(_) => {
+                return Err(Error::mismatch(
+                    &entry.path,
+                    format!("content differs from its digest in {CHECKSUMS_NAME}"),
+                ));
+            }
             None => return Err(Error::mismatch(&entry.path, format!("no digest in {CHECKSUMS_NAME}"))),
         }
     }
     if trailer.files.len() != digests.len() {
-        let extra = trailer.files.keys().find(|p| !declared.iter().any(|e| &e.path == *p && e.kind == EntryKind::File));
+        let extra = trailer
+            .files
+            .keys()
+            .find(|p| !declared.iter().any(|e| &e.path == *p && e.kind == EntryKind::File));
         return Err(Error::Undeclared { path: extra.cloned().unwrap_or_else(|| CHECKSUMS_NAME.to_owned()) });
     }
     if trailer.total_bytes != content_bytes {

@@ -45,12 +45,7 @@ impl ScanResult {
 /// (nuwax's own storage); they are reported as skipped. Sockets, FIFOs, devices and names that
 /// are not UTF-8 are reported as skipped. An unreadable directory is an error: a backup that
 /// silently misses data is worse than one that fails.
-pub fn scan_host(
-    prefix: &str,
-    root: &Path,
-    excludes: &GlobSet,
-    skip_dirs: &[PathBuf],
-) -> Result<ScanResult> {
+pub fn scan_host(prefix: &str, root: &Path, excludes: &GlobSet, skip_dirs: &[PathBuf]) -> Result<ScanResult> {
     check_archive_path(prefix)?;
     // Compare directories by identity, so a storage dir is recognised whatever path spells it.
     let skip_ids: Vec<(u64, u64)> = skip_dirs
@@ -60,11 +55,8 @@ pub fn scan_host(
         .collect();
 
     let mut out = ScanResult::default();
-    let mut walk = WalkDir::new(root)
-        .follow_links(false)
-        .follow_root_links(false)
-        .sort_by_file_name()
-        .into_iter();
+    let mut walk =
+        WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name().into_iter();
     while let Some(item) = walk.next() {
         let entry = match item {
             Ok(entry) => entry,
@@ -211,8 +203,7 @@ impl<'a> StreamNames<'a> {
         };
         let mtime = field(header.mtime(), "mtime")?;
         Ok(StreamItem::Entry(EntryMeta {
-            mode: header.mode().map_err(|err| Error::corrupt(format!("{path}: bad mode: {err}")))?
-                & 0o7777,
+            mode: header.mode().map_err(|err| Error::corrupt(format!("{path}: bad mode: {err}")))? & 0o7777,
             uid: field(header.uid(), "uid")?,
             gid: field(header.gid(), "gid")?,
             mtime: i64::try_from(mtime).unwrap_or(i64::MAX),

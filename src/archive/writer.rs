@@ -73,15 +73,17 @@ impl<W: Write> ArchiveWriter<W> {
         if !opts.compression.level_range().contains(&opts.level) {
             return Err(Error::Usage(format!(
                 "{} level {} is outside {:?}",
-                opts.compression, opts.level, opts.compression.level_range()
+                opts.compression,
+                opts.level,
+                opts.compression.level_range()
             )));
         }
         let sink = HashingWriter { inner: out, hasher: Sha256::new(), bytes: 0 };
         let encoder = Encoder::new(sink, opts).map_err(Error::Output)?;
         // Enough chunks per second that throttling stays smooth and cancellation prompt.
-        let chunk = opts.rate_limit.map_or(BUF_SIZE, |rate| {
-            usize::try_from(rate / 16).unwrap_or(BUF_SIZE).clamp(512, BUF_SIZE)
-        });
+        let chunk = opts
+            .rate_limit
+            .map_or(BUF_SIZE, |rate| usize::try_from(rate / 16).unwrap_or(BUF_SIZE).clamp(512, BUF_SIZE));
         Ok(Self {
             out: BufWriter::with_capacity(BUF_SIZE, encoder),
             cancel,
@@ -108,7 +110,8 @@ impl<W: Write> ArchiveWriter<W> {
         }
         let bytes = serde_json::to_vec_pretty(m).map_err(|e| Error::Usage(e.to_string()))?;
         self.checksums.manifest = hex(&Sha256::digest(&bytes));
-        let meta = tarfmt::meta_file(MANIFEST_NAME, bytes.len() as u64, tarfmt::rfc3339_seconds(&m.created_at));
+        let meta =
+            tarfmt::meta_file(MANIFEST_NAME, bytes.len() as u64, tarfmt::rfc3339_seconds(&m.created_at));
         tarfmt::write_header(&mut self.out, &meta).map_err(Error::Output)?;
         self.out.write_all(&bytes).map_err(Error::Output)?;
         tarfmt::pad(&mut self.out, bytes.len() as u64).map_err(Error::Output)?;
@@ -149,7 +152,8 @@ impl<W: Write> ArchiveWriter<W> {
                     let fd = rustix::fs::openat(dir, name, flags, Mode::empty())
                         .map_err(|e| changed_or_io(&host, e, "is no longer a regular file"))?;
                     let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io(&host)(e.into()))?;
-                    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+                    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile
+                    {
                         return Err(Error::changed(&host, "is no longer a regular file"));
                     }
                     if u64::try_from(stat.st_size).ok() != Some(entry.size) {
@@ -172,7 +176,12 @@ impl<W: Write> ArchiveWriter<W> {
     /// Writes `entries` (from `scan_tar_stream(prefix, ..)` of an earlier fetch of the same
     /// path) from a fresh engine tar stream. Every stream entry must match the next expected
     /// entry (path, kind, size, link target), else [`Error::Changed`].
-    pub fn append_tar_stream(&mut self, prefix: &str, reader: impl Read, entries: &[EntryMeta]) -> Result<()> {
+    pub fn append_tar_stream(
+        &mut self,
+        prefix: &str,
+        reader: impl Read,
+        entries: &[EntryMeta],
+    ) -> Result<()> {
         let mut archive = tar::Archive::new(reader);
         let mut names = StreamNames::new(prefix);
         let mut expected = entries.iter();
@@ -188,8 +197,10 @@ impl<W: Write> ArchiveWriter<W> {
                 && found.size == entry.size
                 && found.link_target == entry.link_target;
             if !same {
-                let detail = format!("expected {} ({:?}, {} bytes), the engine sent {} ({:?}, {} bytes)",
-                    entry.path, entry.kind, entry.size, found.path, found.kind, found.size);
+                let detail = format!(
+                    "expected {} ({:?}, {} bytes), the engine sent {} ({:?}, {} bytes)",
+                    entry.path, entry.kind, entry.size, found.path, found.kind, found.size
+                );
                 return Err(Error::changed(&entry.path, detail));
             }
             self.expect_next(entry)?;
@@ -324,7 +335,9 @@ impl<'a> HostTree<'a> {
             return Ok((rustix::fs::CWD, self.root));
         }
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let is_ancestor = |dir: &str| dir.is_empty() || parent == dir || parent.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+        let is_ancestor = |dir: &str| {
+            dir.is_empty() || parent == dir || parent.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
+        };
         while self.stack.last().is_some_and(|(dir, _)| !is_ancestor(dir)) {
             self.stack.pop();
         }

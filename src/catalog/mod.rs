@@ -41,7 +41,11 @@ impl Catalog {
             .run(&pool)
             .await
             .with_context(|| format!("migrating the catalog {}", path.display()))?;
-        for f in [path.clone(), state_dir.join(format!("{CATALOG_FILE}-wal")), state_dir.join(format!("{CATALOG_FILE}-shm"))] {
+        for f in [
+            path.clone(),
+            state_dir.join(format!("{CATALOG_FILE}-wal")),
+            state_dir.join(format!("{CATALOG_FILE}-shm")),
+        ] {
             crate::fsutil::make_private(&f);
         }
         Ok(Catalog { pool, path })
@@ -148,7 +152,13 @@ impl Catalog {
     }
 
     /// Opens a journal entry for an operation of this process.
-    pub async fn begin_operation(&self, kind: &str, project: &str, backup_id: Option<i64>, temp_path: Option<&Path>) -> Result<i64> {
+    pub async fn begin_operation(
+        &self,
+        kind: &str,
+        project: &str,
+        backup_id: Option<i64>,
+        temp_path: Option<&Path>,
+    ) -> Result<i64> {
         let r = sqlx::query(
             "INSERT INTO operations (kind, project, pid, backup_id, state, temp_path, started_at)
              VALUES (?, ?, ?, ?, 'running', ?, ?)",
@@ -186,24 +196,27 @@ impl Catalog {
     }
 
     pub async fn finish_operation(&self, op: i64, state: OperationState, note: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE operations SET state = ?, finished_at = ?, note = COALESCE(?, note) WHERE id = ?")
-            .bind(state.as_str())
-            .bind(chrono::Utc::now().to_rfc3339())
-            .bind(note)
-            .bind(op)
-            .execute(&self.pool)
-            .await
-            .context("writing the operations journal")?;
+        sqlx::query(
+            "UPDATE operations SET state = ?, finished_at = ?, note = COALESCE(?, note) WHERE id = ?",
+        )
+        .bind(state.as_str())
+        .bind(chrono::Utc::now().to_rfc3339())
+        .bind(note)
+        .bind(op)
+        .execute(&self.pool)
+        .await
+        .context("writing the operations journal")?;
         Ok(())
     }
 
     /// Operations of the project still marked running.
     pub async fn unfinished(&self, project: &str) -> Result<Vec<Operation>> {
-        let rows = sqlx::query("SELECT * FROM operations WHERE project = ? AND state = 'running' ORDER BY id")
-            .bind(project)
-            .fetch_all(&self.pool)
-            .await
-            .context("reading the operations journal")?;
+        let rows =
+            sqlx::query("SELECT * FROM operations WHERE project = ? AND state = 'running' ORDER BY id")
+                .bind(project)
+                .fetch_all(&self.pool)
+                .await
+                .context("reading the operations journal")?;
         rows.iter()
             .map(|r| {
                 Ok(Operation {

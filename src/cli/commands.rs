@@ -43,8 +43,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Show { id } => {
             let mut ctx = context(&cli, false, interrupt).await?;
             recover_if_needed(&mut ctx, None).await?;
-            let rec = ctx.catalog.get(*id).await?.filter(|r| r.project == ctx.project.name).ok_or(crate::Error::BackupNotFound { id: *id })?;
-            let manifest = rec.path.as_ref().and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok());
+            let rec = ctx
+                .catalog
+                .get(*id)
+                .await?
+                .filter(|r| r.project == ctx.project.name)
+                .ok_or(crate::Error::BackupNotFound { id: *id })?;
+            let manifest =
+                rec.path.as_ref().and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok());
             render::show(&cli, &rec, manifest.as_ref());
             Ok(())
         }
@@ -55,7 +61,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 ctx.catalog.list(&ctx.project.name).await?.into_iter().filter(|r| r.is_complete()).collect()
             } else {
                 let id = id.expect("clap requires an id without --all");
-                vec![ctx.catalog.get(id).await?.filter(|r| r.project == ctx.project.name).ok_or(crate::Error::BackupNotFound { id })?]
+                vec![
+                    ctx.catalog
+                        .get(id)
+                        .await?
+                        .filter(|r| r.project == ctx.project.name)
+                        .ok_or(crate::Error::BackupNotFound { id })?,
+                ]
             };
             let mut results = Vec::new();
             for rec in &records {
@@ -66,7 +78,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                     let (sum, cancel) = (rec.checksum.clone(), ctx.interrupt.cancel().clone());
                     let bar = progress::bar(cli.json || cli.quiet);
                     let b = bar.clone();
-                    let r = tokio::task::spawn_blocking(move || archive::verify(&path, sum.as_deref(), &cancel, &*b)).await?;
+                    let r = tokio::task::spawn_blocking(move || {
+                        archive::verify(&path, sum.as_deref(), &cancel, &*b)
+                    })
+                    .await?;
                     bar.done();
                     ctx.interrupt.check()?;
                     r.map_err(|e| e.to_string())
@@ -75,7 +90,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             render::verify(&cli, &results);
             match results.iter().find(|(_, r)| r.is_err()) {
-                Some((rec, Err(e))) => Err(crate::Error::VerifyFailed { id: rec.id, detail: e.clone() }.into()),
+                Some((rec, Err(e))) => {
+                    Err(crate::Error::VerifyFailed { id: rec.id, detail: e.clone() }.into())
+                }
                 _ => Ok(()),
             }
         }
@@ -83,7 +100,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             let mut ctx = context(&cli, false, interrupt).await?;
             let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
             recover_if_needed(&mut ctx, Some(&lock)).await?;
-            let rec = ctx.catalog.get(*id).await?.filter(|r| r.project == ctx.project.name).ok_or(crate::Error::BackupNotFound { id: *id })?;
+            let rec = ctx
+                .catalog
+                .get(*id)
+                .await?
+                .filter(|r| r.project == ctx.project.name)
+                .ok_or(crate::Error::BackupNotFound { id: *id })?;
             // File first, then the row: a crash in between leaves a row pointing at nothing
             // (reported by verify), never an archive nobody knows about.
             if let Some(p) = &rec.path {
@@ -146,7 +168,8 @@ fn init(cli: &Cli) -> Result<()> {
     let wrote = if config.exists() {
         false
     } else {
-        std::fs::write(&config, render::NUWAX_TOML_TEMPLATE).with_context(|| format!("writing {}", config.display()))?;
+        std::fs::write(&config, render::NUWAX_TOML_TEMPLATE)
+            .with_context(|| format!("writing {}", config.display()))?;
         true
     };
     let project = Project::discover(&dir)?;

@@ -55,11 +55,14 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(e) => {
             let code = exit_code(&e);
             eprintln!("nuwax: error: {e:#}");
-            if let Some(hint) = e.chain().find_map(|c| c.downcast_ref::<crate::Error>()).and_then(|e| e.hint()) {
+            if let Some(hint) =
+                e.chain().find_map(|c| c.downcast_ref::<crate::Error>()).and_then(|e| e.hint())
+            {
                 eprintln!("hint: {hint}");
             }
             if json {
-                let doc = serde_json::json!({ "status": "failed", "error": format!("{e:#}"), "exit_code": code });
+                let doc =
+                    serde_json::json!({ "status": "failed", "error": format!("{e:#}"), "exit_code": code });
                 println!("{doc}");
             }
             ExitCode::from(code)
@@ -87,10 +90,12 @@ fn init_tracing(cli: &Cli) {
         (_, 1) => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("NUWAX_LOG").unwrap_or_else(|_| EnvFilter::new(format!("nuwax={level}")));
+    let filter =
+        EnvFilter::try_from_env("NUWAX_LOG").unwrap_or_else(|_| EnvFilter::new(format!("nuwax={level}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
         .try_init();
@@ -100,7 +105,9 @@ fn init_tracing(cli: &Cli) {
 async fn connect() -> Result<Arc<dyn Engine>> {
     match DockerEngine::connect().await {
         Ok(e) => Ok(Arc::new(e)),
-        Err(EngineError::Unreachable { host, detail }) => Err(crate::Error::EngineUnreachable { host, detail }.into()),
+        Err(EngineError::Unreachable { host, detail }) => {
+            Err(crate::Error::EngineUnreachable { host, detail }.into())
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -129,7 +136,9 @@ async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<
     }
     if ctx.engine.is_none() {
         ctx.engine = Some(connect().await.map_err(|e| {
-            e.context("an earlier nuwax operation left services stopped and the engine is needed to start them")
+            e.context(
+                "an earlier nuwax operation left services stopped and the engine is needed to start them",
+            )
         })?);
     }
     for r in crate::flows::recover::recover(ctx).await? {

@@ -64,10 +64,12 @@ pub fn list(cli: &Cli, records: &[BackupRecord]) {
         println!("no backups yet (nuwax backup makes one)");
         return;
     }
-    let mut t = table(&["id", "kind", "status", "version", "created (UTC)", "size", "downtime", "path / error"]);
+    let mut t =
+        table(&["id", "kind", "status", "version", "created (UTC)", "size", "downtime", "path / error"]);
     for r in records {
         let created = r.created_at.get(..19).unwrap_or(&r.created_at).replace('T', " ");
-        let last = if r.status == "failed" { opt(r.error.clone()) } else { opt(r.path.as_deref().map(file_name)) };
+        let last =
+            if r.status == "failed" { opt(r.error.clone()) } else { opt(r.path.as_deref().map(file_name)) };
         t.add_row(vec![
             r.id.to_string(),
             r.kind.clone(),
@@ -95,7 +97,10 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
                 "skipped": m.skipped, "entries": m.entries.len(), "services_stopped": m.services_stopped,
             })
         });
-        println!("{}", serde_json::to_string_pretty(&json!({ "record": r, "manifest": summary })).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "record": r, "manifest": summary })).unwrap_or_default()
+        );
         return;
     }
     println!("backup {} ({}, {})", r.id, r.kind, r.status);
@@ -116,7 +121,12 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
     let Some(m) = m else { return };
     let mut t = table(&["service", "image", "image id", "was running"]);
     for s in &m.services {
-        t.add_row(vec![s.service.clone(), s.image.clone(), s.image_id.chars().take(19).collect(), s.running.to_string()]);
+        t.add_row(vec![
+            s.service.clone(),
+            s.image.clone(),
+            s.image_id.chars().take(19).collect(),
+            s.running.to_string(),
+        ]);
     }
     println!("{t}");
     let mut t = table(&["kind", "name / source", "used by", "size", "files", "read via"]);
@@ -131,7 +141,14 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
         ]);
     }
     for c in &m.configs {
-        t.add_row(vec!["config".into(), c.source.clone(), "-".into(), human_bytes(c.size), c.file_count.to_string(), "host".into()]);
+        t.add_row(vec![
+            "config".into(),
+            c.source.clone(),
+            "-".into(),
+            human_bytes(c.size),
+            c.file_count.to_string(),
+            "host".into(),
+        ]);
     }
     println!("{t}");
     for s in &m.skipped {
@@ -156,7 +173,12 @@ pub fn verify(cli: &Cli, results: &[(&BackupRecord, Result<VerifyReport, String>
     }
     for (r, res) in results {
         match res {
-            Ok(v) => println!("backup {}: OK ({} entries, {} of data, sha256 matches)", r.id, v.entries, human_bytes(v.content_bytes)),
+            Ok(v) => println!(
+                "backup {}: OK ({} entries, {} of data, sha256 matches)",
+                r.id,
+                v.entries,
+                human_bytes(v.content_bytes)
+            ),
             Err(e) => println!("backup {}: FAILED: {e}", r.id),
         }
     }
@@ -177,7 +199,11 @@ pub fn recovered(r: &Recovered) {
         r.operation,
         r.pid,
         r.started_at,
-        if r.services_started.is_empty() { "no services to start".to_string() } else { format!("started {}", r.services_started.join(", ")) },
+        if r.services_started.is_empty() {
+            "no services to start".to_string()
+        } else {
+            format!("started {}", r.services_started.join(", "))
+        },
         r.backup_id.map(|id| format!("; backup {id} marked failed")).unwrap_or_default(),
         r.temp_removed.as_ref().map(|t| format!("; removed {t}")).unwrap_or_default(),
     );
@@ -198,7 +224,10 @@ pub fn recover(cli: &Cli, done: &[Recovered]) {
 
 pub fn init(cli: &Cli, p: &Project, config: &Path, wrote: bool) {
     if cli.json {
-        println!("{}", json!({ "project": p.name, "config": config, "config_written": wrote, "storage_dir": p.storage_dir, "state_dir": p.state_dir }));
+        println!(
+            "{}",
+            json!({ "project": p.name, "config": config, "config_written": wrote, "storage_dir": p.storage_dir, "state_dir": p.state_dir })
+        );
         return;
     }
     if wrote {
@@ -242,7 +271,13 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
     }
     println!("project   {} ({})", p.name, p.dir.display());
     println!("version   {}", p.service_version());
-    println!("compose   {}", s.compose.as_ref().map(|c| c.display()).unwrap_or_else(|| "not found (neither `docker compose` nor `docker-compose`)".into()));
+    println!(
+        "compose   {}",
+        s.compose
+            .as_ref()
+            .map(|c| c.display())
+            .unwrap_or_else(|| "not found (neither `docker compose` nor `docker-compose`)".into())
+    );
     match (&s.info, &s.engine) {
         (Some(i), _) => println!("engine    Docker {} (API {}) at {}", i.version, i.api_version, i.host),
         (None, Some(e)) => println!("engine    unreachable: {e}"),

@@ -22,11 +22,7 @@ impl ComposeCli {
                 && out.status.success()
             {
                 let version = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches('v').to_string();
-                let major = version
-                    .split('.')
-                    .next()
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(default_major);
+                let major = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(default_major);
                 return Some(ComposeCli {
                     command: cmd.iter().map(|s| s.to_string()).collect(),
                     major,
@@ -38,7 +34,13 @@ impl ComposeCli {
     }
 
     /// A `Command` for `compose -p PROJECT -f FILE... ARGS`, run in `dir`.
-    pub fn command(&self, dir: &std::path::Path, project: &str, files: &[std::path::PathBuf], args: &[&str]) -> Command {
+    pub fn command(
+        &self,
+        dir: &std::path::Path,
+        project: &str,
+        files: &[std::path::PathBuf],
+        args: &[&str],
+    ) -> Command {
         let mut c = Command::new(&self.command[0]);
         c.args(&self.command[1..]).current_dir(dir).arg("-p").arg(project);
         for f in files {

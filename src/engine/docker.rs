@@ -8,8 +8,8 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum};
 use bollard::query_parameters::{
-    DownloadFromContainerOptions, InspectContainerOptions, ListContainersOptions,
-    ListVolumesOptions, StartContainerOptions, StopContainerOptions,
+    DownloadFromContainerOptions, InspectContainerOptions, ListContainersOptions, ListVolumesOptions,
+    StartContainerOptions, StopContainerOptions,
 };
 use futures_util::TryStreamExt;
 
@@ -28,10 +28,8 @@ impl DockerEngine {
             .ok()
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
-        let unreachable = |e: BollardError| EngineError::Unreachable {
-            host: host.clone(),
-            detail: e.to_string(),
-        };
+        let unreachable =
+            |e: BollardError| EngineError::Unreachable { host: host.clone(), detail: e.to_string() };
         let docker = Docker::connect_with_defaults().map_err(unreachable)?;
         let docker = docker.negotiate_version().await.map_err(unreachable)?;
         docker.ping().await.map_err(unreachable)?;
@@ -109,10 +107,8 @@ impl Engine for DockerEngine {
             Some(HealthStatusEnum::UNHEALTHY) => Some(Health::Unhealthy),
             _ => None,
         });
-        let has_healthcheck = config
-            .healthcheck
-            .and_then(|h| h.test)
-            .is_some_and(|t| !t.is_empty() && t[0] != "NONE");
+        let has_healthcheck =
+            config.healthcheck.and_then(|h| h.test).is_some_and(|t| !t.is_empty() && t[0] != "NONE");
         let mounts = r
             .mounts
             .unwrap_or_default()
@@ -191,10 +187,7 @@ impl Engine for DockerEngine {
 
     async fn export_path(&self, id: &str, path: &str) -> Result<TarStream> {
         let opts = DownloadFromContainerOptions { path: path.to_string() };
-        let stream = self
-            .docker
-            .download_from_container(id, Some(opts))
-            .map_err(std::io::Error::other);
+        let stream = self.docker.download_from_container(id, Some(opts)).map_err(std::io::Error::other);
         Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
     }
 }

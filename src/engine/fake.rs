@@ -67,7 +67,11 @@ impl FakeEngine {
         inner.containers.iter().filter(|c| c.is_running()).map(|c| c.service.clone()).collect()
     }
 
-    fn with<T>(&self, id: &str, f: impl FnOnce(&mut Container, &mut Vec<String>, &BTreeSet<String>) -> T) -> Result<T> {
+    fn with<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Container, &mut Vec<String>, &BTreeSet<String>) -> T,
+    ) -> Result<T> {
         let mut inner = self.inner.lock().unwrap();
         let Inner { containers, calls, fail_start, .. } = &mut *inner;
         let c = containers
@@ -122,7 +126,11 @@ impl Engine for FakeEngine {
         self.with(id, |c, calls, fail| {
             calls.push(format!("start {}", c.service));
             if fail.contains(&c.service) {
-                return Err(EngineError::Api { op: "start container", target: c.name.clone(), detail: "injected failure".into() });
+                return Err(EngineError::Api {
+                    op: "start container",
+                    target: c.name.clone(),
+                    detail: "injected failure".into(),
+                });
             }
             if c.is_running() {
                 return Ok(Outcome::AlreadyInState);
@@ -133,6 +141,10 @@ impl Engine for FakeEngine {
     }
 
     async fn export_path(&self, id: &str, _path: &str) -> Result<TarStream> {
-        Err(EngineError::Api { op: "export", target: id.to_string(), detail: "not supported by the fake engine".into() })
+        Err(EngineError::Api {
+            op: "export",
+            target: id.to_string(),
+            detail: "not supported by the fake engine".into(),
+        })
     }
 }

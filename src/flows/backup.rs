@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use super::Ctx;
 use super::sources::{self, Origin, Role, Source, VolumeAccess};
-use crate::archive::manifest::{ChecksumInfo, ConfigRecord, FORMAT_VERSION, Manifest, MountRecord, ServiceRecord, Skipped};
+use crate::archive::manifest::{
+    ChecksumInfo, ConfigRecord, FORMAT_VERSION, Manifest, MountRecord, ServiceRecord, Skipped,
+};
 use crate::archive::{self, ArchiveWriter, Compression, Progress, ScanResult, WriteOptions};
 use crate::catalog::{BackupKind, Completed, NewBackup, OperationState};
 use crate::engine::{Container, Engine};
@@ -65,11 +67,16 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         None => Vec::new(),
     };
     if ctx.engine.is_some() && containers.is_empty() {
-        tracing::warn!("no containers of compose project {:?} found; backing up files and labelled volumes only", project.name);
+        tracing::warn!(
+            "no containers of compose project {:?} found; backing up files and labelled volumes only",
+            project.name
+        );
     }
     let mut plan = sources::config_sources(project, &mut skipped);
     plan.extend(match &ctx.engine {
-        Some(engine) => sources::mount_sources(project, &**engine, &containers, opts.volume_access, &mut skipped).await?,
+        Some(engine) => {
+            sources::mount_sources(project, &**engine, &containers, opts.volume_access, &mut skipped).await?
+        }
         None => sources::compose_bind_sources(project, &mut skipped),
     });
     let excludes = build_excludes(&project.settings.exclude)?;
@@ -103,10 +110,8 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     let op = ctx.catalog.begin_operation("backup", &project.name, Some(id), Some(&temp_path)).await?;
     tracing::info!(id, path = %final_path.display(), "backup started");
 
-    let mut guard = ctx
-        .engine
-        .as_ref()
-        .map(|e| ServiceGuard::new(e.clone(), project.dependencies(), ctx.timeouts()));
+    let mut guard =
+        ctx.engine.as_ref().map(|e| ServiceGuard::new(e.clone(), project.dependencies(), ctx.timeouts()));
     let services: Vec<ServiceRecord> = containers
         .iter()
         .map(|c| ServiceRecord {
@@ -118,14 +123,26 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         })
         .collect();
 
-    let work = Work { ctx, opts, id, op, created_at, plan: &plan, containers: &containers, services, skipped, excludes, skip_dirs, temp_path: &temp_path, progress };
+    let work = Work {
+        ctx,
+        opts,
+        id,
+        op,
+        created_at,
+        plan: &plan,
+        containers: &containers,
+        services,
+        skipped,
+        excludes,
+        skip_dirs,
+        temp_path: &temp_path,
+        progress,
+    };
     let result = work.run(guard.as_mut()).await;
 
     // Always: start what was stopped, whatever happened above.
-    let stopped_names: Vec<String> = guard
-        .as_ref()
-        .map(|g| g.stopped().iter().map(|c| c.service.clone()).collect())
-        .unwrap_or_default();
+    let stopped_names: Vec<String> =
+        guard.as_ref().map(|g| g.stopped().iter().map(|c| c.service.clone()).collect()).unwrap_or_default();
     let restart = match guard.as_mut() {
         Some(g) if !g.stopped().is_empty() => Some(g.restart().await),
         _ => None,
@@ -134,7 +151,9 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     let restart_failed = matches!(restart, Some(Err(_)));
 
     let result = match (result, restart) {
-        (Ok(w), None | Some(Ok(_))) => finish(ctx, id, &temp_path, &final_path, w, started, downtime_ms).await,
+        (Ok(w), None | Some(Ok(_))) => {
+            finish(ctx, id, &temp_path, &final_path, w, started, downtime_ms).await
+        }
         (Err(e), Some(Err(r))) => Err(e.context(format!("and starting the services again failed: {r:#}"))),
         (Ok(_), Some(Err(r))) => Err(r),
         (Err(e), _) => Err(e),
@@ -196,7 +215,19 @@ impl Work<'_> {
         let engine = ctx.engine.clone();
         let handle = tokio::runtime::Handle::current();
         let cancel = ctx.interrupt.cancel().clone();
-        let Work { opts, id, created_at, plan, services, mut skipped, excludes, skip_dirs, temp_path, progress, .. } = self;
+        let Work {
+            opts,
+            id,
+            created_at,
+            plan,
+            services,
+            mut skipped,
+            excludes,
+            skip_dirs,
+            temp_path,
+            progress,
+            ..
+        } = self;
         let plan = plan.to_vec();
         let temp_path = temp_path.to_path_buf();
         let project = ctx.project.name.clone();
@@ -226,7 +257,19 @@ impl Work<'_> {
                 skipped.extend(scan.skipped.iter().cloned());
                 scans.push(scan);
             }
-            let manifest = build_manifest(ManifestParts { id, kind, project, version, created_at, compression: wopts.compression, stopped: stopping, services, plan: &plan, scans: &scans, skipped });
+            let manifest = build_manifest(ManifestParts {
+                id,
+                kind,
+                project,
+                version,
+                created_at,
+                compression: wopts.compression,
+                stopped: stopping,
+                services,
+                plan: &plan,
+                scans: &scans,
+                skipped,
+            });
             progress.set_total(scans.iter().map(|s| s.size).sum());
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -234,7 +277,12 @@ impl Work<'_> {
                 .mode_private()
                 .open(&temp_path)
                 .with_context(|| format!("creating {}", temp_path.display()))?;
-            let mut w = ArchiveWriter::new(std::io::BufWriter::with_capacity(1 << 20, &file), &wopts, cancel.clone(), progress.clone())?;
+            let mut w = ArchiveWriter::new(
+                std::io::BufWriter::with_capacity(1 << 20, &file),
+                &wopts,
+                cancel.clone(),
+                progress.clone(),
+            )?;
             w.write_manifest(&manifest)?;
             for (s, scan) in plan.iter().zip(&scans) {
                 match &s.origin {
@@ -255,7 +303,10 @@ impl Work<'_> {
         .await
         .map_err(|e| anyhow::anyhow!("archiving panicked: {e}"))?;
         let (summary, manifest) = match written {
-            Err(e) if e.downcast_ref::<archive::Error>().is_some_and(|a| matches!(a, archive::Error::Cancelled)) => {
+            Err(e)
+                if e.downcast_ref::<archive::Error>()
+                    .is_some_and(|a| matches!(a, archive::Error::Cancelled)) =>
+            {
                 ctx.interrupt.check()?;
                 return Err(e);
             }
@@ -277,19 +328,31 @@ fn export(
 }
 
 /// After the services are back: verify the temp file, rename it into place, record it complete.
-async fn finish(ctx: &Ctx, id: i64, temp: &Path, final_path: &Path, w: Written, started: Instant, downtime_ms: Option<u64>) -> Result<BackupOutcome> {
+async fn finish(
+    ctx: &Ctx,
+    id: i64,
+    temp: &Path,
+    final_path: &Path,
+    w: Written,
+    started: Instant,
+    downtime_ms: Option<u64>,
+) -> Result<BackupOutcome> {
     ctx.interrupt.check()?;
     let verify_started = Instant::now();
-    let (t, sha, cancel) = (temp.to_path_buf(), w.summary.archive_sha256.clone(), ctx.interrupt.cancel().clone());
-    let report = tokio::task::spawn_blocking(move || archive::verify(&t, Some(&sha), &cancel, &archive::NoProgress))
-        .await?
-        .map_err(|e| crate::Error::VerifyFailed { id, detail: e.to_string() })?;
+    let (t, sha, cancel) =
+        (temp.to_path_buf(), w.summary.archive_sha256.clone(), ctx.interrupt.cancel().clone());
+    let report =
+        tokio::task::spawn_blocking(move || archive::verify(&t, Some(&sha), &cancel, &archive::NoProgress))
+            .await?
+            .map_err(|e| crate::Error::VerifyFailed { id, detail: e.to_string() })?;
     let verify_ms = verify_started.elapsed().as_millis() as u64;
     ctx.interrupt.check()?;
-    std::fs::rename(temp, final_path).with_context(|| format!("renaming {} to {}", temp.display(), final_path.display()))?;
+    std::fs::rename(temp, final_path)
+        .with_context(|| format!("renaming {} to {}", temp.display(), final_path.display()))?;
     let dir = final_path.parent().unwrap_or(Path::new("."));
     fsutil::fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
-    let file_count = w.manifest.entries.iter().filter(|e| e.kind == archive::manifest::EntryKind::File).count() as u64;
+    let file_count =
+        w.manifest.entries.iter().filter(|e| e.kind == archive::manifest::EntryKind::File).count() as u64;
     let duration_ms = started.elapsed().as_millis() as u64;
     ctx.catalog
         .complete(
@@ -398,9 +461,20 @@ fn build_manifest(p: ManifestParts<'_>) -> Manifest {
 }
 
 /// Refuses before anything is stopped: unwritable storage, or not enough room for the data.
-fn preflight(storage: &Path, plan: &[Source], excludes: &globset::GlobSet, skip_dirs: &[PathBuf]) -> Result<()> {
-    fsutil::create_private_dir(storage).map_err(|e| crate::Error::StorageNotWritable { dir: storage.to_path_buf(), detail: format!("{e:#}") })?;
-    fsutil::probe_writable(storage).map_err(|e| crate::Error::StorageNotWritable { dir: storage.to_path_buf(), detail: e.to_string() })?;
+fn preflight(
+    storage: &Path,
+    plan: &[Source],
+    excludes: &globset::GlobSet,
+    skip_dirs: &[PathBuf],
+) -> Result<()> {
+    fsutil::create_private_dir(storage).map_err(|e| crate::Error::StorageNotWritable {
+        dir: storage.to_path_buf(),
+        detail: format!("{e:#}"),
+    })?;
+    fsutil::probe_writable(storage).map_err(|e| crate::Error::StorageNotWritable {
+        dir: storage.to_path_buf(),
+        detail: e.to_string(),
+    })?;
     let mut estimate: u64 = 0;
     for s in plan {
         if let Origin::Host(root) = &s.origin
@@ -411,7 +485,8 @@ fn preflight(storage: &Path, plan: &[Source], excludes: &globset::GlobSet, skip_
             estimate += scan.size + 1024 * scan.entries.len() as u64;
         }
     }
-    let free = fsutil::free_space(storage).with_context(|| format!("checking free space in {}", storage.display()))?;
+    let free = fsutil::free_space(storage)
+        .with_context(|| format!("checking free space in {}", storage.display()))?;
     // Keep a margin so the backup does not fill the disk to the last byte.
     let needed = estimate + estimate / 20 + (1 << 20);
     if needed > free {

@@ -58,7 +58,11 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
             temp_removed = Some(temp.display().to_string());
         }
         if let Some(id) = op.backup_id {
-            let msg = format!("interrupted: nuwax (pid {}) ended before the backup finished; recovered by pid {}", op.pid, std::process::id());
+            let msg = format!(
+                "interrupted: nuwax (pid {}) ended before the backup finished; recovered by pid {}",
+                op.pid,
+                std::process::id()
+            );
             ctx.catalog.fail(id, &msg, None).await?;
         }
         ctx.catalog.finish_operation(op.id, OperationState::Recovered, Some("recovered")).await?;
@@ -88,7 +92,11 @@ mod tests {
     #[tokio::test]
     async fn a_dead_backup_is_finished_by_the_next_run() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("compose.yaml"), "services: {db: {image: x}, app: {image: y, depends_on: [db]}}\n").unwrap();
+        std::fs::write(
+            dir.path().join("compose.yaml"),
+            "services: {db: {image: x}, app: {image: y, depends_on: [db]}}\n",
+        )
+        .unwrap();
         let project = crate::project::Project::discover(dir.path()).unwrap();
         let catalog = Catalog::open(&project.state_dir).await.unwrap();
         let engine = Arc::new(FakeEngine::new());
@@ -97,7 +105,14 @@ mod tests {
         engine.add("cron", false, &[], vec![]);
         // A backup that stopped its services and then "died" (never restarted them).
         let id = catalog
-            .insert_pending(&NewBackup { kind: BackupKind::Manual, project: &project.name, service_version: "0", compression: "zstd", created_at: chrono::Utc::now(), note: None })
+            .insert_pending(&NewBackup {
+                kind: BackupKind::Manual,
+                project: &project.name,
+                service_version: "0",
+                compression: "zstd",
+                created_at: chrono::Utc::now(),
+                note: None,
+            })
             .await
             .unwrap();
         let temp = dir.path().join("partial.tmp");

@@ -13,7 +13,10 @@ use crate::project::Project;
 pub enum Origin {
     Host(PathBuf),
     /// Through the engine: `container` mounts the data at `path`.
-    Engine { container: String, path: String },
+    Engine {
+        container: String,
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +89,16 @@ pub fn config_sources(project: &Project, skipped: &mut Vec<Skipped>) -> Vec<Sour
     out
 }
 
+/// A mount seen on one or more containers.
+struct Found {
+    kind: MountKind,
+    source: PathBuf,
+    /// `service:/path` for each container that mounts it.
+    destinations: Vec<String>,
+    /// A container that mounts it, and where: the way in through the engine.
+    via: Option<(String, String)>,
+}
+
 /// Every named volume and bind mount of the project's containers, each once. Volumes labelled
 /// with the project but mounted by no container are included too (read on the host only).
 pub async fn mount_sources(
@@ -95,8 +108,7 @@ pub async fn mount_sources(
     access: VolumeAccess,
     skipped: &mut Vec<Skipped>,
 ) -> anyhow::Result<Vec<Source>> {
-    // name/path → (kind, source, destinations, a container and the path it mounts it at)
-    let mut found: BTreeMap<(u8, String), (MountKind, PathBuf, Vec<String>, Option<(String, String)>)> = BTreeMap::new();
+    let mut found: BTreeMap<(u8, String), Found> = BTreeMap::new();
     for c in containers {
         for m in &c.mounts {
             let (key, kind) = match m.kind {
@@ -107,19 +119,27 @@ pub async fn mount_sources(
                 MountType::Bind => ((1, m.source.to_string_lossy().into_owned()), MountKind::Bind),
                 MountType::Other => continue,
             };
-            let e = found.entry(key).or_insert_with(|| (kind, m.source.clone(), Vec::new(), None));
-            e.2.push(format!("{}:{}", c.service, m.destination));
-            e.3.get_or_insert_with(|| (c.id.clone(), m.destination.clone()));
+            let e = found.entry(key).or_insert_with(|| Found {
+                kind,
+                source: m.source.clone(),
+                destinations: Vec::new(),
+                via: None,
+            });
+            e.destinations.push(format!("{}:{}", c.service, m.destination));
+            e.via.get_or_insert_with(|| (c.id.clone(), m.destination.clone()));
         }
     }
     for v in engine.project_volumes(&project.name).await? {
         if !found.contains_key(&(0, v.clone())) {
-            let mp = engine.volume_mountpoint(&v).await?;
-            found.insert((0, v), (MountKind::Volume, mp, Vec::new(), None));
+            let source = engine.volume_mountpoint(&v).await?;
+            found.insert(
+                (0, v),
+                Found { kind: MountKind::Volume, source, destinations: Vec::new(), via: None },
+            );
         }
     }
     let mut out = Vec::new();
-    for ((_, name), (kind, source, destinations, via)) in found {
+    for ((_, name), Found { kind, source, destinations, via }) in found {
         let src = source.to_string_lossy().into_owned();
         let prefix = match kind {
             MountKind::Volume => format!("volumes/{name}"),
@@ -132,12 +152,16 @@ pub async fn mount_sources(
                 match std::fs::symlink_metadata(&source) {
                     Err(_) => {
                         tracing::warn!("bind mount source {src} does not exist; skipped");
-                        skipped.push(Skipped { path: src, reason: "bind mount source does not exist".into() });
+                        skipped
+                            .push(Skipped { path: src, reason: "bind mount source does not exist".into() });
                         continue;
                     }
                     Ok(md) if !(md.is_dir() || md.is_file()) => {
                         tracing::warn!("bind mount source {src} is not a file or directory; skipped");
-                        skipped.push(Skipped { path: src, reason: "not a regular file or directory (socket or device)".into() });
+                        skipped.push(Skipped {
+                            path: src,
+                            reason: "not a regular file or directory (socket or device)".into(),
+                        });
                         continue;
                     }
                     Ok(_) => {}
@@ -174,7 +198,10 @@ pub fn compose_bind_sources(project: &Project, skipped: &mut Vec<Skipped>) -> Ve
             binds.entry(normalize(b)).or_default().push(svc.clone());
         }
         for v in &s.volumes {
-            skipped.push(Skipped { path: format!("volume:{v}"), reason: format!("named volume of {svc}: not read without the engine (--no-docker)") });
+            skipped.push(Skipped {
+                path: format!("volume:{v}"),
+                reason: format!("named volume of {svc}: not read without the engine (--no-docker)"),
+            });
         }
     }
     let mut out = Vec::new();
@@ -188,7 +215,12 @@ pub fn compose_bind_sources(project: &Project, skipped: &mut Vec<Skipped>) -> Ve
         out.push(Source {
             prefix: format!("binds/{}", src.trim_start_matches('/')),
             origin: Origin::Host(path),
-            role: Role::Mount { kind: MountKind::Bind, name: src.clone(), source: src, destinations: services },
+            role: Role::Mount {
+                kind: MountKind::Bind,
+                name: src.clone(),
+                source: src,
+                destinations: services,
+            },
         });
     }
     out
@@ -211,7 +243,9 @@ fn normalize(p: &Path) -> PathBuf {
 
 fn display_rel(dir: &Path, path: &Path) -> String {
     let path = normalize(path);
-    path.strip_prefix(dir).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| path.to_string_lossy().into_owned())
+    path.strip_prefix(dir)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string_lossy().into_owned())
 }
 
 /// Inside the project: the relative path. Outside: `_abs/<absolute path>`.

@@ -102,7 +102,8 @@ impl Demo {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let states = self.states();
-            let ok = services.iter().all(|s| states.iter().any(|(svc, st)| svc == s && st == "running/healthy"));
+            let ok =
+                services.iter().all(|s| states.iter().any(|(svc, st)| svc == s && st == "running/healthy"));
             if ok {
                 return;
             }
@@ -117,7 +118,8 @@ impl Demo {
             .args(["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={}", self.name)])
             .output()
             .unwrap();
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+        let ids: Vec<String> =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
         if ids.is_empty() {
             return Vec::new();
         }
@@ -143,7 +145,13 @@ impl Demo {
     /// The `nuwax` binary pointed at this project.
     pub fn nuwax(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_nuwax"));
-        c.arg("--project-dir").arg(&self.dir).env_remove("NUWAX_STORAGE_DIR").env_remove("NUWAX_STATE_DIR").env_remove("COMPOSE_PROJECT_NAME").env("NUWAX_LOG", "nuwax=info").stdin(Stdio::null());
+        c.arg("--project-dir")
+            .arg(&self.dir)
+            .env_remove("NUWAX_STORAGE_DIR")
+            .env_remove("NUWAX_STATE_DIR")
+            .env_remove("COMPOSE_PROJECT_NAME")
+            .env("NUWAX_LOG", "nuwax=info")
+            .stdin(Stdio::null());
         c
     }
 
@@ -213,7 +221,8 @@ pub fn stderr(o: &Output) -> String {
 
 /// Parses the one JSON document `--json` prints on stdout.
 pub fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
 }
 
 /// Extracts an archive with GNU tar (numeric owners, modes) into a new temp dir.
@@ -247,7 +256,11 @@ pub fn without_dac_override(cmd: Command) -> Command {
         return cmd;
     }
     let mut c = Command::new("setpriv");
-    c.args(["--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search", "--"]);
+    c.args([
+        "--inh-caps=-dac_override,-dac_read_search",
+        "--bounding-set=-dac_override,-dac_read_search",
+        "--",
+    ]);
     c.arg(cmd.get_program()).args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {

@@ -33,7 +33,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Node> {
             use sha2::Digest;
             ("file", format!("{:x}", sha2::Sha256::digest(&bytes)), Some(md.mtime()))
         };
-        out.insert(rel, Node { kind, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), content, mtime });
+        out.insert(
+            rel,
+            Node { kind, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), content, mtime },
+        );
     }
     out
 }
@@ -60,5 +63,9 @@ pub fn assert_same(expected: &Path, actual: &Path, ignore: &[&str]) {
     for k in b.keys().filter(|k| !a.contains_key(*k)) {
         diffs.push(format!("unexpected in {}: {k}", actual.display()));
     }
-    panic!("trees differ ({} differences):\n{}", diffs.len(), diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
+    panic!(
+        "trees differ ({} differences):\n{}",
+        diffs.len(),
+        diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
