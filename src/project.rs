@@ -51,6 +51,8 @@ pub struct ComposeService {
     pub binds: Vec<PathBuf>,
     /// Named volumes (compose-level names, not yet prefixed with the project).
     pub volumes: Vec<String>,
+    /// `stop_grace_period`, in seconds.
+    pub stop_grace_period: Option<u64>,
 }
 
 /// A discovered project, ready for the flows.
@@ -100,6 +102,7 @@ impl Project {
                 s.depends_on.extend(v.depends_on);
                 s.binds.extend(v.binds);
                 s.volumes.extend(v.volumes);
+                s.stop_grace_period = v.stop_grace_period.or(s.stop_grace_period);
             }
             declared_volumes.extend(doc.volumes);
         }
@@ -231,7 +234,14 @@ fn parse_compose(path: &Path, dir: &Path) -> Result<ComposeDoc> {
     if let Some(map) = doc.get("services").and_then(|v| v.as_mapping()) {
         for (k, v) in map {
             let Some(k) = k.as_str() else { continue };
-            let mut s = ComposeService::default();
+            let mut s = ComposeService {
+                stop_grace_period: v.get("stop_grace_period").and_then(|d| match d {
+                    serde_yaml_ng::Value::Number(n) => n.as_u64(),
+                    serde_yaml_ng::Value::String(s) => parse_duration_secs(s),
+                    _ => None,
+                }),
+                ..Default::default()
+            };
             match v.get("depends_on") {
                 Some(serde_yaml_ng::Value::Sequence(seq)) => {
                     s.depends_on.extend(seq.iter().filter_map(|d| d.as_str().map(str::to_string)))
@@ -288,6 +298,44 @@ fn parse_volume(v: &serde_yaml_ng::Value) -> Option<VolumeRef> {
     }
 }
 
+/// Compose durations: `1m30s`, `10s`, `500ms`, `1h`, rounded up to whole seconds.
+pub fn parse_duration_secs(s: &str) -> Option<u64> {
+    let mut total_ms: u64 = 0;
+    let mut num = String::new();
+    let mut chars = s.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        let ms = match unit.as_str() {
+            "h" => 3_600_000.0,
+            "m" => 60_000.0,
+            "s" => 1000.0,
+            "ms" => 1.0,
+            "us" | "µs" => 0.001,
+            "ns" => 0.000_001,
+            _ => return None,
+        };
+        total_ms += (v * ms) as u64;
+    }
+    if !num.is_empty() {
+        total_ms += (num.parse::<f64>().ok()? * 1000.0) as u64;
+    }
+    Some(total_ms.div_ceil(1000))
+}
+
 fn expand_home(p: &str) -> PathBuf {
     match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
@@ -307,11 +355,21 @@ mod tests {
     }
 
     #[test]
+    fn compose_durations_become_seconds() {
+        assert_eq!(parse_duration_secs("1m30s"), Some(90));
+        assert_eq!(parse_duration_secs("10s"), Some(10));
+        assert_eq!(parse_duration_secs("1500ms"), Some(2));
+        assert_eq!(parse_duration_secs("2h"), Some(7200));
+        assert_eq!(parse_duration_secs("5"), Some(5));
+        assert_eq!(parse_duration_secs("ten"), None);
+    }
+
+    #[test]
     fn compose_file_is_read_for_dependencies_and_mounts() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("compose.yaml"),
-            "name: shop\nservices:\n  app:\n    image: x\n    depends_on: [db]\n    volumes: ['./up:/srv', 'data:/d', {type: bind, source: /etc/hosts, target: /h}]\n  db:\n    image: y\n    depends_on:\n      cache: {condition: service_healthy}\n  cache: {image: z}\nvolumes:\n  data: {}\n",
+            "name: shop\nservices:\n  app:\n    image: x\n    depends_on: [db]\n    volumes: ['./up:/srv', 'data:/d', {type: bind, source: /etc/hosts, target: /h}]\n  db:\n    image: y\n    stop_grace_period: 1m\n    depends_on:\n      cache: {condition: service_healthy}\n  cache: {image: z}\nvolumes:\n  data: {}\n",
         )
         .unwrap();
         std::fs::write(dir.path().join(".env"), "# c\nexport A=\"1\"\nB='two'\n").unwrap();
@@ -324,5 +382,6 @@ mod tests {
         assert_eq!(p.services["app"].volumes, vec!["data".to_string()]);
         assert_eq!(p.services["app"].binds.len(), 2);
         assert!(p.declared_volumes.contains_key("data"));
+        assert_eq!(p.services["db"].stop_grace_period, Some(60));
     }
 }

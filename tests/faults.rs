@@ -131,26 +131,31 @@ fn an_unreadable_file_in_a_volume_fails_the_backup_and_services_come_back() {
     assert_eq!(list[0]["status"], "failed");
 }
 
-#[test]
-fn sigint_during_archiving_restarts_services_and_leaves_no_archive() {
+fn signal_during_archiving(signal: rustix::process::Signal, name: &str, code: i32) {
     let compose = require_docker!();
     let demo = Demo::new(compose);
     demo.up();
     add_bulk(&demo, "dbdata", 16);
     let mut child = start_slow_backup(&demo, 2 << 20);
     assert!(demo.state_of("db").starts_with("exited"), "db not stopped while archiving: {:?}", demo.states());
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), signal).unwrap();
     let status = child.wait().unwrap();
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert_eq!(status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert_eq!(status.code(), Some(code), "{err}");
+    assert!(err.contains(&format!("interrupted by {name}")), "{err}");
     assert_nothing_complete_and_all_running(&demo);
     assert_eq!(demo.list()[0]["status"], "failed");
+}
+
+#[test]
+fn sigint_during_archiving_restarts_services_and_leaves_no_archive() {
+    signal_during_archiving(rustix::process::Signal::INT, "SIGINT", 130);
+}
+
+#[test]
+fn sigterm_during_archiving_restarts_services_and_leaves_no_archive() {
+    signal_during_archiving(rustix::process::Signal::TERM, "SIGTERM", 143);
 }
 
 #[test]

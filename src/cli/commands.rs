@@ -164,6 +164,8 @@ fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<Ba
 
 fn init(cli: &Cli) -> Result<()> {
     let dir = cli.project_dir.clone().unwrap_or_else(|| ".".into());
+    // Find the project first: nothing is written where there is no compose project.
+    Project::discover(&dir)?;
     let config = dir.join(crate::project::CONFIG_FILE);
     let wrote = if config.exists() {
         false

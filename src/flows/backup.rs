@@ -62,10 +62,14 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     let mut skipped = Vec::new();
 
     // Everything that can be known without stopping anything.
-    let containers = match &ctx.engine {
+    let mut containers = match &ctx.engine {
         Some(engine) => engine.project_containers(&project.name).await?,
         None => Vec::new(),
     };
+    // Compose v1 keeps stop_grace_period to itself; the compose file still says it.
+    for c in containers.iter_mut().filter(|c| c.stop_timeout.is_none()) {
+        c.stop_timeout = project.services.get(&c.service).and_then(|s| s.stop_grace_period);
+    }
     if ctx.engine.is_some() && containers.is_empty() {
         tracing::warn!(
             "no containers of compose project {:?} found; backing up files and labelled volumes only",
