@@ -138,7 +138,8 @@ fn signal_during_archiving(signal: rustix::process::Signal, name: &str, code: i3
     add_bulk(&demo, "dbdata", 16);
     let mut child = start_slow_backup(&demo, 2 << 20);
     assert!(demo.state_of("db").starts_with("exited"), "db not stopped while archiving: {:?}", demo.states());
-    rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), signal).unwrap();
+    rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), signal)
+        .unwrap();
     let status = child.wait().unwrap();
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();

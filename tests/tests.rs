@@ -5,4 +5,5 @@ mod support;
 
 mod archive;
 mod backup;
+mod cli;
 mod faults;

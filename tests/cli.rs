@@ -1,0 +1,63 @@
+//! The command line without Docker: project discovery, init, exit codes, JSON.
+
+use std::process::{Command, Stdio};
+
+use crate::support::{json, stderr, stdout};
+
+fn nuwax(dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nuwax"));
+    c.arg("--project-dir")
+        .arg(dir)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("NUWAX_STORAGE_DIR")
+        .env_remove("NUWAX_STATE_DIR")
+        .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn no_compose_file_is_a_project_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = nuwax(dir.path()).arg("init").output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no compose file in"), "{}", stderr(&out));
+    assert!(!dir.path().join("nuwax.toml").exists());
+}
+
+#[test]
+fn init_writes_a_config_that_parses_and_status_works_without_an_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("My Shop");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("docker-compose.yml"), "services:\n  web:\n    image: x\n").unwrap();
+    let out = nuwax(&dir).arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("nuwax.toml").is_file() && dir.join("backups").is_dir() && dir.join(".nuwax").is_dir());
+    // Every key in the template is commented out: uncommenting them must still parse.
+    let template = std::fs::read_to_string(dir.join("nuwax.toml")).unwrap();
+    let uncommented: String = template
+        .lines()
+        .map(|l| if l.starts_with("# ") && l.contains(" = ") { &l[2..] } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        dir.join("nuwax.toml"),
+        uncommented.replace("mysite", "shop").replace("\"compose.yaml\"", "\"docker-compose.yml\""),
+    )
+    .unwrap();
+    let out = nuwax(&dir).args(["--json", "status"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["project"], "shop");
+    assert!(v["engine_error"].as_str().unwrap().contains("cannot reach the Docker engine"));
+
+    // Without the config, the name is the directory's, normalised as compose does.
+    std::fs::remove_file(dir.join("nuwax.toml")).unwrap();
+    let out = nuwax(&dir).args(["status"]).output().unwrap();
+    assert!(stdout(&out).contains("project   myshop"), "{}", stdout(&out));
+    let out = nuwax(&dir).args(["--json", "list"]).output().unwrap();
+    assert_eq!(json(&out), serde_json::json!([]));
+    let out = nuwax(&dir).args(["show", "42"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(9));
+}
