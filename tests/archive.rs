@@ -89,19 +89,30 @@ fn decompress(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Extracts with GNU tar, fed the decompressed stream so only tar's reading is under test.
+fn zstd_cli() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| Command::new("zstd").arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// Extracts with GNU tar, decompressing with `tar --zstd` / `--gzip` (or, without the zstd
+/// CLI, feeding tar the stream decompressed here).
 fn gnu_extract(archive: &Path, dest: &Path) {
-    let tar = decompress(&fs::read(archive).unwrap());
-    let mut child = Command::new("tar")
-        .args(["--numeric-owner", "-xpf", "-", "-C"])
-        .arg(dest)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("GNU tar is installed");
-    child.stdin.take().unwrap().write_all(&tar).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let bytes = fs::read(archive).unwrap();
+    let compression = detect_compression(&bytes);
+    let mut tar = Command::new("tar");
+    tar.args(["--numeric-owner", "-C"]).arg(dest).env("LC_ALL", "C").stderr(Stdio::piped());
+    let out = if compression == Compression::Zstd && !zstd_cli() {
+        let mut child = tar.args(["-xpf", "-"]).stdin(Stdio::piped()).spawn().expect("GNU tar is installed");
+        child.stdin.take().unwrap().write_all(&decompress(&bytes)).unwrap();
+        child.wait_with_output().unwrap()
+    } else {
+        let flag = match compression {
+            Compression::Zstd => "--zstd",
+            Compression::Gzip => "--gzip",
+            Compression::None => "--no-auto-compress",
+        };
+        tar.arg(flag).arg("-xpf").arg(archive).output().expect("GNU tar is installed")
+    };
     assert!(out.status.success(), "tar -x failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -294,4 +305,655 @@ proptest! {
             assert_same_tree(prefix, &src, &scanned, &dest.join(prefix));
         }
     }
+}
+
+// ---- fixtures -----------------------------------------------------------------------------
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[3]
+        })
+        .collect()
+}
+
+/// A small tree: `a.txt`, a 256 KiB random `big.bin`, `sub/b.txt`, `link -> a.txt`, `empty/`.
+fn small_tree(dir: &Path) -> PathBuf {
+    let root = dir.join("src");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::create_dir(root.join("empty")).unwrap();
+    fs::write(root.join("a.txt"), b"alpha alpha alpha UNIQUE-MARKER alpha\n").unwrap();
+    fs::write(root.join("big.bin"), noise(256 << 10, 42)).unwrap();
+    fs::write(root.join("sub/b.txt"), b"bravo\n").unwrap();
+    std::os::unix::fs::symlink("a.txt", root.join("link")).unwrap();
+    root
+}
+
+/// Archives [`small_tree`] under `vol`; returns the archive path.
+fn small_archive(dir: &Path, compression: Compression) -> PathBuf {
+    let root = small_tree(dir);
+    let out = dir.join(format!("small.{}", compression.extension()));
+    archive_tree("vol", &root, &out, &opts(compression));
+    out
+}
+
+type Member = (String, tar::Header, Vec<u8>);
+
+/// Rebuilds an uncompressed archive member by member through `edit`, which returns the
+/// members to write in place of the one it is given.
+fn repack(src: &[u8], mut edit: impl FnMut(Member) -> Vec<Member>) -> Vec<u8> {
+    let mut out = tar::Builder::new(Vec::new());
+    let mut archive = tar::Archive::new(src);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+        let header = entry.header().clone();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        for (path, mut header, data) in edit((path, header, data)) {
+            header.set_size(data.len() as u64);
+            out.append_data(&mut header, path, data.as_slice()).unwrap();
+        }
+    }
+    out.into_inner().unwrap()
+}
+
+fn file_member(path: &str, data: &[u8]) -> Member {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    (path.to_owned(), header, data.to_vec())
+}
+
+fn damaged(dir: &Path, bytes: &[u8]) -> nuwax::archive::Result<nuwax::archive::VerifyReport> {
+    let path = dir.join("damaged.tar");
+    fs::write(&path, bytes).unwrap();
+    check(&path)
+}
+
+// ---- verify -------------------------------------------------------------------------------
+
+#[test]
+fn verify_accepts_what_was_written_and_checks_the_expected_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    for compression in ALL {
+        let out = small_archive(&tempfile::tempdir_in(tmp.path()).unwrap().keep(), compression);
+        let sha = file_sha256(&out).unwrap();
+        let report = verify(&out, Some(&sha.to_uppercase()), &Cancel::default(), &NoProgress).unwrap();
+        assert_eq!(report.archive_sha256, sha);
+        assert_eq!(report.archive_bytes, fs::metadata(&out).unwrap().len());
+        assert_eq!(report.manifest, read_manifest(&out).unwrap());
+        assert_eq!(report.entries, 7);
+        let wrong = "0".repeat(64);
+        let err = verify(&out, Some(&wrong), &Cancel::default(), &NoProgress).unwrap_err();
+        assert!(
+            matches!(&err, Error::ChecksumMismatch { expected, actual } if *expected == wrong && *actual == sha),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn verify_rejects_truncated_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    for compression in ALL {
+        let dir = tempfile::tempdir_in(tmp.path()).unwrap();
+        let bytes = fs::read(small_archive(dir.path(), compression)).unwrap();
+        for cut in [bytes.len() / 2, bytes.len() - 1, bytes.len() - 512, 1000] {
+            let err = damaged(dir.path(), &bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(err, Error::Corrupt { .. } | Error::MissingEntries { .. }),
+                "{compression} cut at {cut}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_rejects_a_flipped_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Uncompressed: the flip lands in a file's content, which only the digests can catch.
+    let bytes = fs::read(small_archive(tmp.path(), Compression::None)).unwrap();
+    let at = bytes.windows(13).position(|w| w == b"UNIQUE-MARKER").unwrap();
+    let mut flipped = bytes.clone();
+    flipped[at] ^= 0x01;
+    let err = damaged(tmp.path(), &flipped).unwrap_err();
+    assert!(matches!(&err, Error::Mismatch { path, .. } if path == "vol/a.txt"), "{err:?}");
+    for compression in [Compression::Zstd, Compression::Gzip] {
+        let dir = tempfile::tempdir_in(tmp.path()).unwrap();
+        let bytes = fs::read(small_archive(dir.path(), compression)).unwrap();
+        for at in [bytes.len() / 3, bytes.len() / 2] {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x40;
+            let err = damaged(dir.path(), &flipped).unwrap_err();
+            assert!(
+                matches!(err, Error::Corrupt { .. } | Error::Mismatch { .. }),
+                "{compression} at {at}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn verify_rejects_an_undeclared_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = fs::read(small_archive(tmp.path(), Compression::None)).unwrap();
+    let inserted = repack(&bytes, |m| {
+        if m.0 == "checksums.json" { vec![file_member("vol/evil", b"boo"), m] } else { vec![m] }
+    });
+    let err = damaged(tmp.path(), &inserted).unwrap_err();
+    assert!(matches!(&err, Error::Undeclared { path } if path == "vol/evil"), "{err:?}");
+    let appended = repack(&bytes, |m| {
+        if m.0 == "checksums.json" { vec![m, file_member("vol/evil", b"boo")] } else { vec![m] }
+    });
+    let err = damaged(tmp.path(), &appended).unwrap_err();
+    assert!(matches!(&err, Error::Undeclared { path } if path == "vol/evil"), "{err:?}");
+}
+
+#[test]
+fn verify_rejects_a_file_larger_or_smaller_than_declared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = fs::read(small_archive(tmp.path(), Compression::None)).unwrap();
+    for data in [&b"bravo and then some\n"[..], b"br"] {
+        let resized = repack(&bytes, |(path, header, old)| {
+            let new = if path == "vol/sub/b.txt" { data.to_vec() } else { old };
+            vec![(path, header, new)]
+        });
+        let err = damaged(tmp.path(), &resized).unwrap_err();
+        assert!(matches!(&err, Error::Mismatch { path, .. } if path == "vol/sub/b.txt"), "{err:?}");
+    }
+}
+
+#[test]
+fn verify_rejects_missing_entries_and_a_missing_trailer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = fs::read(small_archive(tmp.path(), Compression::None)).unwrap();
+    let no_trailer = repack(&bytes, |m| if m.0 == "checksums.json" { vec![] } else { vec![m] });
+    let err = damaged(tmp.path(), &no_trailer).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingEntries { count: 1, first } if first == "checksums.json"),
+        "{err:?}"
+    );
+    // The last declared entry (`vol/sub/b.txt`) dropped: the trailer comes too early.
+    let dropped = repack(&bytes, |m| if m.0 == "vol/sub/b.txt" { vec![] } else { vec![m] });
+    let err = damaged(tmp.path(), &dropped).unwrap_err();
+    assert!(matches!(&err, Error::MissingEntries { count: 1, first } if first == "vol/sub/b.txt"), "{err:?}");
+    // A middle entry dropped: the next one is out of place.
+    let dropped = repack(&bytes, |m| if m.0 == "vol/a.txt" { vec![] } else { vec![m] });
+    assert!(matches!(damaged(tmp.path(), &dropped).unwrap_err(), Error::Undeclared { .. }));
+}
+
+#[test]
+fn verify_rejects_a_tampered_trailer_or_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = fs::read(small_archive(tmp.path(), Compression::None)).unwrap();
+    let tampered = repack(&bytes, |(path, header, data)| {
+        let data = if path == "checksums.json" {
+            let mut sums: nuwax::archive::Checksums = serde_json::from_slice(&data).unwrap();
+            sums.files.insert("vol/a.txt".into(), "0".repeat(64));
+            serde_json::to_vec(&sums).unwrap()
+        } else {
+            data
+        };
+        vec![(path, header, data)]
+    });
+    let err = damaged(tmp.path(), &tampered).unwrap_err();
+    assert!(matches!(&err, Error::Mismatch { path, .. } if path == "vol/a.txt"), "{err:?}");
+    let reformatted = repack(&bytes, |(path, header, data)| {
+        let data = if path == "manifest.json" {
+            serde_json::to_vec(&serde_json::from_slice::<Manifest>(&data).unwrap()).unwrap()
+        } else {
+            data
+        };
+        vec![(path, header, data)]
+    });
+    let err = damaged(tmp.path(), &reformatted).unwrap_err();
+    assert!(matches!(&err, Error::Mismatch { path, .. } if path == "manifest.json"), "{err:?}");
+}
+
+#[test]
+fn read_manifest_rejects_foreign_files_and_newer_formats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let foreign = tmp.path().join("foreign.tar");
+    fs::write(&foreign, repack(&[0; 1024], |m| vec![m])).unwrap();
+    assert!(matches!(read_manifest(&foreign).unwrap_err(), Error::Corrupt { .. }));
+    let mut builder = tar::Builder::new(Vec::new());
+    let (path, mut header, data) = file_member("hello.txt", b"hi");
+    builder.append_data(&mut header, path, data.as_slice()).unwrap();
+    fs::write(&foreign, builder.into_inner().unwrap()).unwrap();
+    assert!(matches!(read_manifest(&foreign).unwrap_err(), Error::Corrupt { .. }));
+    fs::write(&foreign, b"").unwrap();
+    assert!(matches!(check(&foreign).unwrap_err(), Error::Corrupt { .. }));
+    assert!(matches!(read_manifest(&tmp.path().join("nope")).unwrap_err(), Error::Io { .. }));
+
+    let newer = tmp.path().join("newer.tar.zst");
+    let mut m = manifest(vec![], Compression::Zstd);
+    m.format_version = FORMAT_VERSION + 1;
+    let mut writer = ArchiveWriter::new(
+        fs::File::create(&newer).unwrap(),
+        &opts(Compression::Zstd),
+        Cancel::default(),
+        Arc::new(NoProgress),
+    )
+    .unwrap();
+    writer.write_manifest(&m).unwrap();
+    writer.finish().unwrap();
+    let err = read_manifest(&newer).unwrap_err();
+    assert!(
+        matches!(err, Error::UnsupportedFormat { found, supported } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION)
+    );
+}
+
+#[test]
+fn gnu_tools_read_the_compressed_archives_directly() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (compression, flag) in [
+        (Compression::Zstd, "--zstd"),
+        (Compression::Gzip, "--gzip"),
+        (Compression::None, "--no-auto-compress"),
+    ] {
+        if compression == Compression::Zstd && !zstd_cli() {
+            eprintln!("zstd CLI not installed; skipping tar --zstd");
+            continue;
+        }
+        let out = small_archive(&tempfile::tempdir_in(tmp.path()).unwrap().keep(), compression);
+        let listing = Command::new("tar").arg(flag).arg("-tvf").arg(&out).output().unwrap();
+        assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+        let names: Vec<String> = String::from_utf8(listing.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.split_whitespace().nth(5).unwrap().to_owned())
+            .collect();
+        let expected = [
+            "manifest.json",
+            "vol/",
+            "vol/a.txt",
+            "vol/big.bin",
+            "vol/empty/",
+            "vol/link",
+            "vol/sub/",
+            "vol/sub/b.txt",
+            "checksums.json",
+        ];
+        assert_eq!(names, expected, "{compression}");
+    }
+}
+
+// ---- scanning -----------------------------------------------------------------------------
+
+#[test]
+fn special_files_are_skipped_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = small_tree(tmp.path());
+    rustix::fs::mknodat(
+        CWD,
+        root.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+    let out = tmp.path().join("special.tar.zst");
+    let (scanned, _) = archive_tree("vol", &root, &out, &opts(Compression::Zstd));
+    let skipped: Vec<(&str, &str)> =
+        scanned.skipped.iter().map(|s| (s.path.as_str(), s.reason.as_str())).collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0].0 == "vol/fifo" && skipped[0].1.contains("FIFO"), "{skipped:?}");
+    assert!(skipped[1].0 == "vol/sock" && skipped[1].1.contains("socket"), "{skipped:?}");
+    assert!(scanned.entries.iter().all(|e| !e.path.ends_with("fifo") && !e.path.ends_with("sock")));
+    check(&out).unwrap();
+    // A FIFO as the root yields nothing to archive, only a report.
+    let alone = scan("lonely", &root.join("fifo"));
+    assert!(alone.entries.is_empty() && alone.skipped.len() == 1);
+}
+
+#[test]
+fn scan_honours_excludes_skip_dirs_and_single_roots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = small_tree(tmp.path());
+    fs::create_dir_all(root.join("cache/deep")).unwrap();
+    fs::write(root.join("cache/deep/x"), b"x").unwrap();
+    fs::write(root.join("sub/debug.log"), b"log").unwrap();
+    fs::create_dir(root.join("storage")).unwrap();
+    fs::write(root.join("storage/old.tar.zst"), b"old").unwrap();
+    let mut globs = GlobSetBuilder::new();
+    globs.add(Glob::new("cache").unwrap());
+    globs.add(Glob::new("**/*.log").unwrap());
+    let globs = globs.build().unwrap();
+    // Spelled through a symlink: skip dirs are recognised by identity, not by spelling.
+    std::os::unix::fs::symlink(root.join("storage"), tmp.path().join("alias")).unwrap();
+    let scanned = scan_host("p", &root, &globs, &[tmp.path().join("alias")]).unwrap();
+    let paths: Vec<&str> = scanned.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["p", "p/a.txt", "p/big.bin", "p/empty", "p/link", "p/sub", "p/sub/b.txt"]);
+    assert_eq!(scanned.skipped.len(), 1);
+    assert_eq!(scanned.skipped[0].path, "p/storage");
+    assert_eq!(scanned.file_count, 3);
+    assert_eq!(scanned.size, fs::metadata(root.join("a.txt")).unwrap().len() + (256 << 10) + 6);
+
+    let file = scan("cfg/a.txt", &root.join("a.txt"));
+    assert_eq!(file.entries.len(), 1);
+    assert_eq!((file.entries[0].path.as_str(), file.entries[0].kind), ("cfg/a.txt", EntryKind::File));
+    let link = scan("cfg/link", &root.join("link"));
+    assert_eq!(link.entries[0].kind, EntryKind::Symlink);
+    assert_eq!(link.entries[0].link_target.as_deref(), Some("a.txt"));
+    // Single-file and symlink roots archive and extract like any entry.
+    let out = tmp.path().join("single.tar");
+    let entries: Vec<EntryMeta> = file.entries.iter().chain(&link.entries).cloned().collect();
+    write_archive(&out, &opts(Compression::None), &entries, |w| {
+        w.append_host("cfg/a.txt", &root.join("a.txt"), &file.entries)?;
+        w.append_host("cfg/link", &root.join("link"), &link.entries)
+    })
+    .unwrap();
+    check(&out).unwrap();
+    let dest = tmp.path().join("single-out");
+    fs::create_dir(&dest).unwrap();
+    gnu_extract(&out, &dest);
+    assert_eq!(fs::read(dest.join("cfg/a.txt")).unwrap(), fs::read(root.join("a.txt")).unwrap());
+    assert_eq!(fs::read_link(dest.join("cfg/link")).unwrap(), Path::new("a.txt"));
+}
+
+#[test]
+fn unreadable_directories_fail_the_scan() {
+    if is_root() {
+        eprintln!("running as root: permissions do not stop reads; skipping");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = small_tree(tmp.path());
+    fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o000)).unwrap();
+    let err = scan_host("vol", &root, &GlobSet::empty(), &[]).unwrap_err();
+    fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(matches!(&err, Error::Io { path, .. } if path.ends_with("sub")), "{err:?}");
+}
+
+// ---- changes between scan and write, cancellation -----------------------------------------
+
+/// Scans [`small_tree`], lets `change` alter it, then archives the scan.
+fn archive_after(change: impl FnOnce(&Path)) -> Error {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = small_tree(tmp.path());
+    let scanned = scan("vol", &root);
+    change(&root);
+    let out = tmp.path().join("changed.tar");
+    write_archive(&out, &opts(Compression::None), &scanned.entries, |w| {
+        w.append_host("vol", &root, &scanned.entries)
+    })
+    .unwrap_err()
+}
+
+/// A file name and what happens to the tree between the scan and the write.
+type Change<'a> = (&'a str, &'a dyn Fn(&Path));
+
+#[test]
+fn changes_after_the_scan_are_refused() {
+    let grow = |root: &Path| {
+        fs::OpenOptions::new().append(true).open(root.join("a.txt")).unwrap().write_all(b"more").unwrap()
+    };
+    let shrink = |root: &Path| fs::write(root.join("big.bin"), b"tiny").unwrap();
+    let vanish = |root: &Path| fs::remove_file(root.join("sub/b.txt")).unwrap();
+    let to_dir = |root: &Path| {
+        fs::remove_file(root.join("a.txt")).unwrap();
+        fs::create_dir(root.join("a.txt")).unwrap();
+    };
+    let to_fifo = |root: &Path| {
+        fs::remove_file(root.join("a.txt")).unwrap();
+        rustix::fs::mknodat(
+            CWD,
+            root.join("a.txt"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    };
+    let retarget = |root: &Path| {
+        fs::remove_file(root.join("link")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", root.join("link")).unwrap();
+    };
+    // `sub` swapped for a symlink to a look-alike directory outside the tree: never followed.
+    let escape = |root: &Path| {
+        let outside = root.parent().unwrap().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("b.txt"), b"SECRET").unwrap();
+        fs::rename(root.join("sub"), root.parent().unwrap().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
+    };
+    let cases: [Change<'_>; 7] = [
+        ("a.txt", &grow),
+        ("big.bin", &shrink),
+        ("sub/b.txt", &vanish),
+        ("a.txt", &to_dir),
+        ("a.txt", &to_fifo),
+        ("link", &retarget),
+        ("sub", &escape),
+    ];
+    for (name, change) in cases {
+        let err = archive_after(change);
+        assert!(matches!(&err, Error::Changed { path, .. } if path.ends_with(name)), "{name}: {err:?}");
+    }
+}
+
+#[test]
+fn entries_must_follow_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = small_tree(tmp.path());
+    let scanned = scan("vol", &root);
+    let out = tmp.path().join("x.tar");
+    // Declared entries never appended.
+    let err = write_archive(&out, &opts(Compression::None), &scanned.entries, |w| {
+        w.append_host("vol", &root, &scanned.entries[..3])
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::MissingEntries { count: 4, .. }), "{err:?}");
+    // Entries the manifest does not declare.
+    let err = write_archive(&out, &opts(Compression::None), &scanned.entries[1..], |w| {
+        w.append_host("vol", &root, &scanned.entries)
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Undeclared { .. }), "{err:?}");
+    let bad = WriteOptions { level: 42, ..opts(Compression::Zstd) };
+    assert!(ArchiveWriter::new(Vec::new(), &bad, Cancel::default(), Arc::new(NoProgress)).is_err());
+}
+
+#[test]
+fn cancel_stops_writing_promptly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("src");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("big"), noise(8 << 20, 1)).unwrap();
+    let scanned = scan("vol", &root);
+    let cancel = Cancel::default();
+    // 1 MiB/s: the 8 MiB file would take 8 s.
+    let slow = WriteOptions { rate_limit: Some(1 << 20), ..opts(Compression::Zstd) };
+    let mut writer = ArchiveWriter::new(Vec::new(), &slow, cancel.clone(), Arc::new(NoProgress)).unwrap();
+    writer.write_manifest(&manifest(scanned.entries.clone(), Compression::Zstd)).unwrap();
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.cancel();
+            Instant::now()
+        })
+    };
+    let err = writer.append_host("vol", &root, &scanned.entries).unwrap_err();
+    let stopped = Instant::now();
+    let cancelled_at = canceller.join().unwrap();
+    assert!(matches!(err, Error::Cancelled), "{err:?}");
+    assert!(stopped.duration_since(cancelled_at) < Duration::from_millis(500));
+    // Verification observes the same flag.
+    let out = small_archive(tmp.path(), Compression::Gzip);
+    assert!(matches!(verify(&out, None, &cancel, &NoProgress), Err(Error::Cancelled)));
+}
+
+#[test]
+fn progress_sees_every_content_byte() {
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64);
+    impl nuwax::archive::Progress for Count {
+        fn set_total(&self, bytes: u64) {
+            self.0.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn inc(&self, bytes: u64) {
+            self.1.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = small_tree(tmp.path());
+    let scanned = scan("vol", &root);
+    let count = Arc::new(Count::default());
+    let mut writer =
+        ArchiveWriter::new(Vec::new(), &opts(Compression::Gzip), Cancel::default(), count.clone()).unwrap();
+    writer.write_manifest(&manifest(scanned.entries.clone(), Compression::Gzip)).unwrap();
+    writer.append_host("vol", &root, &scanned.entries).unwrap();
+    let summary = writer.finish().unwrap();
+    assert_eq!(summary.content_bytes, scanned.size);
+    assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), scanned.size);
+    assert_eq!(count.1.load(std::sync::atomic::Ordering::Relaxed), scanned.size);
+}
+
+// ---- engine tar streams -------------------------------------------------------------------
+
+/// A stream shaped like `GET /containers/{id}/archive?path=/var/lib/data`: entries under
+/// `data/`, USTAR headers, a PAX record for a long name, a FIFO and a hard link.
+fn engine_stream(a_content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(999);
+        h.set_gid(999);
+        h.set_mtime(1_600_000_000);
+        h.set_size(size);
+        h
+    };
+    b.append_data(&mut header(tar::EntryType::Directory, 0o700, 0), "data/", &[][..]).unwrap();
+    b.append_data(&mut header(tar::EntryType::Regular, 0o600, a_content.len() as u64), "data/a", a_content)
+        .unwrap();
+    b.append_data(&mut header(tar::EntryType::Fifo, 0o644, 0), "data/fifo", &[][..]).unwrap();
+    let mut hard = header(tar::EntryType::Link, 0o600, 0);
+    hard.set_link_name("data/a").unwrap();
+    b.append_data(&mut hard, "data/hard", &[][..]).unwrap();
+    let long = format!("data/{}", "p".repeat(150));
+    let record = pax_record("path", &long);
+    b.append_data(
+        &mut header(tar::EntryType::XHeader, 0o644, record.len() as u64),
+        "data/PaxHeaders/long",
+        record.as_slice(),
+    )
+    .unwrap();
+    b.append_data(&mut header(tar::EntryType::Regular, 0o644, 5), "data/placeholder", &b"pax!\n"[..])
+        .unwrap();
+    let mut link = header(tar::EntryType::Symlink, 0o777, 0);
+    link.set_link_name("/var/lib/data/a").unwrap();
+    b.append_data(&mut link, "data/link", &[][..]).unwrap();
+    b.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), "data/sub/", &[][..]).unwrap();
+    b.append_data(&mut header(tar::EntryType::Regular, 0o644, 3), "data/sub/b", &b"bbb"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}").len() + body.len() != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
+}
+
+#[test]
+fn engine_tar_streams_scan_and_archive() {
+    let stream = engine_stream(b"alpha\n");
+    let scanned = scan_tar_stream("volumes/db", stream.as_slice()).unwrap();
+    let paths: Vec<&str> = scanned.entries.iter().map(|e| e.path.as_str()).collect();
+    let long = format!("volumes/db/{}", "p".repeat(150));
+    assert_eq!(
+        paths,
+        ["volumes/db", "volumes/db/a", &long, "volumes/db/link", "volumes/db/sub", "volumes/db/sub/b"]
+    );
+    let root = &scanned.entries[0];
+    assert_eq!(
+        (root.kind, root.mode, root.uid, root.gid, root.mtime),
+        (EntryKind::Dir, 0o700, 999, 999, 1_600_000_000)
+    );
+    assert_eq!(scanned.entries[3].link_target.as_deref(), Some("/var/lib/data/a"));
+    let skipped: Vec<&str> = scanned.skipped.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(skipped, ["volumes/db/fifo", "volumes/db/hard"]);
+    assert_eq!((scanned.file_count, scanned.size), (3, 6 + 5 + 3));
+
+    let tmp = tempfile::tempdir().unwrap();
+    for compression in ALL {
+        let out = tmp.path().join(format!("engine.{}", compression.extension()));
+        write_archive(&out, &opts(compression), &scanned.entries, |w| {
+            w.append_tar_stream("volumes/db", stream.as_slice(), &scanned.entries)
+        })
+        .unwrap();
+        check(&out).unwrap();
+        let dest = tmp.path().join(format!("engine-{compression}"));
+        fs::create_dir(&dest).unwrap();
+        gnu_extract(&out, &dest);
+        assert_eq!(fs::read(dest.join("volumes/db/a")).unwrap(), b"alpha\n");
+        assert_eq!(fs::read(dest.join(&long)).unwrap(), b"pax!\n");
+        assert_eq!(fs::read(dest.join("volumes/db/sub/b")).unwrap(), b"bbb");
+        if is_root() {
+            // Same entries; the engine's order need not be the order a host scan sorts into.
+            let mut again = scan("volumes/db", &dest.join("volumes/db")).entries;
+            let mut expected = scanned.entries.clone();
+            again.sort_by(|a, b| a.path.cmp(&b.path));
+            expected.sort_by(|a, b| a.path.cmp(&b.path));
+            assert_eq!(again, expected);
+        }
+    }
+
+    // The second fetch differs from the scanned one.
+    let out = tmp.path().join("changed.tar");
+    let changed = engine_stream(b"alpha, longer now\n");
+    let err = write_archive(&out, &opts(Compression::None), &scanned.entries, |w| {
+        w.append_tar_stream("volumes/db", changed.as_slice(), &scanned.entries)
+    })
+    .unwrap_err();
+    assert!(matches!(&err, Error::Changed { path, .. } if path.ends_with("volumes/db/a")), "{err:?}");
+    let truncated = &stream[..stream.len() - 2048];
+    let err = write_archive(&out, &opts(Compression::None), &scanned.entries, |w| {
+        w.append_tar_stream("volumes/db", truncated, &scanned.entries)
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::Changed { .. } | Error::Io { .. }), "{err:?}");
+}
+
+#[test]
+fn engine_streams_outside_one_directory_are_refused() {
+    let mut b = tar::Builder::new(Vec::new());
+    for name in ["data/", "other/x"] {
+        let (_, mut header, data) = file_member(name, b"");
+        header.set_size(0);
+        b.append_data(&mut header, name, data.as_slice()).unwrap();
+    }
+    let stream = b.into_inner().unwrap();
+    let result = scan_tar_stream("v", stream.as_slice());
+    assert!(matches!(result, Err(Error::Corrupt { .. })), "{result:?}");
+}
+
+// ---- small things -------------------------------------------------------------------------
+
+#[test]
+fn compression_names_and_magic() {
+    for compression in ALL {
+        assert_eq!(compression.as_str().parse::<Compression>().unwrap(), compression);
+        assert!(compression.level_range().contains(&compression.default_level()));
+    }
+    assert_eq!("zst".parse::<Compression>().unwrap(), Compression::Zstd);
+    assert_eq!("GZ".parse::<Compression>().unwrap(), Compression::Gzip);
+    assert!("bzip2".parse::<Compression>().is_err());
+    assert_eq!(Compression::Zstd.extension(), "tar.zst");
+    assert_eq!(detect_compression(&[0x28, 0xB5, 0x2F, 0xFD, 0]), Compression::Zstd);
+    assert_eq!(detect_compression(&[0x1F, 0x8B, 8]), Compression::Gzip);
+    assert_eq!(detect_compression(b"manifest.json"), Compression::None);
+    assert_eq!(detect_compression(&[]), Compression::None);
 }

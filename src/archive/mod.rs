@@ -1,6 +1,8 @@
 //! The archive format: one tar stream (optionally zstd- or gzip-compressed) that starts with
 //! `manifest.json`, holds every declared entry in order and ends with `checksums.json`.
 
+mod codec;
+mod host;
 pub mod manifest;
 mod reader;
 mod scan;

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::codec::{Counting, Decoder, RawReader, is_raw_read_error};
 use super::manifest::{
     CHECKSUMS_NAME, Checksums, EntryKind, EntryMeta, FORMAT_VERSION, MANIFEST_NAME, Manifest,
 };
@@ -74,20 +75,7 @@ pub fn verify(
         if let Some(decl) = declared.get(next).filter(|d| d.path == name) {
             check_header(&entry, decl)?;
             if decl.kind == EntryKind::File {
-                let mut hasher = Sha256::new();
-                let mut remaining = decl.size;
-                while remaining > 0 {
-                    cancel.check()?;
-                    let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
-                    let n = entry.read(&mut buf[..want]).map_err(read_error(path))?;
-                    if n == 0 {
-                        return Err(Error::corrupt(format!("archive ends inside {name}")));
-                    }
-                    hasher.update(&buf[..n]);
-                    remaining -= n as u64;
-                    progress.inc(n as u64);
-                }
-                digests.push(hasher.finalize().into());
+                digests.push(hash_content(path, &mut entry, decl, &mut buf, cancel, progress)?);
                 content_bytes += decl.size;
             }
             next += 1;
@@ -111,28 +99,8 @@ pub fn verify(
         }
         break end;
     };
-    drop(entries);
 
-    let mut stream = archive.into_inner();
-    // The end-of-archive marker (two zero blocks) proves the tar was not cut short.
-    loop {
-        let n = stream.read(&mut buf).map_err(read_error(path))?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Err(Error::corrupt("data after the end-of-archive marker"));
-        }
-    }
-    if stream.count < trailer_end + 1024 {
-        return Err(Error::corrupt("the end-of-archive marker is missing or cut short"));
-    }
-    let mut raw = stream.inner.into_inner();
-    // Whatever follows the compressed stream (gzip stops after one member) is foreign data.
-    if compression != Compression::None && raw.fill_buf().map_err(read_error(path))?.first().is_some() {
-        return Err(Error::corrupt("data after the end of the compressed stream"));
-    }
-    let raw = raw.into_inner();
+    let raw = check_end(path, archive.into_inner(), compression, trailer_end, &mut buf)?;
     let archive_sha256 = hex(&raw.hasher.finalize());
     if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&archive_sha256)) {
         return Err(Error::ChecksumMismatch { expected: expected.to_owned(), actual: archive_sha256 });
@@ -144,6 +112,61 @@ pub fn verify(
         archive_sha256,
         manifest,
     })
+}
+
+/// Reads a file entry's content, returning its digest.
+fn hash_content<R: Read>(
+    path: &Path,
+    entry: &mut tar::Entry<'_, R>,
+    decl: &EntryMeta,
+    buf: &mut [u8],
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    let mut remaining = decl.size;
+    while remaining > 0 {
+        cancel.check()?;
+        let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(buf.len());
+        let n = entry.read(&mut buf[..want]).map_err(read_error(path))?;
+        if n == 0 {
+            return Err(Error::corrupt(format!("archive ends inside {}", decl.path)));
+        }
+        hasher.update(&buf[..n]);
+        remaining -= n as u64;
+        progress.inc(n as u64);
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// After the trailer: the rest of the tar must be the end-of-archive marker (two zero blocks,
+/// proving the stream was not cut short), and nothing may follow the compressed stream.
+/// Drains the file so the returned reader holds the digest of all of it.
+fn check_end(
+    path: &Path,
+    mut stream: Stream,
+    compression: Compression,
+    trailer_end: u64,
+    buf: &mut [u8],
+) -> Result<RawReader> {
+    loop {
+        let n = stream.read(buf).map_err(read_error(path))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(Error::corrupt("data after the end-of-archive marker"));
+        }
+    }
+    if stream.count < trailer_end + 1024 {
+        return Err(Error::corrupt("the end-of-archive marker is missing or cut short"));
+    }
+    let mut raw = stream.inner.into_inner();
+    // gzip stops after one member: whatever follows it is foreign data.
+    if compression != Compression::None && !raw.fill_buf().map_err(read_error(path))?.is_empty() {
+        return Err(Error::corrupt("data after the end of the compressed stream"));
+    }
+    Ok(raw.into_inner())
 }
 
 /// Hex sha256 of a whole file.
@@ -166,16 +189,16 @@ type Stream = Counting<Decoder<BufReader<RawReader>>>;
 /// Opens `path` with the decompressor its first bytes call for.
 fn open(path: &Path) -> Result<(Stream, Compression)> {
     let file = File::open(path).map_err(Error::io(path))?;
-    let mut raw = BufReader::with_capacity(BUF_SIZE, RawReader { file, hasher: Sha256::new(), bytes: 0 });
+    let mut raw = BufReader::with_capacity(BUF_SIZE, RawReader::new(file));
     let compression = detect_compression(raw.fill_buf().map_err(read_error(path))?);
     let decoder = match compression {
         Compression::Zstd => {
             Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw).map_err(Error::io(path))?)
         }
-        Compression::Gzip => Decoder::Gzip(flate2::bufread::GzDecoder::new(raw)),
+        Compression::Gzip => Decoder::Gzip(Box::new(flate2::bufread::GzDecoder::new(raw))),
         Compression::None => Decoder::Plain(raw),
     };
-    Ok((Counting { inner: decoder, count: 0 }, compression))
+    Ok((Counting::new(decoder), compression))
 }
 
 /// The first entry must be `manifest.json`; returns it parsed and the digest of its bytes.
@@ -241,18 +264,15 @@ fn check_header<R: Read>(entry: &tar::Entry<'_, R>, decl: &EntryMeta) -> Result<
     }
     let field =
         |value: io::Result<u64>| value.map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")));
-    let mode = u64::from(
-        header.mode().map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")))? & 0o7777,
-    );
+    let mode = header.mode().map_err(|e| Error::corrupt(format!("{path}: bad tar header: {e}")))? & 0o7777;
+    if mode != decl.mode {
+        return Err(Error::mismatch(path, format!("declared mode {:o}, archived {mode:o}", decl.mode)));
+    }
     let mtime = i64::try_from(field(header.mtime())?).unwrap_or(i64::MAX);
-    let checks = [
-        ("mode", u64::from(decl.mode), mode),
-        ("uid", decl.uid, field(header.uid())?),
-        ("gid", decl.gid, field(header.gid())?),
-    ];
+    let checks = [("uid", decl.uid, field(header.uid())?), ("gid", decl.gid, field(header.gid())?)];
     for (what, want, got) in checks {
         if want != got {
-            return Err(Error::mismatch(path, format!("declared {what} {want:o}, archived {got:o}")));
+            return Err(Error::mismatch(path, format!("declared {what} {want}, archived {got}")));
         }
     }
     if mtime != decl.mtime {
@@ -287,14 +307,15 @@ fn check_trailer(
                     format!("content differs from its digest in {CHECKSUMS_NAME}"),
                 ));
             }
-            None => return Err(Error::mismatch(&entry.path, format!("no digest in {CHECKSUMS_NAME}"))),
+            None => {
+                return Err(Error::mismatch(&entry.path, format!("no digest in {CHECKSUMS_NAME}")));
+            }
         }
     }
     if trailer.files.len() != digests.len() {
-        let extra = trailer
-            .files
-            .keys()
-            .find(|p| !declared.iter().any(|e| &e.path == *p && e.kind == EntryKind::File));
+        let files: std::collections::HashSet<&str> =
+            declared.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.path.as_str()).collect();
+        let extra = trailer.files.keys().find(|p| !files.contains(p.as_str()));
         return Err(Error::Undeclared { path: extra.cloned().unwrap_or_else(|| CHECKSUMS_NAME.to_owned()) });
     }
     if trailer.total_bytes != content_bytes {
@@ -319,78 +340,10 @@ fn is_regular<R: Read>(entry: &tar::Entry<'_, R>) -> bool {
 /// decompressor or the tar parser means the content is damaged.
 fn read_error(path: &Path) -> impl Fn(io::Error) -> Error + '_ {
     move |err| {
-        if err.get_ref().is_some_and(|inner| inner.is::<RawReadError>()) {
+        if is_raw_read_error(&err) {
             Error::Io { path: path.to_path_buf(), source: err }
         } else {
-            Error::corrupt(err.to_string())
+            Error::corrupt(format!("{err} (the file is truncated or damaged)"))
         }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct RawReadError(io::Error);
-
-/// The file end of the pipeline: hashes and counts every byte read from disk, and marks its
-/// errors so they are told apart from corruption found further up.
-struct RawReader {
-    file: File,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl Read for RawReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.file.read(buf) {
-                Ok(n) => {
-                    self.hasher.update(&buf[..n]);
-                    self.bytes += n as u64;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io::Error::new(e.kind(), RawReadError(e))),
-            }
-        }
-    }
-}
-
-enum Decoder<R: BufRead> {
-    Zstd(zstd::stream::read::Decoder<'static, R>),
-    Gzip(flate2::bufread::GzDecoder<R>),
-    Plain(R),
-}
-
-impl<R: BufRead> Decoder<R> {
-    fn into_inner(self) -> R {
-        match self {
-            Self::Zstd(d) => d.finish(),
-            Self::Gzip(d) => d.into_inner(),
-            Self::Plain(r) => r,
-        }
-    }
-}
-
-impl<R: BufRead> Read for Decoder<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Self::Zstd(d) => d.read(buf),
-            Self::Gzip(d) => d.read(buf),
-            Self::Plain(r) => r.read(buf),
-        }
-    }
-}
-
-/// Counts decompressed bytes, to check where the tar stream ends.
-struct Counting<R> {
-    inner: R,
-    count: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
     }
 }

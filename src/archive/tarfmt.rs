@@ -92,7 +92,9 @@ pub(super) fn meta_file(name: &str, size: u64, mtime: i64) -> EntryMeta {
 pub(super) fn rfc3339_seconds(s: &str) -> i64 {
     let num = |range: std::ops::Range<usize>| s.get(range).and_then(|v| v.parse::<i64>().ok());
     let parts = (num(0..4), num(5..7), num(8..10), num(11..13), num(14..16), num(17..19));
-    let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) = parts else { return 0 };
+    let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) = parts else {
+        return 0;
+    };
     // Days from civil (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);

@@ -1,16 +1,15 @@
 //! Writes an archive: manifest first, then the declared entries read from the host or from an
 //! engine tar stream (hashed while copied), then the checksums trailer.
 
-use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
+use super::codec::{Encoder, HashingWriter};
+use super::host::HostTree;
 use super::manifest::{
     CHECKSUM_ALGORITHM, CHECKSUMS_NAME, Checksums, EntryKind, EntryMeta, MANIFEST_NAME, Manifest,
 };
@@ -22,7 +21,7 @@ use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, check_archiv
 pub struct WriteOptions {
     pub compression: Compression,
     pub level: i32,
-    /// zstd worker threads; 0 compresses on the calling thread.
+    /// zstd worker threads (at most 8 are used); 0 compresses on the calling thread.
     pub threads: u32,
     /// Bytes per second of entry content; a test hook to make archiving slow.
     pub rate_limit: Option<u64>,
@@ -78,8 +77,9 @@ impl<W: Write> ArchiveWriter<W> {
                 opts.compression.level_range()
             )));
         }
-        let sink = HashingWriter { inner: out, hasher: Sha256::new(), bytes: 0 };
-        let encoder = Encoder::new(sink, opts).map_err(Error::Output)?;
+        let sink = HashingWriter::new(out);
+        let encoder =
+            Encoder::new(sink, opts.compression, opts.level, opts.threads).map_err(Error::Output)?;
         // Enough chunks per second that throttling stays smooth and cancellation prompt.
         let chunk = opts
             .rate_limit
@@ -125,46 +125,25 @@ impl<W: Write> ArchiveWriter<W> {
     /// Writes `entries` (from `scan_host(prefix, root, ..)`, in order), reading their data from
     /// `root` now. A file whose kind or size no longer matches its entry is [`Error::Changed`].
     pub fn append_host(&mut self, prefix: &str, root: &Path, entries: &[EntryMeta]) -> Result<()> {
-        let mut tree = HostTree { root, prefix, stack: Vec::new() };
+        let mut tree = HostTree::new(prefix, root);
         for entry in entries {
             self.cancel.check()?;
             self.expect_next(entry)?;
-            let rel = tree.relative(&entry.path)?;
-            let host = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+            let host = tree.host_path(&entry.path)?;
             match entry.kind {
                 EntryKind::Dir => {
-                    tree.enter_dir(rel, &host)?;
+                    tree.enter_dir(&entry.path, &host)?;
                     self.write_entry(entry, io::empty(), &host)?;
                 }
                 EntryKind::Symlink => {
-                    let (dir, name) = tree.parent(rel)?;
-                    let target = rustix::fs::readlinkat(dir, name, Vec::new())
-                        .map_err(|e| changed_or_io(&host, e, "is no longer a symlink"))?;
-                    if Some(target.as_bytes()) != entry.link_target.as_deref().map(str::as_bytes) {
-                        return Err(Error::changed(&host, "symlink target changed"));
-                    }
+                    tree.check_symlink(entry, &host)?;
                     self.write_entry(entry, io::empty(), &host)?;
                 }
                 EntryKind::File => {
-                    let (dir, name) = tree.parent(rel)?;
-                    // NONBLOCK: opening a FIFO that replaced the file must not hang the backup.
-                    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-                    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())
-                        .map_err(|e| changed_or_io(&host, e, "is no longer a regular file"))?;
-                    let stat = rustix::fs::fstat(&fd).map_err(|e| Error::io(&host)(e.into()))?;
-                    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile
-                    {
-                        return Err(Error::changed(&host, "is no longer a regular file"));
-                    }
-                    if u64::try_from(stat.st_size).ok() != Some(entry.size) {
-                        let detail = format!("size changed from {} to {} bytes", entry.size, stat.st_size);
-                        return Err(Error::changed(&host, detail));
-                    }
-                    let mut file = File::from(fd);
+                    let mut file = tree.open_file(entry, &host)?;
                     self.write_entry(entry, &mut file, &host)?;
                     // Growth after the size check would be silently cut off otherwise.
-                    let mut probe = [0u8; 1];
-                    if file.read(&mut probe).map_err(Error::io(&host))? != 0 {
+                    if file.read(&mut [0u8; 1]).map_err(Error::io(&host))? != 0 {
                         return Err(Error::changed(&host, "grew while it was being read"));
                     }
                 }
@@ -188,7 +167,9 @@ impl<W: Write> ArchiveWriter<W> {
         for item in archive.entries().map_err(Error::io(prefix))? {
             self.cancel.check()?;
             let mut item = item.map_err(Error::io(prefix))?;
-            let StreamItem::Entry(found) = names.classify(&item)? else { continue };
+            let StreamItem::Entry(found) = names.classify(&item)? else {
+                continue;
+            };
             let Some(entry) = expected.next() else {
                 return Err(Error::changed(&found.path, "appeared after the scan"));
             };
@@ -287,165 +268,6 @@ impl<W: Write> ArchiveWriter<W> {
         self.checksums.files.insert(entry.path.clone(), hex(&hasher.finalize()));
         self.checksums.total_bytes += entry.size;
         Ok(())
-    }
-}
-
-/// Opens the host entries of one prefix relative to directory descriptors, so that a path
-/// component swapped for a symlink after the scan is refused instead of followed out of the
-/// tree. Entries come parent-first, so a stack of open directories serves them in order.
-struct HostTree<'a> {
-    root: &'a Path,
-    prefix: &'a str,
-    /// (path relative to root, `O_PATH` descriptor); the root, "", at the bottom.
-    stack: Vec<(String, OwnedFd)>,
-}
-
-impl<'a> HostTree<'a> {
-    fn relative<'e>(&self, path: &'e str) -> Result<&'e str> {
-        if path == self.prefix {
-            return Ok("");
-        }
-        match path.strip_prefix(self.prefix).and_then(|rest| rest.strip_prefix('/')) {
-            Some(rel) => check_archive_path(rel).map(|()| rel),
-            None => Err(Error::Usage(format!("entry {path} is not under prefix {}", self.prefix))),
-        }
-    }
-
-    /// Checks that `rel` is still a directory and makes it the top of the stack.
-    fn enter_dir(&mut self, rel: &str, host: &Path) -> Result<()> {
-        if rel.is_empty() {
-            self.stack.clear();
-            let fd = open_dir(rustix::fs::CWD, self.root, host)?;
-            self.stack.push((String::new(), fd));
-            return Ok(());
-        }
-        let (dir, name) = self.parent(rel)?;
-        let fd = open_dir(dir, name, host)?;
-        self.stack.push((rel.to_owned(), fd));
-        Ok(())
-    }
-
-    /// The open parent directory of `rel` and its last component; for the root itself
-    /// (`rel == ""`, a single file or symlink), the current directory and the root path.
-    fn parent<'r>(&mut self, rel: &'r str) -> Result<(BorrowedFd<'_>, &'r Path)>
-    where
-        'a: 'r,
-    {
-        if rel.is_empty() {
-            return Ok((rustix::fs::CWD, self.root));
-        }
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let is_ancestor = |dir: &str| {
-            dir.is_empty() || parent == dir || parent.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
-        };
-        while self.stack.last().is_some_and(|(dir, _)| !is_ancestor(dir)) {
-            self.stack.pop();
-        }
-        if self.stack.is_empty() {
-            let fd = open_dir(rustix::fs::CWD, self.root, self.root)?;
-            self.stack.push((String::new(), fd));
-        }
-        // Open whatever directories between the deepest open ancestor and `parent` are missing.
-        let open_len = self.stack.last().map_or(0, |(dir, _)| dir.len());
-        if parent.len() > open_len {
-            let start = if open_len == 0 { 0 } else { open_len + 1 };
-            for component in parent[start..].split('/') {
-                let (top, top_fd) = self.stack.last().expect("root is on the stack");
-                let path = if top.is_empty() { component.to_owned() } else { format!("{top}/{component}") };
-                let fd = open_dir(top_fd.as_fd(), component, &self.root.join(&path))?;
-                self.stack.push((path, fd));
-            }
-        }
-        let (_, fd) = self.stack.last().expect("root is on the stack");
-        Ok((fd.as_fd(), Path::new(name)))
-    }
-}
-
-fn open_dir(dir: BorrowedFd<'_>, name: impl rustix::path::Arg, host: &Path) -> Result<OwnedFd> {
-    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    rustix::fs::openat(dir, name, flags, Mode::empty())
-        .map_err(|e| changed_or_io(host, e, "is no longer a directory"))
-}
-
-/// Errors that mean "the tree changed since the scan" become [`Error::Changed`]; the rest
-/// (permissions, I/O) stay I/O errors.
-fn changed_or_io(host: &Path, err: rustix::io::Errno, kind_detail: &str) -> Error {
-    use rustix::io::Errno;
-    match err {
-        Errno::NOENT => Error::changed(host, "vanished after the scan"),
-        Errno::NOTDIR | Errno::LOOP | Errno::INVAL | Errno::ISDIR => Error::changed(host, kind_detail),
-        other => Error::io(host)(other.into()),
-    }
-}
-
-/// The output end: counts and hashes every byte that reaches `W`.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-enum Encoder<W: Write> {
-    Zstd(zstd::stream::write::Encoder<'static, W>),
-    Gzip(flate2::write::GzEncoder<W>),
-    Plain(W),
-}
-
-impl<W: Write> Encoder<W> {
-    fn new(out: W, opts: &WriteOptions) -> io::Result<Self> {
-        Ok(match opts.compression {
-            Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(out, opts.level)?;
-                // The frame checksum lets `zstd -t` check an archive without nuwax; it is cheap.
-                enc.include_checksum(true)?;
-                enc.multithread(opts.threads)?;
-                Self::Zstd(enc)
-            }
-            Compression::Gzip => {
-                let level = flate2::Compression::new(opts.level.unsigned_abs());
-                Self::Gzip(flate2::write::GzEncoder::new(out, level))
-            }
-            Compression::None => Self::Plain(out),
-        })
-    }
-
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Self::Zstd(enc) => enc.finish(),
-            Self::Gzip(enc) => enc.finish(),
-            Self::Plain(out) => Ok(out),
-        }
-    }
-}
-
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Self::Zstd(enc) => enc.write(buf),
-            Self::Gzip(enc) => enc.write(buf),
-            Self::Plain(out) => out.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Self::Zstd(enc) => enc.flush(),
-            Self::Gzip(enc) => enc.flush(),
-            Self::Plain(out) => out.flush(),
-        }
     }
 }
 

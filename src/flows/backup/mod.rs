@@ -9,12 +9,14 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use serde::Serialize;
 
+mod plan;
+
+use plan::{ManifestParts, build_excludes, build_manifest, preflight, sanitize};
+
 use super::Ctx;
-use super::sources::{self, Origin, Role, Source, VolumeAccess};
-use crate::archive::manifest::{
-    ChecksumInfo, ConfigRecord, FORMAT_VERSION, Manifest, MountRecord, ServiceRecord, Skipped,
-};
-use crate::archive::{self, ArchiveWriter, Compression, Progress, ScanResult, WriteOptions};
+use super::sources::{self, Origin, Source, VolumeAccess};
+use crate::archive::manifest::{Manifest, ServiceRecord, Skipped};
+use crate::archive::{self, ArchiveWriter, Compression, Progress, WriteOptions};
 use crate::catalog::{BackupKind, Completed, NewBackup, OperationState};
 use crate::engine::{Container, Engine};
 use crate::fsutil;
@@ -406,116 +408,6 @@ fn kind_str(k: &str) -> &'static str {
     }
 }
 
-struct ManifestParts<'a> {
-    id: i64,
-    kind: String,
-    project: String,
-    version: String,
-    created_at: chrono::DateTime<Utc>,
-    compression: Compression,
-    stopped: bool,
-    services: Vec<ServiceRecord>,
-    plan: &'a [Source],
-    scans: &'a [ScanResult],
-    skipped: Vec<Skipped>,
-}
-
-fn build_manifest(p: ManifestParts<'_>) -> Manifest {
-    let mut mounts = Vec::new();
-    let mut configs = Vec::new();
-    let mut entries = Vec::new();
-    for (s, scan) in p.plan.iter().zip(p.scans) {
-        match &s.role {
-            Role::Config { source } => configs.push(ConfigRecord {
-                source: source.clone(),
-                archive_path: s.prefix.clone(),
-                size: scan.size,
-                file_count: scan.file_count,
-            }),
-            Role::Mount { kind, name, source, destinations } => mounts.push(MountRecord {
-                kind: *kind,
-                name: name.clone(),
-                source: source.clone(),
-                destinations: destinations.clone(),
-                archive_path: s.prefix.clone(),
-                access: s.access(),
-                size: scan.size,
-                file_count: scan.file_count,
-            }),
-        }
-        entries.extend(scan.entries.iter().cloned());
-    }
-    Manifest {
-        format_version: FORMAT_VERSION,
-        nuwax_version: crate::VERSION.to_string(),
-        backup_id: p.id,
-        kind: p.kind,
-        project: p.project,
-        service_version: Some(p.version),
-        created_at: p.created_at.to_rfc3339(),
-        compression: p.compression.as_str().to_string(),
-        services_stopped: p.stopped,
-        services: p.services,
-        mounts,
-        configs,
-        skipped: p.skipped,
-        entries,
-        checksums: ChecksumInfo::default(),
-    }
-}
-
-/// Refuses before anything is stopped: unwritable storage, or not enough room for the data.
-fn preflight(
-    storage: &Path,
-    plan: &[Source],
-    excludes: &globset::GlobSet,
-    skip_dirs: &[PathBuf],
-) -> Result<()> {
-    fsutil::create_private_dir(storage).map_err(|e| crate::Error::StorageNotWritable {
-        dir: storage.to_path_buf(),
-        detail: format!("{e:#}"),
-    })?;
-    fsutil::probe_writable(storage).map_err(|e| crate::Error::StorageNotWritable {
-        dir: storage.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    let mut estimate: u64 = 0;
-    for s in plan {
-        if let Origin::Host(root) = &s.origin
-            && let Ok(scan) = archive::scan_host(&s.prefix, root, excludes, skip_dirs)
-        {
-            // Headers and the manifest add ~1 KiB per entry; compression usually saves more, but
-            // incompressible data is common (media, already-compressed dumps): assume none.
-            estimate += scan.size + 1024 * scan.entries.len() as u64;
-        }
-    }
-    let free = fsutil::free_space(storage)
-        .with_context(|| format!("checking free space in {}", storage.display()))?;
-    // Keep a margin so the backup does not fill the disk to the last byte.
-    let needed = estimate + estimate / 20 + (1 << 20);
-    if needed > free {
-        return Err(crate::Error::NoSpace {
-            needed: fsutil::human_bytes(needed),
-            free: fsutil::human_bytes(free),
-            dir: storage.to_path_buf(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
-fn build_excludes(globs: &[String]) -> Result<globset::GlobSet> {
-    let mut b = globset::GlobSetBuilder::new();
-    for g in globs {
-        b.add(globset::Glob::new(g).map_err(|e| crate::Error::Config(format!("exclude glob {g:?}: {e}")))?);
-    }
-    Ok(b.build()?)
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
-}
-
 trait PrivateMode {
     fn mode_private(&mut self) -> &mut Self;
 }
@@ -527,113 +419,4 @@ impl PrivateMode for std::fs::OpenOptions {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-
-    use super::*;
-    use crate::archive::NoProgress;
-    use crate::catalog::Catalog;
-    use crate::engine::fake::FakeEngine;
-    use crate::engine::{Mount, MountType};
-    use crate::guard::Interrupt;
-
-    struct Fixture {
-        _tmp: tempfile::TempDir,
-        ctx: Ctx,
-        engine: Arc<FakeEngine>,
-        volume: PathBuf,
-    }
-
-    async fn fixture() -> Fixture {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("shop");
-        std::fs::create_dir_all(dir.join("uploads")).unwrap();
-        std::fs::write(dir.join("uploads/a.txt"), "upload").unwrap();
-        std::fs::write(
-            dir.join("compose.yaml"),
-            "services: {db: {image: x}, app: {image: y, depends_on: [db]}}\n",
-        )
-        .unwrap();
-        std::fs::write(dir.join(".env"), "A=1\n").unwrap();
-        let volume = tmp.path().join("volumes/shop_data/_data");
-        std::fs::create_dir_all(volume.join("empty")).unwrap();
-        std::fs::write(volume.join("db.bin"), vec![7u8; 100_000]).unwrap();
-        let engine = Arc::new(FakeEngine::new());
-        let vol = Mount {
-            kind: MountType::Volume,
-            name: Some("shop_data".into()),
-            source: volume.clone(),
-            destination: "/data".into(),
-        };
-        let bind = Mount {
-            kind: MountType::Bind,
-            name: None,
-            source: dir.join("uploads"),
-            destination: "/up".into(),
-        };
-        engine.add("db", true, &[], vec![vol]);
-        engine.add("app", true, &[], vec![bind]);
-        engine.add("cron", false, &[], vec![]);
-        engine.add_volume("shop_data", volume.clone());
-        let project = crate::project::Project::discover(&dir).unwrap();
-        let catalog = Catalog::open(&project.state_dir).await.unwrap();
-        let ctx = Ctx { project, catalog, engine: Some(engine.clone()), interrupt: Interrupt::none() };
-        Fixture { _tmp: tmp, ctx, engine, volume }
-    }
-
-    fn opts() -> BackupOptions {
-        BackupOptions {
-            kind: BackupKind::Manual,
-            note: None,
-            compression: Compression::Zstd,
-            level: 3,
-            stop: true,
-            volume_access: VolumeAccess::Auto,
-            rate_limit: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn backup_stops_in_order_archives_everything_and_records_it() {
-        let f = fixture().await;
-        let out = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap();
-        assert_eq!(f.engine.calls(), ["stop app", "stop db", "start db", "start app"]);
-        assert_eq!(out.services_stopped.len(), 2);
-        let m = archive::read_manifest(&out.path).unwrap();
-        let names: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
-        assert!(names.contains(&"volumes/shop_data/db.bin") && names.contains(&"volumes/shop_data/empty"));
-        assert!(names.contains(&"config/compose.yaml") && names.contains(&"config/.env"));
-        assert!(names.iter().any(|n| n.starts_with("binds/") && n.ends_with("uploads/a.txt")));
-        assert_eq!(m.services.iter().filter(|s| s.running).count(), 2);
-        let rec = f.ctx.catalog.get(out.id).await.unwrap().unwrap();
-        assert_eq!(rec.status, "complete");
-        assert_eq!(rec.checksum.as_deref(), Some(out.checksum.as_str()));
-        assert!(f.ctx.catalog.unfinished(&f.ctx.project.name).await.unwrap().is_empty());
-        assert!(f.volume.exists());
-    }
-
-    #[tokio::test]
-    async fn a_service_that_does_not_come_back_fails_the_backup_and_keeps_the_journal_open() {
-        let f = fixture().await;
-        f.engine.fail_start("app");
-        let err = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap_err();
-        assert!(format!("{err:#}").contains("services did not come back"), "{err:#}");
-        let recs = f.ctx.catalog.list(&f.ctx.project.name).await.unwrap();
-        assert_eq!(recs[0].status, "failed");
-        // The next run (or `nuwax recover`) will try to start app again.
-        let open = f.ctx.catalog.unfinished(&f.ctx.project.name).await.unwrap();
-        assert_eq!(open.len(), 1);
-        let leftovers: Vec<_> = std::fs::read_dir(&f.ctx.project.storage_dir).unwrap().collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
-    }
-
-    #[tokio::test]
-    async fn no_stop_reads_while_running_and_records_no_downtime() {
-        let f = fixture().await;
-        let out =
-            backup(&f.ctx, &BackupOptions { stop: false, ..opts() }, Arc::new(NoProgress)).await.unwrap();
-        assert!(f.engine.calls().is_empty());
-        assert_eq!(out.downtime_ms, None);
-        assert!(!archive::read_manifest(&out.path).unwrap().services_stopped);
-    }
-}
+mod tests;

@@ -1,0 +1,124 @@
+//! The parts of a backup decided before and around the archive: the manifest, the preflight
+//! checks, exclude globs, file naming.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+use crate::archive::manifest::{
+    ChecksumInfo, ConfigRecord, FORMAT_VERSION, Manifest, MountRecord, ServiceRecord, Skipped,
+};
+use crate::archive::{self, Compression, ScanResult};
+use crate::flows::sources::{Origin, Role, Source};
+use crate::fsutil;
+
+pub(super) struct ManifestParts<'a> {
+    pub id: i64,
+    pub kind: String,
+    pub project: String,
+    pub version: String,
+    pub created_at: chrono::DateTime<Utc>,
+    pub compression: Compression,
+    pub stopped: bool,
+    pub services: Vec<ServiceRecord>,
+    pub plan: &'a [Source],
+    pub scans: &'a [ScanResult],
+    pub skipped: Vec<Skipped>,
+}
+
+pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
+    let mut mounts = Vec::new();
+    let mut configs = Vec::new();
+    let mut entries = Vec::new();
+    for (s, scan) in p.plan.iter().zip(p.scans) {
+        match &s.role {
+            Role::Config { source } => configs.push(ConfigRecord {
+                source: source.clone(),
+                archive_path: s.prefix.clone(),
+                size: scan.size,
+                file_count: scan.file_count,
+            }),
+            Role::Mount { kind, name, source, destinations } => mounts.push(MountRecord {
+                kind: *kind,
+                name: name.clone(),
+                source: source.clone(),
+                destinations: destinations.clone(),
+                archive_path: s.prefix.clone(),
+                access: s.access(),
+                size: scan.size,
+                file_count: scan.file_count,
+            }),
+        }
+        entries.extend(scan.entries.iter().cloned());
+    }
+    Manifest {
+        format_version: FORMAT_VERSION,
+        nuwax_version: crate::VERSION.to_string(),
+        backup_id: p.id,
+        kind: p.kind,
+        project: p.project,
+        service_version: Some(p.version),
+        created_at: p.created_at.to_rfc3339(),
+        compression: p.compression.as_str().to_string(),
+        services_stopped: p.stopped,
+        services: p.services,
+        mounts,
+        configs,
+        skipped: p.skipped,
+        entries,
+        checksums: ChecksumInfo::default(),
+    }
+}
+
+/// Refuses before anything is stopped: unwritable storage, or not enough room for the data.
+pub(super) fn preflight(
+    storage: &Path,
+    plan: &[Source],
+    excludes: &globset::GlobSet,
+    skip_dirs: &[PathBuf],
+) -> Result<()> {
+    fsutil::create_private_dir(storage).map_err(|e| crate::Error::StorageNotWritable {
+        dir: storage.to_path_buf(),
+        detail: format!("{e:#}"),
+    })?;
+    fsutil::probe_writable(storage).map_err(|e| crate::Error::StorageNotWritable {
+        dir: storage.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let mut estimate: u64 = 0;
+    for s in plan {
+        if let Origin::Host(root) = &s.origin
+            && let Ok(scan) = archive::scan_host(&s.prefix, root, excludes, skip_dirs)
+        {
+            // Headers and the manifest add ~1 KiB per entry; compression usually saves more, but
+            // incompressible data is common (media, already-compressed dumps): assume none.
+            estimate += scan.size + 1024 * scan.entries.len() as u64;
+        }
+    }
+    let free = fsutil::free_space(storage)
+        .with_context(|| format!("checking free space in {}", storage.display()))?;
+    // Keep a margin so the backup does not fill the disk to the last byte.
+    let needed = estimate + estimate / 20 + (1 << 20);
+    if needed > free {
+        return Err(crate::Error::NoSpace {
+            needed: fsutil::human_bytes(needed),
+            free: fsutil::human_bytes(free),
+            dir: storage.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+pub(super) fn build_excludes(globs: &[String]) -> Result<globset::GlobSet> {
+    let mut b = globset::GlobSetBuilder::new();
+    for g in globs {
+        b.add(globset::Glob::new(g).map_err(|e| crate::Error::Config(format!("exclude glob {g:?}: {e}")))?);
+    }
+    Ok(b.build()?)
+}
+
+pub(super) fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
+}

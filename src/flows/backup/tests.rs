@@ -1,0 +1,105 @@
+//! Backup flow unit tests against the fake engine.
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::archive::NoProgress;
+use crate::catalog::Catalog;
+use crate::engine::fake::FakeEngine;
+use crate::engine::{Mount, MountType};
+use crate::guard::Interrupt;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    ctx: Ctx,
+    engine: Arc<FakeEngine>,
+    volume: PathBuf,
+}
+
+async fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    std::fs::create_dir_all(dir.join("uploads")).unwrap();
+    std::fs::write(dir.join("uploads/a.txt"), "upload").unwrap();
+    std::fs::write(
+        dir.join("compose.yaml"),
+        "services: {db: {image: x}, app: {image: y, depends_on: [db]}}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join(".env"), "A=1\n").unwrap();
+    let volume = tmp.path().join("volumes/shop_data/_data");
+    std::fs::create_dir_all(volume.join("empty")).unwrap();
+    std::fs::write(volume.join("db.bin"), vec![7u8; 100_000]).unwrap();
+    let engine = Arc::new(FakeEngine::new());
+    let vol = Mount {
+        kind: MountType::Volume,
+        name: Some("shop_data".into()),
+        source: volume.clone(),
+        destination: "/data".into(),
+    };
+    let bind =
+        Mount { kind: MountType::Bind, name: None, source: dir.join("uploads"), destination: "/up".into() };
+    engine.add("db", true, &[], vec![vol]);
+    engine.add("app", true, &[], vec![bind]);
+    engine.add("cron", false, &[], vec![]);
+    engine.add_volume("shop_data", volume.clone());
+    let project = crate::project::Project::discover(&dir).unwrap();
+    let catalog = Catalog::open(&project.state_dir).await.unwrap();
+    let ctx = Ctx { project, catalog, engine: Some(engine.clone()), interrupt: Interrupt::none() };
+    Fixture { _tmp: tmp, ctx, engine, volume }
+}
+
+fn opts() -> BackupOptions {
+    BackupOptions {
+        kind: BackupKind::Manual,
+        note: None,
+        compression: Compression::Zstd,
+        level: 3,
+        stop: true,
+        volume_access: VolumeAccess::Auto,
+        rate_limit: None,
+    }
+}
+
+#[tokio::test]
+async fn backup_stops_in_order_archives_everything_and_records_it() {
+    let f = fixture().await;
+    let out = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(f.engine.calls(), ["stop app", "stop db", "start db", "start app"]);
+    assert_eq!(out.services_stopped.len(), 2);
+    let m = archive::read_manifest(&out.path).unwrap();
+    let names: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    assert!(names.contains(&"volumes/shop_data/db.bin") && names.contains(&"volumes/shop_data/empty"));
+    assert!(names.contains(&"config/compose.yaml") && names.contains(&"config/.env"));
+    assert!(names.iter().any(|n| n.starts_with("binds/") && n.ends_with("uploads/a.txt")));
+    assert_eq!(m.services.iter().filter(|s| s.running).count(), 2);
+    let rec = f.ctx.catalog.get(out.id).await.unwrap().unwrap();
+    assert_eq!(rec.status, "complete");
+    assert_eq!(rec.checksum.as_deref(), Some(out.checksum.as_str()));
+    assert!(f.ctx.catalog.unfinished(&f.ctx.project.name).await.unwrap().is_empty());
+    assert!(f.volume.exists());
+}
+
+#[tokio::test]
+async fn a_service_that_does_not_come_back_fails_the_backup_and_keeps_the_journal_open() {
+    let f = fixture().await;
+    f.engine.fail_start("app");
+    let err = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("services did not come back"), "{err:#}");
+    let recs = f.ctx.catalog.list(&f.ctx.project.name).await.unwrap();
+    assert_eq!(recs[0].status, "failed");
+    // The next run (or `nuwax recover`) will try to start app again.
+    let open = f.ctx.catalog.unfinished(&f.ctx.project.name).await.unwrap();
+    assert_eq!(open.len(), 1);
+    let leftovers: Vec<_> = std::fs::read_dir(&f.ctx.project.storage_dir).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test]
+async fn no_stop_reads_while_running_and_records_no_downtime() {
+    let f = fixture().await;
+    let out = backup(&f.ctx, &BackupOptions { stop: false, ..opts() }, Arc::new(NoProgress)).await.unwrap();
+    assert!(f.engine.calls().is_empty());
+    assert_eq!(out.downtime_ms, None);
+    assert!(!archive::read_manifest(&out.path).unwrap().services_stopped);
+}
