@@ -84,7 +84,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .await?;
                     bar.done();
                     ctx.interrupt.check()?;
-                    r.map_err(|e| e.to_string())
+                    r.map_err(|e| format!("{:#}", anyhow::Error::from(e)))
                 };
                 results.push((rec, res));
             }

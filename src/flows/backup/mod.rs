@@ -350,7 +350,10 @@ async fn finish(
     let report =
         tokio::task::spawn_blocking(move || archive::verify(&t, Some(&sha), &cancel, &archive::NoProgress))
             .await?
-            .map_err(|e| crate::Error::VerifyFailed { id, detail: e.to_string() })?;
+            .map_err(|e| crate::Error::VerifyFailed {
+                id,
+                detail: format!("{:#}", anyhow::Error::from(e)),
+            })?;
     let verify_ms = verify_started.elapsed().as_millis() as u64;
     ctx.interrupt.check()?;
     std::fs::rename(temp, final_path)
