@@ -112,6 +112,23 @@ impl Catalog {
         Ok(())
     }
 
+    /// Marks `pending` backups that no running operation owns as failed: their process died
+    /// before it could journal anything. Only call while holding the project lock.
+    pub async fn fail_orphaned_pending(&self, project: &str) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE backups SET status = 'failed', finished_at = ?,
+             error = 'interrupted: nuwax ended before the backup started'
+             WHERE project = ? AND status = 'pending' AND id NOT IN
+               (SELECT backup_id FROM operations WHERE state = 'running' AND backup_id IS NOT NULL)",
+        )
+        .bind(chrono::Utc::now().to_rfc3339())
+        .bind(project)
+        .execute(&self.pool)
+        .await
+        .context("cleaning up the catalog")?;
+        Ok(r.rows_affected())
+    }
+
     pub async fn get(&self, id: i64) -> Result<Option<BackupRecord>> {
         let row = sqlx::query("SELECT * FROM backups WHERE id = ?")
             .bind(id)

@@ -132,6 +132,7 @@ async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<
         }
     }
     if ctx.catalog.unfinished(&ctx.project.name).await?.is_empty() {
+        ctx.catalog.fail_orphaned_pending(&ctx.project.name).await?;
         return Ok(());
     }
     if ctx.engine.is_none() {

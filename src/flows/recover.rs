@@ -76,6 +76,12 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
             temp_removed,
         });
     }
+    let orphans = ctx.catalog.fail_orphaned_pending(&ctx.project.name).await?;
+    if orphans > 0 {
+        tracing::warn!(
+            "marked {orphans} backup(s) failed that a dead nuwax left pending before it stopped anything"
+        );
+    }
     Ok(out)
 }
 
@@ -125,6 +131,18 @@ mod tests {
             .unwrap();
         assert!(engine.running().is_empty());
 
+        // And one whose process died before it journaled anything.
+        let orphan = catalog
+            .insert_pending(&NewBackup {
+                kind: BackupKind::Manual,
+                project: &project.name,
+                service_version: "0",
+                compression: "zstd",
+                created_at: chrono::Utc::now(),
+                note: None,
+            })
+            .await
+            .unwrap();
         let ctx = Ctx { project, catalog, engine: Some(engine.clone()), interrupt: Interrupt::none() };
         let done = recover(&ctx).await.unwrap();
         assert_eq!(done.len(), 1);
@@ -132,6 +150,7 @@ mod tests {
         assert!(!temp.exists());
         let rec = ctx.catalog.get(id).await.unwrap().unwrap();
         assert_eq!(rec.status, "failed");
+        assert_eq!(ctx.catalog.get(orphan).await.unwrap().unwrap().status, "failed");
         assert!(ctx.catalog.unfinished(&ctx.project.name).await.unwrap().is_empty());
         // Nothing left to do the second time.
         assert!(recover(&ctx).await.unwrap().is_empty());
