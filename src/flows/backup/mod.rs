@@ -212,6 +212,7 @@ impl Work<'_> {
     async fn run(self, guard: Option<&mut ServiceGuard>) -> Result<Written> {
         let ctx = self.ctx;
         let stopping = self.opts.stop && guard.is_some();
+        ctx.interrupt.check()?;
         if let (true, Some(guard)) = (self.opts.stop, guard) {
             guard.stop(&ctx.catalog, self.op, self.containers).await?;
         }
