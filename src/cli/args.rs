@@ -57,7 +57,7 @@ pub struct BackupArgs {
     /// zstd (default, multithreaded), gzip or none.
     #[arg(long, value_name = "ALGO")]
     pub compression: Option<String>,
-    /// Compression level (zstd 1-19, gzip 0-9).
+    /// Compression level (zstd 1-19, default 1; gzip 0-9, default 6).
     #[arg(long)]
     pub level: Option<i32>,
     /// Read the data while the services keep running (faster, not crash-consistent).

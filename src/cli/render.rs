@@ -41,9 +41,10 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
         o.compression
     );
     println!(
-        "  duration {} (archive {}, verify {}), downtime {}",
+        "  duration {} (archive {}, sync {}, verify {}), downtime {}",
         human_ms(o.duration_ms),
         human_ms(o.archive_ms),
+        human_ms(o.sync_ms),
         human_ms(o.verify_ms),
         o.downtime_ms.map(human_ms).unwrap_or_else(|| "none (services not stopped)".into())
     );
@@ -334,9 +335,10 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # Where archives go. Default: ./backups. NUWAX_STORAGE_DIR overrides this.
 # storage_dir = "/var/backups/mysite"
 
-# zstd (multithreaded), gzip or none, and the level (zstd 1-19, gzip 0-9).
+# zstd (multithreaded), gzip or none, and the level (zstd 1-19, gzip 0-9). The default,
+# zstd level 1, keeps downtime short; level 3 makes text-heavy data a few percent smaller.
 # compression = "zstd"
-# level = 3
+# level = 1
 
 # Seconds a service gets to stop when its compose file sets no stop_grace_period.
 # stop_timeout = 10

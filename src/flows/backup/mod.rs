@@ -50,6 +50,8 @@ pub struct BackupOutcome {
     pub duration_ms: u64,
     /// Reading the data and writing the archive (the services' downtime is this plus stop/start).
     pub archive_ms: u64,
+    /// Flushing the archive to disk, done after the services are back.
+    pub sync_ms: u64,
     pub verify_ms: u64,
     /// First stop to last service ready; `null` when nothing was stopped.
     pub downtime_ms: Option<u64>,
@@ -303,8 +305,9 @@ impl Work<'_> {
                     }
                 }
             }
+            // Not synced here: the data is read, so the services can start again first; `finish`
+            // syncs before the archive is verified, renamed and recorded.
             let summary = w.finish()?;
-            file.sync_all().with_context(|| format!("syncing {}", temp_path.display()))?;
             Ok((summary, manifest))
         })
         .await
@@ -345,6 +348,12 @@ async fn finish(
     downtime_ms: Option<u64>,
 ) -> Result<BackupOutcome> {
     ctx.interrupt.check()?;
+    let sync_started = Instant::now();
+    let t = temp.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&t).and_then(|f| f.sync_all()))
+        .await?
+        .with_context(|| format!("syncing {}", temp.display()))?;
+    let sync_ms = sync_started.elapsed().as_millis() as u64;
     let verify_started = Instant::now();
     let (t, sha, cancel) =
         (temp.to_path_buf(), w.summary.archive_sha256.clone(), ctx.interrupt.cancel().clone());
@@ -395,6 +404,7 @@ async fn finish(
         checksum: w.summary.archive_sha256,
         duration_ms,
         archive_ms: w.archive_ms,
+        sync_ms,
         verify_ms,
         downtime_ms,
         services_stopped: Vec::new(),
