@@ -84,7 +84,11 @@ pub fn config_sources(project: &Project, skipped: &mut Vec<Skipped>) -> Vec<Sour
         if out.iter().any(|s| s.prefix == prefix) {
             continue;
         }
-        out.push(Source { prefix, origin: Origin::Host(path), role: Role::Config { source: rel } });
+        out.push(Source {
+            prefix,
+            origin: Origin::Host(resolve_root(path)),
+            role: Role::Config { source: rel },
+        });
     }
     out
 }
@@ -149,7 +153,8 @@ pub async fn mount_sources(
         let host_ok = std::fs::read_dir(&source).is_ok() || (kind == MountKind::Bind && source.is_file());
         let origin = match kind {
             MountKind::Bind => {
-                match std::fs::symlink_metadata(&source) {
+                // Followed: a symlinked bind source is what Docker mounts too.
+                match std::fs::metadata(&source) {
                     Err(_) => {
                         tracing::warn!("bind mount source {src} does not exist; skipped");
                         skipped
@@ -166,7 +171,7 @@ pub async fn mount_sources(
                     }
                     Ok(_) => {}
                 }
-                Origin::Host(source)
+                Origin::Host(resolve_root(source))
             }
             MountKind::Volume => match (access, host_ok, via) {
                 (VolumeAccess::Host | VolumeAccess::Auto, true, _) => Origin::Host(source),
@@ -214,7 +219,7 @@ pub fn compose_bind_sources(project: &Project, skipped: &mut Vec<Skipped>) -> Ve
         }
         out.push(Source {
             prefix: format!("binds/{}", src.trim_start_matches('/')),
-            origin: Origin::Host(path),
+            origin: Origin::Host(resolve_root(path)),
             role: Role::Mount {
                 kind: MountKind::Bind,
                 name: src.clone(),
@@ -224,6 +229,12 @@ pub fn compose_bind_sources(project: &Project, skipped: &mut Vec<Skipped>) -> Ve
         });
     }
     out
+}
+
+/// The data a configured or mounted path stands for: a symlink *as the root* is followed (as
+/// Docker follows it for a bind mount); symlinks inside are archived as symlinks.
+fn resolve_root(path: PathBuf) -> PathBuf {
+    std::fs::canonicalize(&path).unwrap_or(path)
 }
 
 /// `a/./b/../c` → `a/c`, without touching the filesystem (the path may not exist).

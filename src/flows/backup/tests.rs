@@ -103,3 +103,19 @@ async fn no_stop_reads_while_running_and_records_no_downtime() {
     assert_eq!(out.downtime_ms, None);
     assert!(!archive::read_manifest(&out.path).unwrap().services_stopped);
 }
+
+#[tokio::test]
+async fn a_symlinked_bind_source_is_followed_at_the_root_only() {
+    let f = fixture().await;
+    let uploads = f.ctx.project.dir.join("uploads");
+    let real = f.ctx.project.dir.join("real-uploads");
+    std::fs::rename(&uploads, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &uploads).unwrap();
+    std::os::unix::fs::symlink("/etc", real.join("etc-link")).unwrap();
+    let out = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap();
+    let m = archive::read_manifest(&out.path).unwrap();
+    let bind: Vec<_> = m.entries.iter().filter(|e| e.path.starts_with("binds/")).collect();
+    assert!(bind.iter().any(|e| e.path.ends_with("uploads/a.txt")), "{bind:?}");
+    let link = bind.iter().find(|e| e.path.ends_with("uploads/etc-link")).unwrap();
+    assert_eq!(link.link_target.as_deref(), Some("/etc"));
+}
