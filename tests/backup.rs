@@ -3,6 +3,7 @@
 
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::require_docker;
 use crate::support::{Demo, gnu_untar, json, stderr, tree};
@@ -119,6 +120,21 @@ fn backup_holds_every_volume_bind_and_config_exactly_and_services_come_back() {
     assert!(out.status.success(), "verify: {}", stderr(&out));
     let out = demo.run(&["show", &v["id"].to_string()]);
     assert!(out.status.success() && crate::support::stdout(&out).contains("dbdata"));
+
+    // Each service's image is kept by a tag until the backup is deleted.
+    let kept = format!("nuwax-keep/{}-db:backup-{}", demo.name, v["id"]);
+    let inspect = |r: &str| {
+        Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", r]).output().unwrap()
+    };
+    let db_image =
+        manifest["services"].as_array().unwrap().iter().find(|s| s["service"] == "db").unwrap()["image_id"]
+            .clone();
+    assert_eq!(String::from_utf8_lossy(&inspect(&kept).stdout).trim(), db_image.as_str().unwrap());
+    let out = demo.run(&["delete", &v["id"].to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!path.exists());
+    assert!(!inspect(&kept).status.success(), "keep tag survived delete");
+    assert!(demo.list().is_empty());
 }
 
 #[test]

@@ -47,6 +47,9 @@ pub struct ServiceRecord {
     pub image: String,
     pub image_id: String,
     pub running: bool,
+    /// `repo:tag` nuwax put on `image_id` so pruning cannot remove it (absent when tagging failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_tag: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

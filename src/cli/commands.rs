@@ -106,6 +106,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await?
                 .filter(|r| r.project == ctx.project.name)
                 .ok_or(crate::Error::BackupNotFound { id: *id })?;
+            let manifest_services: Vec<String> = rec
+                .path
+                .as_deref()
+                .and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok())
+                .map(|m| m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect())
+                .unwrap_or_default();
             // File first, then the row: a crash in between leaves a row pointing at nothing
             // (reported by verify), never an archive nobody knows about.
             if let Some(p) = &rec.path {
@@ -116,6 +122,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                 }
             }
             ctx.catalog.delete(*id).await?;
+            if !manifest_services.is_empty() {
+                match super::connect().await {
+                    Ok(engine) => {
+                        crate::flows::backup::release_images(
+                            &*engine,
+                            &ctx.project.name,
+                            rec.id,
+                            manifest_services.iter().map(String::as_str),
+                        )
+                        .await
+                    }
+                    Err(e) => tracing::warn!("image tags kept for backup {} stay in place: {e:#}", rec.id),
+                }
+            }
             render::deleted(&cli, &rec);
             Ok(())
         }

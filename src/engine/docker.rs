@@ -9,7 +9,7 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum};
 use bollard::query_parameters::{
     DownloadFromContainerOptions, InspectContainerOptions, ListContainersOptions, ListVolumesOptions,
-    StartContainerOptions, StopContainerOptions,
+    RemoveImageOptions, StartContainerOptions, StopContainerOptions, TagImageOptions,
 };
 use futures_util::TryStreamExt;
 
@@ -189,5 +189,29 @@ impl Engine for DockerEngine {
         let opts = DownloadFromContainerOptions { path: path.to_string() };
         let stream = self.docker.download_from_container(id, Some(opts)).map_err(std::io::Error::other);
         Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(i.id),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(api("inspect image", reference)(e)),
+        }
+    }
+
+    async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
+        let opts = TagImageOptions { repo: Some(repo.to_string()), tag: Some(tag.to_string()) };
+        self.docker.tag_image(image, Some(opts)).await.map_err(api("tag image", image))
+    }
+
+    async fn untag_image(&self, reference: &str) -> Result<Outcome> {
+        let opts = RemoveImageOptions { force: false, noprune: true, platforms: None };
+        match self.docker.remove_image(reference, Some(opts), None).await {
+            Ok(_) => Ok(Outcome::Done),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(Outcome::AlreadyInState)
+            }
+            Err(e) => Err(api("remove image tag", reference)(e)),
+        }
     }
 }

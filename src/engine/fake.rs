@@ -21,6 +21,7 @@ struct Inner {
     volumes: BTreeMap<String, PathBuf>,
     calls: Vec<String>,
     fail_start: BTreeSet<String>,
+    tags: BTreeMap<String, String>,
 }
 
 impl FakeEngine {
@@ -55,6 +56,11 @@ impl FakeEngine {
     /// Makes `start` of the service's containers fail.
     pub fn fail_start(&self, service: &str) {
         self.inner.lock().unwrap().fail_start.insert(service.to_string());
+    }
+
+    /// Tag → image id, for the tags made through the engine.
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        self.inner.lock().unwrap().tags.clone()
     }
 
     /// `stop db`, `start app`, ... in call order.
@@ -146,5 +152,31 @@ impl Engine for FakeEngine {
             target: id.to_string(),
             detail: "not supported by the fake engine".into(),
         })
+    }
+
+    async fn image_id(&self, reference: &str) -> Result<Option<String>> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner.tags.get(reference).cloned().or_else(|| {
+            inner
+                .containers
+                .iter()
+                .find(|c| c.image == reference || c.image_id == reference)
+                .map(|c| c.image_id.clone())
+        }))
+    }
+
+    async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
+        let id =
+            self.image_id(image).await?.ok_or_else(|| EngineError::NotFound { target: image.to_string() })?;
+        let mut inner = self.inner.lock().unwrap();
+        inner.calls.push(format!("tag {repo}:{tag}"));
+        inner.tags.insert(format!("{repo}:{tag}"), id);
+        Ok(())
+    }
+
+    async fn untag_image(&self, reference: &str) -> Result<Outcome> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.calls.push(format!("untag {reference}"));
+        Ok(if inner.tags.remove(reference).is_some() { Outcome::Done } else { Outcome::AlreadyInState })
     }
 }

@@ -135,4 +135,22 @@ pub trait Engine: Send + Sync {
     async fn start(&self, id: &str) -> Result<Outcome>;
     /// `GET /containers/{id}/archive?path=...`: entries are named `<basename of path>/...`.
     async fn export_path(&self, id: &str, path: &str) -> Result<TarStream>;
+    /// The image id a reference (name:tag or id) resolves to, `None` when absent.
+    async fn image_id(&self, reference: &str) -> Result<Option<String>>;
+    /// Points `repo:tag` at `image` (an id or reference).
+    async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<()>;
+    /// Removes one tag (never the image's layers while other tags or containers use them).
+    async fn untag_image(&self, reference: &str) -> Result<Outcome>;
+}
+
+/// The tag nuwax puts on each service's image when a backup is made, so that pruning cannot
+/// remove what a rollback to that backup needs: `nuwax-keep/<project>-<service>:backup-<id>`.
+pub fn keep_tag(project: &str, service: &str, backup_id: i64) -> (String, String) {
+    let clean = |s: &str| -> String {
+        s.to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
+            .collect()
+    };
+    (format!("nuwax-keep/{}-{}", clean(project), clean(service)), format!("backup-{backup_id}"))
 }

@@ -198,6 +198,15 @@ impl Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.compose(&["down", "-v", "--remove-orphans", "--timeout", "2"]);
+        // The tags nuwax kept for rollback, then the test's own image.
+        let kept = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &format!("nuwax-keep/{}-*", self.name)])
+            .output();
+        if let Ok(kept) = kept {
+            for tag in String::from_utf8_lossy(&kept.stdout).split_whitespace() {
+                let _ = Command::new("docker").args(["image", "rm", tag]).output();
+            }
+        }
         let _ = Command::new("docker").args(["image", "rm", "-f", &self.image]).output();
         // Whatever a test chmod-ed away, the temp dir must still go.
         let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(&self.dir).output();

@@ -18,7 +18,7 @@ use super::sources::{self, Origin, Source, VolumeAccess};
 use crate::archive::manifest::{Manifest, ServiceRecord, Skipped};
 use crate::archive::{self, ArchiveWriter, Compression, Progress, WriteOptions};
 use crate::catalog::{BackupKind, Completed, NewBackup, OperationState};
-use crate::engine::{Container, Engine};
+use crate::engine::{Container, Engine, keep_tag};
 use crate::fsutil;
 use crate::guard::ServiceGuard;
 
@@ -128,8 +128,13 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             image: c.image.clone(),
             image_id: c.image_id.clone(),
             running: c.is_running(),
+            keep_tag: None,
         })
         .collect();
+    let mut services = services;
+    if let Some(engine) = &ctx.engine {
+        keep_images(&**engine, &project.name, id, &mut services).await;
+    }
 
     let work = Work {
         ctx,
@@ -175,6 +180,10 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         }
         Err(e) => {
             let _ = std::fs::remove_file(&temp_path);
+            if let Some(engine) = &ctx.engine {
+                release_images(&**engine, &project.name, id, containers.iter().map(|c| c.service.as_str()))
+                    .await;
+            }
             let msg = format!("{e:#}");
             ctx.catalog.fail(id, &msg, downtime_ms).await?;
             // With services still down the journal stays open: the next nuwax run (or
@@ -323,6 +332,34 @@ impl Work<'_> {
             other => other?,
         };
         Ok(Written { summary, manifest, archive_ms: archive_started.elapsed().as_millis() as u64 })
+    }
+}
+
+/// Tags each service's image with [`keep_tag`] so a rollback to this backup finds it. A failure
+/// is a warning: the backup itself is still good, only the image may be pruned later.
+async fn keep_images(engine: &dyn Engine, project: &str, id: i64, services: &mut [ServiceRecord]) {
+    for s in services.iter_mut().filter(|s| !s.image_id.is_empty()) {
+        let (repo, tag) = keep_tag(project, &s.service, id);
+        match engine.tag_image(&s.image_id, &repo, &tag).await {
+            Ok(()) => s.keep_tag = Some(format!("{repo}:{tag}")),
+            Err(e) => tracing::warn!("could not tag the image of {} to keep it for rollback: {e}", s.service),
+        }
+    }
+}
+
+/// Removes the tags [`keep_images`] made for backup `id`.
+pub async fn release_images<'a>(
+    engine: &dyn Engine,
+    project: &str,
+    id: i64,
+    services: impl IntoIterator<Item = &'a str>,
+) {
+    let services: std::collections::BTreeSet<&str> = services.into_iter().collect();
+    for service in services {
+        let (repo, tag) = keep_tag(project, service, id);
+        if let Err(e) = engine.untag_image(&format!("{repo}:{tag}")).await {
+            tracing::warn!("could not remove the image tag {repo}:{tag}: {e}");
+        }
     }
 }
 

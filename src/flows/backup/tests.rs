@@ -65,7 +65,21 @@ fn opts() -> BackupOptions {
 async fn backup_stops_in_order_archives_everything_and_records_it() {
     let f = fixture().await;
     let out = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap();
-    assert_eq!(f.engine.calls(), ["stop app", "stop db", "start db", "start app"]);
+    assert_eq!(
+        f.engine.calls(),
+        [
+            "tag nuwax-keep/shop-db:backup-1",
+            "tag nuwax-keep/shop-app:backup-1",
+            "tag nuwax-keep/shop-cron:backup-1",
+            "stop app",
+            "stop db",
+            "start db",
+            "start app"
+        ]
+    );
+    assert_eq!(f.engine.tags()["nuwax-keep/shop-db:backup-1"], "sha256:db");
+    let m = archive::read_manifest(&out.path).unwrap();
+    assert!(m.services.iter().all(|s| s.keep_tag.is_some()));
     assert_eq!(out.services_stopped.len(), 2);
     let m = archive::read_manifest(&out.path).unwrap();
     let names: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
@@ -88,6 +102,7 @@ async fn a_service_that_does_not_come_back_fails_the_backup_and_keeps_the_journa
     assert!(format!("{err:#}").contains("services did not come back"), "{err:#}");
     let recs = f.ctx.catalog.list(&f.ctx.project.name).await.unwrap();
     assert_eq!(recs[0].status, "failed");
+    assert!(f.engine.tags().is_empty(), "keep tags of a failed backup stay: {:?}", f.engine.tags());
     // The next run (or `nuwax recover`) will try to start app again.
     let open = f.ctx.catalog.unfinished(&f.ctx.project.name).await.unwrap();
     assert_eq!(open.len(), 1);
@@ -99,7 +114,7 @@ async fn a_service_that_does_not_come_back_fails_the_backup_and_keeps_the_journa
 async fn no_stop_reads_while_running_and_records_no_downtime() {
     let f = fixture().await;
     let out = backup(&f.ctx, &BackupOptions { stop: false, ..opts() }, Arc::new(NoProgress)).await.unwrap();
-    assert!(f.engine.calls().is_empty());
+    assert!(f.engine.calls().iter().all(|c| c.starts_with("tag ")), "{:?}", f.engine.calls());
     assert_eq!(out.downtime_ms, None);
     assert!(!archive::read_manifest(&out.path).unwrap().services_stopped);
 }
