@@ -17,6 +17,7 @@ pub mod exit {
     pub const VERIFY_FAILED: u8 = 7;
     pub const SERVICES_DOWN: u8 = 8;
     pub const NOT_FOUND: u8 = 9;
+    pub const NOT_CONFIRMED: u8 = 10;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -45,6 +46,10 @@ pub enum Error {
     Interrupted { signal: &'static str },
     #[error("services did not come back: {detail}")]
     ServicesDown { detail: String },
+    #[error("{what} needs confirmation and there is no terminal to ask on")]
+    NotConfirmed { what: &'static str },
+    #[error("cancelled: nothing was changed")]
+    Declined,
 }
 
 impl Error {
@@ -64,6 +69,7 @@ impl Error {
                 }
             }
             Error::ServicesDown { .. } => exit::SERVICES_DOWN,
+            Error::NotConfirmed { .. } | Error::Declined => exit::NOT_CONFIRMED,
         }
     }
 

@@ -79,6 +79,12 @@ impl ServiceGuard {
         self.first_stop.map(|t| t.elapsed().as_millis() as u64)
     }
 
+    /// Someone else (compose, recreating the containers) has started the services: nothing is
+    /// left for [`Self::restart`] to do.
+    pub fn disarm(&mut self) {
+        self.stopped.clear();
+    }
+
     pub fn stopped(&self) -> &[Container] {
         &self.stopped
     }

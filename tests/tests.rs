@@ -6,4 +6,6 @@ mod support;
 mod archive;
 mod backup;
 mod cli;
+mod extract;
 mod faults;
+mod rollback;

@@ -2,6 +2,7 @@
 //! `manifest.json`, holds every declared entry in order and ends with `checksums.json`.
 
 mod codec;
+mod extract;
 mod host;
 pub mod manifest;
 mod reader;
@@ -17,6 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+pub use extract::{ExtractReport, Target, check_extractable, extract};
 pub use manifest::{Checksums, EntryKind, EntryMeta, FORMAT_VERSION, Manifest, Skipped};
 pub use reader::{VerifyReport, file_sha256, read_manifest, verify};
 pub use scan::{ScanResult, scan_host, scan_tar_stream};
@@ -138,6 +140,10 @@ pub enum Error {
     /// The whole archive file does not have the expected digest.
     #[error("archive checksum mismatch: expected {expected}, found {actual}")]
     ChecksumMismatch { expected: String, actual: String },
+    /// An entry extraction will not write: an unsafe name, a kind other than file, directory or
+    /// symlink, a symlink leaving its destination, a parent that is not an extracted directory.
+    #[error("refusing to extract {path}: {reason}")]
+    Refused { path: String, reason: String },
     #[error("archive format version {found} is newer than this nuwax supports ({supported})")]
     UnsupportedFormat { found: u32, supported: u32 },
     /// The API was used out of order or with arguments it cannot honour (a bug in the caller).
@@ -163,6 +169,10 @@ impl Error {
 
     pub(crate) fn mismatch(path: &str, detail: impl Into<String>) -> Error {
         Error::Mismatch { path: path.to_owned(), detail: detail.into() }
+    }
+
+    pub(crate) fn refused(path: &str, reason: impl Into<String>) -> Error {
+        Error::Refused { path: path.to_owned(), reason: reason.into() }
     }
 }
 
@@ -213,14 +223,25 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Checks that `path` is a safe archive path: relative, `/`-separated, no empty, `.` or `..`
-/// component. Extraction relies on this, so the writer refuses anything else.
-pub(crate) fn check_archive_path(path: &str) -> Result<()> {
-    let bad = path.is_empty()
-        || path.contains('\0')
-        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
-    if bad {
-        return Err(Error::Usage(format!("invalid archive path {path:?}")));
+/// Why `path` is not a safe archive path (relative, `/`-separated, no empty, `.` or `..`
+/// component), if it is not. Extraction relies on this, so the writer refuses anything else.
+pub(crate) fn archive_path_problem(path: &str) -> Option<&'static str> {
+    if path.contains('\0') {
+        Some("contains a NUL byte")
+    } else if path.starts_with('/') {
+        Some("is an absolute path")
+    } else if path.split('/').any(|c| c == "..") {
+        Some("has a `..` component")
+    } else if path.split('/').any(|c| c.is_empty() || c == ".") {
+        Some("has an empty or `.` component")
+    } else {
+        None
     }
-    Ok(())
+}
+
+pub(crate) fn check_archive_path(path: &str) -> Result<()> {
+    match archive_path_problem(path) {
+        Some(problem) => Err(Error::Usage(format!("invalid archive path {path:?}: {problem}"))),
+        None => Ok(()),
+    }
 }

@@ -1,5 +1,6 @@
 //! Reads archives back: the manifest alone (cheap), or a full verification pass that proves
-//! every byte against the manifest and the trailer while holding only those two in memory.
+//! every byte against the manifest and the trailer while holding only those two in memory —
+//! the same pass extraction writes from, through a [`Visitor`].
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -49,10 +50,76 @@ pub fn verify(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
+    let walked = walk(path, cancel, progress, &mut ())?;
+    let archive_sha256 = hex(&walked.raw.hasher.finalize());
+    if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&archive_sha256)) {
+        return Err(Error::ChecksumMismatch { expected: expected.to_owned(), actual: archive_sha256 });
+    }
+    Ok(VerifyReport {
+        entries: walked.entries,
+        content_bytes: walked.content_bytes,
+        archive_bytes: walked.raw.bytes,
+        archive_sha256,
+        manifest: walked.manifest,
+    })
+}
+
+/// What a [`walk`] shows along the way. Verification needs none of it; extraction refuses
+/// entries and writes them through it. Every hook may stop the walk with an error.
+pub(super) trait Visitor {
+    /// The manifest, before any other entry is read.
+    fn manifest(&mut self, _manifest: &Manifest) -> Result<()> {
+        Ok(())
+    }
+
+    /// Each tar entry after the manifest (trailer included), before it is matched against the
+    /// manifest and before any of its data is read.
+    fn screen(&mut self, _name: &str, _entry_type: tar::EntryType, _link: Option<&[u8]>) -> Result<()> {
+        Ok(())
+    }
+
+    /// A declared entry whose header matched its declaration (so its size is the declared
+    /// one), before its content.
+    fn start(&mut self, _decl: &EntryMeta) -> Result<()> {
+        Ok(())
+    }
+
+    /// The next chunk of the current file's content; never more than declared in total.
+    fn content(&mut self, _chunk: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The current entry's content was read in full.
+    fn end(&mut self, _decl: &EntryMeta) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Visitor for () {}
+
+/// What a successful [`walk`] saw (see [`VerifyReport`]).
+pub(super) struct Walked {
+    pub(super) manifest: Manifest,
+    pub(super) entries: u64,
+    pub(super) content_bytes: u64,
+    /// The file end, holding the size and digest of the whole archive file.
+    pub(super) raw: RawReader,
+}
+
+/// The one pass behind [`verify`] and extraction: everything [`verify`] checks, in archive
+/// order, with `visitor` shown each step. Memory stays at the manifest, the trailer and one
+/// copy buffer; an entry's size is checked against its declaration before its data is read.
+pub(super) fn walk(
+    path: &Path,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+    visitor: &mut impl Visitor,
+) -> Result<Walked> {
     let (stream, compression) = open(path)?;
     let mut archive = tar::Archive::new(stream);
     let mut entries = archive.entries().map_err(read_error(path))?;
     let (manifest, manifest_digest) = read_manifest_entry(path, entries.next())?;
+    visitor.manifest(&manifest)?;
     let declared = &manifest.entries;
     progress.set_total(declared.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum());
 
@@ -72,12 +139,15 @@ pub fn verify(
         };
         let mut entry = entry.map_err(read_error(path))?;
         let name = entry_name(&entry);
+        visitor.screen(&name, entry.header().entry_type(), entry.link_name_bytes().as_deref())?;
         if let Some(decl) = declared.get(next).filter(|d| d.path == name) {
             check_header(&entry, decl)?;
+            visitor.start(decl)?;
             if decl.kind == EntryKind::File {
-                digests.push(hash_content(path, &mut entry, decl, &mut buf, cancel, progress)?);
+                digests.push(read_content(path, &mut entry, decl, &mut buf, cancel, progress, visitor)?);
                 content_bytes += decl.size;
             }
+            visitor.end(decl)?;
             next += 1;
             continue;
         }
@@ -101,27 +171,19 @@ pub fn verify(
     };
 
     let raw = check_end(path, archive.into_inner(), compression, trailer_end, &mut buf)?;
-    let archive_sha256 = hex(&raw.hasher.finalize());
-    if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&archive_sha256)) {
-        return Err(Error::ChecksumMismatch { expected: expected.to_owned(), actual: archive_sha256 });
-    }
-    Ok(VerifyReport {
-        entries: next as u64,
-        content_bytes,
-        archive_bytes: raw.bytes,
-        archive_sha256,
-        manifest,
-    })
+    Ok(Walked { entries: next as u64, content_bytes, raw, manifest })
 }
 
-/// Reads a file entry's content, returning its digest.
-fn hash_content<R: Read>(
+/// Reads a file entry's content (exactly its declared size, checked against the header
+/// before), handing it to `visitor` chunk by chunk; returns its digest.
+fn read_content<R: Read>(
     path: &Path,
     entry: &mut tar::Entry<'_, R>,
     decl: &EntryMeta,
     buf: &mut [u8],
     cancel: &Cancel,
     progress: &dyn Progress,
+    visitor: &mut impl Visitor,
 ) -> Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut remaining = decl.size;
@@ -133,6 +195,7 @@ fn hash_content<R: Read>(
             return Err(Error::corrupt(format!("archive ends inside {}", decl.path)));
         }
         hasher.update(&buf[..n]);
+        visitor.content(&buf[..n])?;
         remaining -= n as u64;
         progress.inc(n as u64);
     }

@@ -203,6 +203,17 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records what the operation is doing (JSON), before it does it.
+    pub async fn set_detail(&self, op: i64, detail: &serde_json::Value) -> Result<()> {
+        sqlx::query("UPDATE operations SET detail = ? WHERE id = ?")
+            .bind(detail.to_string())
+            .bind(op)
+            .execute(&self.pool)
+            .await
+            .context("writing the operations journal")?;
+        Ok(())
+    }
+
     pub async fn set_temp_path(&self, op: i64, temp: &Path) -> Result<()> {
         sqlx::query("UPDATE operations SET temp_path = ? WHERE id = ?")
             .bind(temp.to_string_lossy().as_ref())
@@ -244,6 +255,10 @@ impl Catalog {
                     stopped_services: serde_json::from_str(r.try_get::<&str, _>("stopped_services")?)?,
                     temp_path: r.try_get::<Option<String>, _>("temp_path")?.map(PathBuf::from),
                     started_at: r.try_get("started_at")?,
+                    detail: r
+                        .try_get::<Option<String>, _>("detail")?
+                        .map(|d| serde_json::from_str(&d))
+                        .transpose()?,
                 })
             })
             .collect()

@@ -125,4 +125,5 @@ pub struct Operation {
     pub stopped_services: Vec<StoppedService>,
     pub temp_path: Option<PathBuf>,
     pub started_at: String,
+    pub detail: Option<serde_json::Value>,
 }

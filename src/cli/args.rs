@@ -47,6 +47,26 @@ pub enum Command {
     Delete { id: i64 },
     /// Finish an operation a killed nuwax left behind: start its services, mark its backup failed.
     Recover,
+    /// Make the project what a backup holds: configs, volumes, bind mounts, images.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// The backup to go back to (see `nuwax list`).
+    pub id: i64,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Restore volumes and bind mounts only, not configs.
+    #[arg(long, conflicts_with = "config_only")]
+    pub data_only: bool,
+    /// Restore compose files, .env and other configs only, not data.
+    #[arg(long)]
+    pub config_only: bool,
 }
 
 #[derive(Debug, Clone, Args)]

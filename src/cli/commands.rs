@@ -139,6 +139,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             render::deleted(&cli, &rec);
             Ok(())
         }
+        Command::Rollback(args) => rollback(&cli, args, interrupt).await,
         Command::Recover => {
             let mut ctx = context(&cli, false, interrupt).await?;
             let _lock = ProjectLock::acquire(&ctx.project.state_dir)?;
@@ -149,6 +150,59 @@ pub async fn run(cli: Cli) -> Result<()> {
             render::recover(&cli, &done);
             Ok(())
         }
+    }
+}
+
+async fn rollback(cli: &Cli, args: &crate::cli::RollbackArgs, interrupt: Interrupt) -> Result<()> {
+    use crate::flows::rollback::{RollbackOptions, plan, rollback};
+    let mut ctx = context(cli, true, interrupt).await?;
+    let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
+    recover_if_needed(&mut ctx, Some(&lock)).await?;
+    let no_args = crate::cli::BackupArgs {
+        note: None,
+        compression: None,
+        level: None,
+        no_stop: false,
+        no_docker: false,
+    };
+    let opts = RollbackOptions {
+        id: args.id,
+        data: !args.config_only,
+        config: !args.data_only,
+        safety: backup_options(&ctx.project, &no_args)?,
+    };
+    let plan = plan(&ctx, &opts).await?;
+    if args.dry_run {
+        render::rollback_plan(cli, &plan);
+        return Ok(());
+    }
+    if !args.yes {
+        confirm(&format!(
+            "Rollback will replace the data of {} volumes and {} files. Continue?",
+            plan.volumes(),
+            plan.files()
+        ))?;
+    }
+    let bar = progress::bar(cli.json || cli.quiet);
+    let outcome = rollback(&ctx, &opts, plan, bar.clone()).await;
+    bar.done();
+    render::rollback(cli, &outcome?);
+    Ok(())
+}
+
+/// Asks on the terminal; without one, refuses.
+fn confirm(question: &str) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(crate::Error::NotConfirmed { what: "rollback" }.into());
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    match answer.trim() {
+        "y" | "Y" | "yes" | "YES" => Ok(()),
+        _ => Err(crate::Error::Declined.into()),
     }
 }
 

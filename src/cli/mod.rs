@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-pub use args::{BackupArgs, Cli, Command};
+pub use args::{BackupArgs, Cli, Command, RollbackArgs};
 
 use crate::catalog::Catalog;
 use crate::engine::{DockerEngine, Engine, EngineError};

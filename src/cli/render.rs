@@ -56,6 +56,61 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
     }
 }
 
+pub fn rollback_plan(cli: &Cli, p: &crate::flows::rollback::Plan) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(p).unwrap_or_default());
+        return;
+    }
+    println!("rollback to backup {} ({}), {}", p.backup_id, p.created_at, p.archive.display());
+    println!("  a pre-rollback safety backup is made first");
+    println!(
+        "  services to stop: {}",
+        if p.services_to_stop.is_empty() { "none".to_string() } else { p.services_to_stop.join(", ") }
+    );
+    let mut t = table(&["replace", "name", "with", "size", "files"]);
+    for i in &p.items {
+        t.add_row(vec![
+            i.kind.to_string(),
+            i.name.clone(),
+            i.dest.display().to_string(),
+            human_bytes(i.size),
+            i.file_count.to_string(),
+        ]);
+    }
+    println!("{t}");
+    for i in &p.images {
+        if i.current_id.as_deref() == Some(i.image_id.as_str()) {
+            println!("  image {} ({}): unchanged", i.image, i.service);
+        } else {
+            println!("  image {} ({}): re-tag to {}", i.image, i.service, i.image_id);
+        }
+    }
+    for w in &p.warnings {
+        println!("  warning: {w}");
+    }
+    println!("dry run: nothing was changed");
+}
+
+pub fn rollback(cli: &Cli, o: &crate::flows::rollback::RollbackOutcome) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        return;
+    }
+    println!("rolled back to backup {}", o.backup_id);
+    println!("  safety backup {}: {}", o.safety_backup_id, o.safety_backup_path.display());
+    for i in &o.restored {
+        println!("  restored {} {} ({}, {} files)", i.kind, i.name, human_bytes(i.size), i.file_count);
+    }
+    for i in &o.images_retagged {
+        println!("  image {} of {} points at {} again", i.image, i.service, i.image_id);
+    }
+    println!(
+        "  duration {}, downtime {}",
+        human_ms(o.duration_ms),
+        o.downtime_ms.map(human_ms).unwrap_or_else(|| "none".into())
+    );
+}
+
 pub fn list(cli: &Cli, records: &[BackupRecord]) {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(records).unwrap_or_default());
@@ -208,6 +263,9 @@ pub fn recovered(r: &Recovered) {
         r.backup_id.map(|id| format!("; backup {id} marked failed")).unwrap_or_default(),
         r.temp_removed.as_ref().map(|t| format!("; removed {t}")).unwrap_or_default(),
     );
+    if let Some(n) = &r.note {
+        eprintln!("nuwax: {n}");
+    }
 }
 
 pub fn recover(cli: &Cli, done: &[Recovered]) {

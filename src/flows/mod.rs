@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod recover;
+pub mod rollback;
 pub mod sources;
 
 use std::sync::Arc;

@@ -20,6 +20,8 @@ pub struct Recovered {
     pub backup_id: Option<i64>,
     pub services_started: Vec<String>,
     pub temp_removed: Option<String>,
+    /// What recovery did to the data, for rollbacks.
+    pub note: Option<String>,
 }
 
 /// Recovers every unfinished operation of the project. The caller holds the project lock, so
@@ -28,6 +30,11 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
     for op in ctx.catalog.unfinished(&ctx.project.name).await? {
         let mut services_started = Vec::new();
+        let mut note = None;
+        if let (true, Some(detail)) = (op.kind == "rollback", op.detail.clone()) {
+            let msg = tokio::task::spawn_blocking(move || super::rollback::recover_slots(&detail)).await??;
+            note = Some(msg.to_string());
+        }
         if !op.stopped_services.is_empty() {
             let engine = ctx.engine.as_ref().ok_or_else(|| {
                 anyhow::anyhow!(
@@ -74,6 +81,7 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
             backup_id: op.backup_id,
             services_started,
             temp_removed,
+            note,
         });
     }
     let orphans = ctx.catalog.fail_orphaned_pending(&ctx.project.name).await?;

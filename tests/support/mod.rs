@@ -151,6 +151,8 @@ impl Demo {
             .env_remove("NUWAX_STATE_DIR")
             .env_remove("COMPOSE_PROJECT_NAME")
             .env("NUWAX_LOG", "nuwax=info")
+            // What the operator's shell would hold for the compose file's ${NUWAX_DEMO_IMAGE}.
+            .env("NUWAX_DEMO_IMAGE", &self.image)
             .stdin(Stdio::null());
         c
     }
