@@ -26,6 +26,7 @@ const MTIME: i64 = 1_700_000_000;
 
 fn manifest(entries: Vec<EntryMeta>, compression: Compression) -> Manifest {
     Manifest {
+        project_dir: None,
         format_version: FORMAT_VERSION,
         nuwax_version: "test".into(),
         backup_id: 1,
@@ -227,7 +228,7 @@ fn uid_gid() -> (u64, u64) {
     (u64::from(rustix::process::getuid().as_raw()), u64::from(rustix::process::getgid().as_raw()))
 }
 
-fn meta(path: &str, kind: EntryKind, size: u64, link: Option<&str>) -> EntryMeta {
+pub(crate) fn meta(path: &str, kind: EntryKind, size: u64, link: Option<&str>) -> EntryMeta {
     let (uid, gid) = uid_gid();
     let mode = match kind {
         EntryKind::File => 0o644,
@@ -248,7 +249,7 @@ fn meta(path: &str, kind: EntryKind, size: u64, link: Option<&str>) -> EntryMeta
 
 /// A GNU header for `meta` with its name and link target written byte for byte (the `tar`
 /// crate's own setters refuse hostile names), of type `kind` and claiming `size` bytes.
-fn header(meta: &EntryMeta, kind: tar::EntryType, size: u64) -> tar::Header {
+pub(crate) fn header(meta: &EntryMeta, kind: tar::EntryType, size: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     let name = meta.path.as_bytes();
     header.as_old_mut().name[..name.len()].copy_from_slice(name);
@@ -265,10 +266,10 @@ fn header(meta: &EntryMeta, kind: tar::EntryType, size: u64) -> tar::Header {
     header
 }
 
-type Member = (tar::Header, Vec<u8>);
+pub(crate) type Member = (tar::Header, Vec<u8>);
 
 /// The member a correct archive holds for `meta` (files full of `x`).
-fn member(meta: &EntryMeta) -> Member {
+pub(crate) fn member(meta: &EntryMeta) -> Member {
     let (kind, size) = match meta.kind {
         EntryKind::File => (tar::EntryType::Regular, meta.size),
         EntryKind::Dir => (tar::EntryType::Directory, 0),
@@ -287,7 +288,7 @@ fn encoder(path: &Path, compression: Compression) -> Box<dyn Write> {
 }
 
 /// Member content: bytes (whose digest goes into the trailer) or a stream too big to hash.
-enum Data {
+pub(crate) enum Data {
     Bytes(Vec<u8>),
     Stream(Box<dyn Read>),
 }
@@ -295,8 +296,18 @@ enum Data {
 /// Writes `manifest.json` declaring `declared`, then `members` as they are, then a trailer
 /// with the digests of the members given as bytes that are regular files, then the end marker.
 fn craft(path: &Path, compression: Compression, declared: Vec<EntryMeta>, members: Vec<(tar::Header, Data)>) {
+    craft_manifest(path, compression, &manifest(declared, compression), members);
+}
+
+/// [`craft`] with a manifest of the caller's.
+pub(crate) fn craft_manifest(
+    path: &Path,
+    compression: Compression,
+    m: &Manifest,
+    members: Vec<(tar::Header, Data)>,
+) {
     let mut builder = tar::Builder::new(encoder(path, compression));
-    let manifest = serde_json::to_vec_pretty(&manifest(declared, compression)).unwrap();
+    let manifest = serde_json::to_vec_pretty(m).unwrap();
     let mut sums = Checksums {
         algorithm: "sha256".into(),
         manifest: format!("{:x}", Sha256::digest(&manifest)),
@@ -326,7 +337,7 @@ fn craft(path: &Path, compression: Compression, declared: Vec<EntryMeta>, member
     builder.into_inner().unwrap().flush().unwrap();
 }
 
-fn bytes(members: Vec<Member>) -> Vec<(tar::Header, Data)> {
+pub(crate) fn bytes(members: Vec<Member>) -> Vec<(tar::Header, Data)> {
     members.into_iter().map(|(header, data)| (header, Data::Bytes(data))).collect()
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_docker;
-use crate::support::{Demo, stderr, without_dac_override};
+use crate::support::{Demo, add_bulk, stderr, without_dac_override};
 
 /// Every service healthy, no archive (only a possible `lock`-free storage dir), and the catalog
 /// shows no complete backup.
@@ -20,19 +20,6 @@ fn assert_nothing_complete_and_all_running(demo: &Demo) {
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
     assert!(demo.list().iter().all(|r| r["status"] != "complete"), "{:?}", demo.list());
-}
-
-/// Fills a volume with `mb` MiB of incompressible data so archiving takes a while.
-fn add_bulk(demo: &Demo, volume: &str, mb: usize) {
-    let mut data = vec![0u8; mb << 20];
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for chunk in data.chunks_mut(8) {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(demo.volume_path(volume).join("bulk.bin"), data).unwrap();
 }
 
 /// Starts `nuwax backup` slowed down to `rate` bytes/s and waits until it is archiving.

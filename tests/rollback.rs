@@ -137,3 +137,173 @@ fn dry_run_and_refusals_change_nothing() {
     assert_eq!(tree::snapshot(&uploads), before_tree);
     assert_eq!(demo.list().len(), 1, "a safety backup was made although nothing was done");
 }
+
+#[test]
+fn sigkill_during_the_restore_is_undone_by_the_next_command() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    crate::support::add_bulk(&demo, "dbdata", 12);
+    let (id, _) = backup(&demo);
+    let dbdata = demo.volume_path("dbdata");
+    std::fs::write(dbdata.join("after.txt"), "written after the backup").unwrap();
+    let staging = dbdata.parent().unwrap().join(format!("._data.nuwax-new-{id}"));
+
+    let mut child = demo
+        .nuwax()
+        .args(["rollback", &id.to_string(), "--yes"])
+        .env("NUWAX_RATE_LIMIT", (6u64 << 20).to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !staging.exists() {
+        assert!(std::time::Instant::now() < deadline, "the restore never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(demo.state_of("db").starts_with("exited"), "{:?}", demo.states());
+
+    // The next command finds the dead rollback: nothing was swapped yet, so it is undone.
+    let out = demo.run(&["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("recovered an unfinished rollback"), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert!(!staging.exists(), "staging left behind");
+    assert_eq!(std::fs::read_to_string(dbdata.join("after.txt")).unwrap(), "written after the backup");
+
+    // And the rollback can then be done.
+    let out = demo.run(&["rollback", &id.to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dbdata.join("after.txt").exists());
+    demo.wait_healthy(&["db", "app", "worker"]);
+}
+
+#[test]
+fn config_only_and_data_only_restrict_what_is_restored() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let (id, _) = backup(&demo);
+    let dbdata = demo.volume_path("dbdata");
+    let env = std::fs::read_to_string(demo.dir.join(".env")).unwrap();
+    std::fs::write(dbdata.join("after.txt"), "after").unwrap();
+    std::fs::write(demo.dir.join(".env"), format!("{env}EXTRA=1\n")).unwrap();
+
+    let out = demo.run(&["rollback", &id.to_string(), "--yes", "--config-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(demo.dir.join(".env")).unwrap(), env);
+    assert!(dbdata.join("after.txt").exists(), "--config-only restored data");
+
+    std::fs::write(demo.dir.join(".env"), format!("{env}EXTRA=2\n")).unwrap();
+    let out = demo.run(&["rollback", &id.to_string(), "--yes", "--data-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dbdata.join("after.txt").exists(), "--data-only did not restore data");
+    assert!(
+        std::fs::read_to_string(demo.dir.join(".env")).unwrap().ends_with("EXTRA=2\n"),
+        "--data-only restored .env"
+    );
+    demo.wait_healthy(&["db", "app", "worker"]);
+}
+
+#[test]
+fn hostile_archives_imported_and_rolled_back_to_are_refused_with_services_untouched() {
+    use nuwax::archive::manifest::{Access, EntryKind, MountKind, MountRecord};
+
+    use crate::extract::{Data, bytes, craft_manifest, header, member, meta};
+
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let (_, good) = backup(&demo);
+    let base = nuwax::archive::read_manifest(&good).unwrap();
+    let vol = demo.volume("dbdata");
+    let prefix = format!("volumes/{vol}");
+    let outside = tempfile::tempdir().unwrap();
+    let before = started_at(&demo);
+    let root = meta(&prefix, EntryKind::Dir, 0, None);
+    let escape = format!(
+        "{}{}",
+        "../".repeat(12),
+        outside.path().join("evil").display().to_string().trim_start_matches('/')
+    );
+    let fifo = meta(&format!("{prefix}/fifo"), EntryKind::File, 0, None);
+    type Case = (&'static str, Vec<nuwax::archive::manifest::EntryMeta>, Vec<(tar::Header, Data)>);
+    let cases: Vec<Case> = vec![
+        (
+            "symlink out of the volume",
+            vec![root.clone(), meta(&format!("{prefix}/evil"), EntryKind::Symlink, 0, Some(&escape))],
+            vec![],
+        ),
+        (
+            "a FIFO",
+            vec![root.clone(), fifo.clone()],
+            vec![(header(&fifo, tar::EntryType::Fifo, 0), Data::Bytes(vec![]))],
+        ),
+        (
+            "a .. path",
+            vec![root.clone(), meta(&format!("{prefix}/../../../escape"), EntryKind::File, 3, None)],
+            vec![],
+        ),
+    ];
+    for (what, declared, extra) in cases {
+        let mut m = base.clone();
+        m.mounts = vec![MountRecord {
+            kind: MountKind::Volume,
+            name: vol.clone(),
+            source: String::new(),
+            destinations: vec![],
+            archive_path: prefix.clone(),
+            access: Access::Host,
+            size: 0,
+            file_count: 0,
+        }];
+        m.configs.clear();
+        let mut members = bytes(
+            declared.iter().take(if extra.is_empty() { declared.len() } else { 1 }).map(member).collect(),
+        );
+        members.extend(extra);
+        m.entries = declared;
+        let path = outside.path().join("hostile.tar");
+        craft_manifest(&path, nuwax::archive::Compression::None, &m, members);
+        let out = demo.run(&["--json", "import", path.to_str().unwrap()]);
+        if out.status.success() {
+            let id = json(&out)["id"].as_i64().unwrap().to_string();
+            let out = demo.run(&["rollback", &id, "--yes"]);
+            assert_eq!(out.status.code(), Some(7), "{what}: rollback was not refused: {}", stderr(&out));
+        } else {
+            assert_eq!(out.status.code(), Some(7), "{what}: {}", stderr(&out));
+        }
+        assert_eq!(
+            std::fs::read_dir(outside.path()).unwrap().count(),
+            1,
+            "{what}: something was written outside"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+    assert_eq!(started_at(&demo), before, "a service was stopped");
+}
+
+#[test]
+fn import_moves_a_site_to_another_project_directory() {
+    let compose = require_docker!();
+    let a = Demo::new(compose.clone());
+    a.up();
+    std::fs::write(a.volume_path("dbdata").join("moved.txt"), "from server A").unwrap();
+    let (_, archive) = backup(&a);
+    let b = Demo::new(compose);
+    b.up();
+    let out = b.run(&["--json", "import", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "import: {}", stderr(&out));
+    let id = json(&out)["id"].as_i64().unwrap();
+    assert_eq!(b.list()[0]["status"], "complete");
+    let out = b.run(&["rollback", &id.to_string(), "--yes"]);
+    assert!(out.status.success(), "rollback on B: {}", stderr(&out));
+    b.wait_healthy(&["db", "app", "worker"]);
+    assert_eq!(std::fs::read_to_string(b.volume_path("dbdata").join("moved.txt")).unwrap(), "from server A");
+    let x = gnu_untar(&archive);
+    tree::assert_same(&bind_in(x.path(), &a.dir.join("uploads")), &b.dir.join("uploads"), &[]);
+}

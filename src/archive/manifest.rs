@@ -23,6 +23,9 @@ pub struct Manifest {
     /// `manual`, `pre-upgrade`, `pre-rollback` or `scheduled`.
     pub kind: String,
     pub project: String,
+    /// The project directory on the machine that made the backup (maps bind mounts on restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_dir: Option<String>,
     pub service_version: Option<String>,
     /// RFC 3339, UTC.
     pub created_at: String,

@@ -47,6 +47,8 @@ pub enum Command {
     Delete { id: i64 },
     /// Finish an operation a killed nuwax left behind: start its services, mark its backup failed.
     Recover,
+    /// Add an archive made elsewhere to the catalog, after verifying it.
+    Import { archive: std::path::PathBuf },
     /// Make the project what a backup holds: configs, volumes, bind mounts, images.
     Rollback(RollbackArgs),
 }

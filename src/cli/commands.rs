@@ -139,6 +139,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             render::deleted(&cli, &rec);
             Ok(())
         }
+        Command::Import { archive } => {
+            let mut ctx = context(&cli, false, interrupt).await?;
+            let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
+            recover_if_needed(&mut ctx, Some(&lock)).await?;
+            let imported = crate::flows::import::import(&ctx, archive).await?;
+            render::imported(&cli, &imported);
+            Ok(())
+        }
         Command::Rollback(args) => rollback(&cli, args, interrupt).await,
         Command::Recover => {
             let mut ctx = context(&cli, false, interrupt).await?;

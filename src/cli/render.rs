@@ -111,6 +111,21 @@ pub fn rollback(cli: &Cli, o: &crate::flows::rollback::RollbackOutcome) {
     );
 }
 
+pub fn imported(cli: &Cli, i: &crate::flows::import::Imported) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(i).unwrap_or_default());
+        return;
+    }
+    println!("imported as backup {}: {}", i.id, i.path.display());
+    println!(
+        "  from {} (backup {} of project {}), {}, verified",
+        i.source.display(),
+        i.from_backup_id,
+        i.from_project,
+        human_bytes(i.size_bytes)
+    );
+}
+
 pub fn list(cli: &Cli, records: &[BackupRecord]) {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(records).unwrap_or_default());

@@ -215,6 +215,19 @@ impl Drop for Demo {
     }
 }
 
+/// Fills a volume of `demo` with `mb` MiB of incompressible data so archiving takes a while.
+pub fn add_bulk(demo: &Demo, volume: &str, mb: usize) {
+    let mut data = vec![0u8; mb << 20];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for chunk in data.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(demo.volume_path(volume).join("bulk.bin"), data).unwrap();
+}
+
 /// `cp -a`: keeps modes, symlinks and times.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();

@@ -249,6 +249,7 @@ impl Work<'_> {
         let plan = plan.to_vec();
         let temp_path = temp_path.to_path_buf();
         let project = ctx.project.name.clone();
+        let project_dir = ctx.project.dir.to_string_lossy().into_owned();
         let version = ctx.project.service_version();
         let wopts = WriteOptions {
             compression: opts.compression,
@@ -279,6 +280,7 @@ impl Work<'_> {
                 id,
                 kind,
                 project,
+                project_dir,
                 version,
                 created_at,
                 compression: wopts.compression,

@@ -148,16 +148,28 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     if opts.data {
         for m in &manifest.mounts {
             let (kind, dest) = match m.kind {
-                archive::manifest::MountKind::Volume => (
-                    "volume",
-                    engine.volume_mountpoint(&m.name).await.with_context(|| {
-                        format!(
-                            "volume {} does not exist (create it with `compose up --no-start` first)",
-                            m.name
-                        )
-                    })?,
-                ),
-                archive::manifest::MountKind::Bind => ("bind", PathBuf::from(&m.source)),
+                archive::manifest::MountKind::Volume => {
+                    let name = local_volume(&manifest.project, &project.name, &m.name);
+                    if name != m.name {
+                        warnings.push(format!("volume {} is restored into this project's {}", m.name, name));
+                    }
+                    (
+                        "volume",
+                        engine.volume_mountpoint(&name).await.with_context(|| {
+                            format!(
+                                "volume {name} does not exist (create it with `compose up --no-start` first)"
+                            )
+                        })?,
+                    )
+                }
+                archive::manifest::MountKind::Bind => {
+                    let dest =
+                        local_bind(manifest.project_dir.as_deref(), &project.dir, Path::new(&m.source));
+                    if dest != Path::new(&m.source) {
+                        warnings.push(format!("bind mount {} is restored into {}", m.source, dest.display()));
+                    }
+                    ("bind", dest)
+                }
             };
             if kind == "volume" && std::fs::read_dir(&dest).is_err() {
                 bail!(
@@ -261,6 +273,24 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     })
 }
 
+/// The volume of this project that takes what the backup's volume `name` held: for a backup
+/// made under another project name (another machine, `nuwax import`), this project's volume
+/// with the same compose key — never the other project's, even when it exists on this host.
+fn local_volume(from: &str, to: &str, name: &str) -> String {
+    match name.strip_prefix(&format!("{from}_")) {
+        Some(key) if from != to => format!("{to}_{key}"),
+        _ => name.to_string(),
+    }
+}
+
+/// A bind source inside the backed-up project's directory maps into this project's directory.
+fn local_bind(from_dir: Option<&str>, to_dir: &Path, source: &Path) -> PathBuf {
+    match from_dir.and_then(|d| source.strip_prefix(d).ok()) {
+        Some(rel) => to_dir.join(rel),
+        None => source.to_path_buf(),
+    }
+}
+
 fn existing_ancestor(p: &Path) -> PathBuf {
     let mut p = p.to_path_buf();
     while !p.exists() {
@@ -318,7 +348,11 @@ pub async fn rollback(
             .zip(&slots)
             .map(|(i, s)| Target { prefix: i.prefix.clone(), dest: s.staging.clone() })
             .collect();
-        let (a, cancel, p) = (plan.archive.clone(), ctx.interrupt.cancel().clone(), progress.clone());
+        let p: Arc<dyn Progress> = match opts.safety.rate_limit {
+            Some(rate) if rate > 0 => Arc::new(Throttled::new(progress.clone(), rate)),
+            _ => progress.clone(),
+        };
+        let (a, cancel) = (plan.archive.clone(), ctx.interrupt.cancel().clone());
         tokio::task::spawn_blocking(move || {
             archive::extract(&a, &targets, &cancel, &*p)?;
             // The staged trees must be on disk before they replace anything.
@@ -414,6 +448,36 @@ pub async fn rollback(
     })
 }
 
+/// Slows extraction down to `rate` bytes/s by sleeping in the progress callback: the test hook
+/// (`NUWAX_RATE_LIMIT`) that makes "killed during the restore" reproducible.
+struct Throttled {
+    inner: Arc<dyn Progress>,
+    rate: u64,
+    start: Instant,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl Throttled {
+    fn new(inner: Arc<dyn Progress>, rate: u64) -> Self {
+        Throttled { inner, rate, start: Instant::now(), done: Default::default() }
+    }
+}
+
+impl Progress for Throttled {
+    fn set_total(&self, bytes: u64) {
+        self.inner.set_total(bytes);
+    }
+
+    fn inc(&self, bytes: u64) {
+        self.inner.inc(bytes);
+        let done = self.done.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
+        let due = std::time::Duration::from_secs_f64(done as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 /// `compose up -d --no-build --no-deps SERVICES` so containers run the images their (restored)
 /// compose file names, then waits for them.
 async fn recreate(ctx: &Ctx, services: &[String]) -> Result<()> {
@@ -471,6 +535,14 @@ pub fn recover_slots(detail: &serde_json::Value) -> Result<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::split_reference;
+
+    #[test]
+    fn volumes_of_another_project_map_by_their_compose_key() {
+        use super::local_volume;
+        assert_eq!(local_volume("shop", "shop", "shop_data"), "shop_data");
+        assert_eq!(local_volume("old", "new", "old_data"), "new_data");
+        assert_eq!(local_volume("old", "new", "external_vol"), "external_vol");
+    }
 
     #[test]
     fn references_split_into_repo_and_tag() {

@@ -1,0 +1,139 @@
+//! `nuwax import <ARCHIVE>`: add an archive made elsewhere (another server, an older install) to
+//! this project's catalog, after verifying every byte, so it can be rolled back to. Moving a site
+//! to a new machine is `import` + `rollback`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::archive::{self, NoProgress};
+use crate::catalog::{BackupKind, Completed, NewBackup};
+use crate::fsutil;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Imported {
+    pub id: i64,
+    pub path: PathBuf,
+    pub source: PathBuf,
+    pub from_project: String,
+    pub from_backup_id: i64,
+    pub size_bytes: u64,
+}
+
+pub async fn import(ctx: &Ctx, source: &Path) -> Result<Imported> {
+    let source = std::fs::canonicalize(source).with_context(|| format!("archive {}", source.display()))?;
+    let (s, cancel) = (source.clone(), ctx.interrupt.cancel().clone());
+    let report = tokio::task::spawn_blocking(move || archive::verify(&s, None, &cancel, &NoProgress))
+        .await?
+        .map_err(|e| crate::Error::VerifyFailed { id: 0, detail: format!("{:#}", anyhow::Error::from(e)) })?;
+    let m = &report.manifest;
+    let kind = match m.kind.as_str() {
+        "pre-upgrade" => BackupKind::PreUpgrade,
+        "pre-rollback" => BackupKind::PreRollback,
+        "scheduled" => BackupKind::Scheduled,
+        _ => BackupKind::Manual,
+    };
+    let created_at: DateTime<Utc> = DateTime::parse_from_rfc3339(&m.created_at)
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now());
+    let compression = match m.compression.as_str() {
+        "zstd" => archive::Compression::Zstd,
+        "gzip" => archive::Compression::Gzip,
+        _ => archive::Compression::None,
+    };
+    let version = m.service_version.clone().unwrap_or_else(|| "0".into());
+    let note =
+        format!("imported from {} (backup {} of project {})", source.display(), m.backup_id, m.project);
+    let storage = &ctx.project.storage_dir;
+    fsutil::create_private_dir(storage)?;
+    let id = ctx
+        .catalog
+        .insert_pending(&NewBackup {
+            kind,
+            project: &ctx.project.name,
+            service_version: &version,
+            compression: compression.as_str(),
+            created_at,
+            note: Some(&note),
+        })
+        .await?;
+    let name = format!(
+        "backup_{}_v{}_{}_{}.{}",
+        kind.as_str(),
+        version
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+            .collect::<String>(),
+        created_at.format("%Y-%m-%d_%H-%M-%S"),
+        id,
+        compression.extension()
+    );
+    let final_path = storage.join(name);
+    let temp = storage.join(format!(".nuwax-partial-{id}.tmp"));
+    let result = async {
+        let (s, t, want) = (source.clone(), temp.clone(), report.archive_sha256.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            copy_private(&s, &t)?;
+            // The copy is what the catalog will point at: prove it, not the source.
+            let got = archive::file_sha256(&t)?;
+            anyhow::ensure!(
+                got == want,
+                "the copy of {} differs from the original ({got} != {want})",
+                s.display()
+            );
+            Ok(())
+        })
+        .await??;
+        std::fs::rename(&temp, &final_path)?;
+        fsutil::fsync_dir(storage)?;
+        ctx.catalog
+            .complete(
+                id,
+                &Completed {
+                    path: final_path.clone(),
+                    size_bytes: report.archive_bytes,
+                    checksum: report.archive_sha256.clone(),
+                    file_count: m
+                        .entries
+                        .iter()
+                        .filter(|e| e.kind == archive::manifest::EntryKind::File)
+                        .count() as u64,
+                    finished_at: Utc::now(),
+                    duration_ms: 0,
+                    downtime_ms: None,
+                },
+            )
+            .await
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&temp);
+        ctx.catalog.fail(id, &format!("{e:#}"), None).await?;
+        return Err(e.context(format!("importing {}", source.display())));
+    }
+    Ok(Imported {
+        id,
+        path: final_path,
+        source,
+        from_project: m.project.clone(),
+        from_backup_id: m.backup_id,
+        size_bytes: report.archive_bytes,
+    })
+}
+
+fn copy_private(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut src = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("copying to {}", to.display()))?;
+    dst.sync_all()?;
+    Ok(())
+}
