@@ -28,6 +28,7 @@ fn is_root() -> bool {
 fn manifest(entries: Vec<EntryMeta>, compression: Compression) -> Manifest {
     Manifest {
         project_dir: None,
+        images_archive: None,
         format_version: FORMAT_VERSION,
         nuwax_version: "test".into(),
         backup_id: 7,

@@ -27,6 +27,7 @@ const MTIME: i64 = 1_700_000_000;
 fn manifest(entries: Vec<EntryMeta>, compression: Compression) -> Manifest {
     Manifest {
         project_dir: None,
+        images_archive: None,
         format_version: FORMAT_VERSION,
         nuwax_version: "test".into(),
         backup_id: 1,

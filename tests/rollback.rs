@@ -307,3 +307,51 @@ fn import_moves_a_site_to_another_project_directory() {
     let x = gnu_untar(&archive);
     tree::assert_same(&bind_in(x.path(), &a.dir.join("uploads")), &b.dir.join("uploads"), &[]);
 }
+
+#[test]
+fn with_images_an_image_missing_on_this_host_is_loaded_from_the_archive() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    // An image no other test shares: the app container committed under this test's tag.
+    let out =
+        Command::new("docker").args(["commit", &container_of(&demo, "app"), &demo.image]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(demo.compose(&["up", "-d", "--no-build"]).status.success());
+    demo.wait_healthy(&["db", "app", "worker"]);
+    let unique = image_of(&demo, "app");
+
+    let out = demo.run(&["--json", "backup", "--with-images"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    let manifest = nuwax::archive::read_manifest(Path::new(v["path"].as_str().unwrap())).unwrap();
+    assert_eq!(manifest.images_archive.as_deref(), Some("images/images.tar"));
+    assert!(!demo.storage_files().iter().any(|f| f.starts_with(".nuwax-images")), "spool left behind");
+
+    // The image disappears from this host: no container, no tag keeps it.
+    assert!(demo.compose(&["down"]).status.success());
+    let kept = format!("nuwax-keep/{}-app:backup-{}", demo.name, v["id"]);
+    for t in [
+        demo.image.clone(),
+        kept,
+        format!("nuwax-keep/{}-db:backup-{}", demo.name, v["id"]),
+        format!("nuwax-keep/{}-worker:backup-{}", demo.name, v["id"]),
+    ] {
+        let _ = Command::new("docker").args(["image", "rm", &t]).output();
+    }
+    let inspect =
+        || Command::new("docker").args(["image", "inspect", &unique]).output().unwrap().status.success();
+    assert!(!inspect(), "the test failed to remove the image");
+
+    let out = demo.run(&["rollback", &v["id"].to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(inspect(), "the image was not loaded from the archive");
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &demo.image])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), unique);
+    assert!(demo.compose(&["up", "-d", "--no-build"]).status.success());
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_eq!(image_of(&demo, "app"), unique);
+}

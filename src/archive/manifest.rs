@@ -38,6 +38,9 @@ pub struct Manifest {
     /// Compose files, `.env`, `nuwax.toml` and extra configured paths.
     pub configs: Vec<ConfigRecord>,
     pub skipped: Vec<Skipped>,
+    /// Archive path of the services' images in `docker save` format (`backup --with-images`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_archive: Option<String>,
     /// Every entry that follows the manifest, in archive order (the trailer excluded).
     pub entries: Vec<EntryMeta>,
     pub checksums: ChecksumInfo,

@@ -86,6 +86,9 @@ pub struct BackupArgs {
     #[arg(long)]
     pub no_stop: bool,
     /// Do not talk to the Docker engine: back up config files and bind mounts only.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "with_images")]
     pub no_docker: bool,
+    /// Also store the services' images in the archive, for restores on another machine.
+    #[arg(long)]
+    pub with_images: bool,
 }

@@ -172,6 +172,7 @@ async fn rollback(cli: &Cli, args: &crate::cli::RollbackArgs, interrupt: Interru
         level: None,
         no_stop: false,
         no_docker: false,
+        with_images: false,
     };
     let opts = RollbackOptions {
         id: args.id,
@@ -241,6 +242,7 @@ fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<Ba
         stop: !args.no_stop,
         volume_access,
         rate_limit: std::env::var("NUWAX_RATE_LIMIT").ok().and_then(|v| v.parse().ok()),
+        with_images: args.with_images,
     })
 }
 

@@ -78,6 +78,9 @@ pub fn rollback_plan(cli: &Cli, p: &crate::flows::rollback::Plan) {
         ]);
     }
     println!("{t}");
+    if let Some(images) = &p.load_images {
+        println!("  load the backup's images from {images} (some are missing on this host)");
+    }
     for i in &p.images {
         if i.current_id.as_deref() == Some(i.image_id.as_str()) {
             println!("  image {} ({}): unchanged", i.image, i.service);

@@ -11,7 +11,7 @@ use bollard::query_parameters::{
     DownloadFromContainerOptions, InspectContainerOptions, ListContainersOptions, ListVolumesOptions,
     RemoveImageOptions, StartContainerOptions, StopContainerOptions, TagImageOptions,
 };
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::*;
 
@@ -213,5 +213,27 @@ impl Engine for DockerEngine {
             }
             Err(e) => Err(api("remove image tag", reference)(e)),
         }
+    }
+
+    async fn save_images(&self, images: &[String]) -> Result<TarStream> {
+        let refs: Vec<&str> = images.iter().map(String::as_str).collect();
+        let stream = self.docker.export_images(&refs).map_err(std::io::Error::other);
+        Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+    }
+
+    async fn load_images(&self, path: &std::path::Path) -> Result<()> {
+        let target = path.display().to_string();
+        let file = tokio::fs::File::open(path).await.map_err(|e| EngineError::Api {
+            op: "load images",
+            target: target.clone(),
+            detail: e.to_string(),
+        })?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        let opts = bollard::query_parameters::ImportImageOptions { quiet: true, platform: None };
+        let mut progress = self.docker.import_image_stream(opts, body, None);
+        while let Some(item) = progress.next().await {
+            item.map_err(api("load images", &target))?;
+        }
+        Ok(())
     }
 }

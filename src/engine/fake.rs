@@ -179,4 +179,20 @@ impl Engine for FakeEngine {
         inner.calls.push(format!("untag {reference}"));
         Ok(if inner.tags.remove(reference).is_some() { Outcome::Done } else { Outcome::AlreadyInState })
     }
+
+    async fn save_images(&self, _images: &[String]) -> Result<TarStream> {
+        Err(EngineError::Api {
+            op: "save images",
+            target: "fake".into(),
+            detail: "not supported by the fake engine".into(),
+        })
+    }
+
+    async fn load_images(&self, path: &std::path::Path) -> Result<()> {
+        Err(EngineError::Api {
+            op: "load images",
+            target: path.display().to_string(),
+            detail: "not supported by the fake engine".into(),
+        })
+    }
 }

@@ -141,6 +141,10 @@ pub trait Engine: Send + Sync {
     async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<()>;
     /// Removes one tag (never the image's layers while other tags or containers use them).
     async fn untag_image(&self, reference: &str) -> Result<Outcome>;
+    /// `docker save` of the given images (ids or references), as a tar stream.
+    async fn save_images(&self, images: &[String]) -> Result<TarStream>;
+    /// `docker load` of a file written by [`Engine::save_images`].
+    async fn load_images(&self, path: &std::path::Path) -> Result<()>;
 }
 
 /// The tag nuwax puts on each service's image when a backup is made, so that pruning cannot

@@ -21,8 +21,17 @@ pub enum Origin {
 
 #[derive(Debug, Clone)]
 pub enum Role {
-    Config { source: String },
-    Mount { kind: MountKind, name: String, source: String, destinations: Vec<String> },
+    Config {
+        source: String,
+    },
+    /// The services' images, `docker save` format (`--with-images`).
+    Images,
+    Mount {
+        kind: MountKind,
+        name: String,
+        source: String,
+        destinations: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -33,6 +33,8 @@ pub struct BackupOptions {
     pub volume_access: VolumeAccess,
     /// Bytes/s of content; a test hook for slow archiving (`NUWAX_RATE_LIMIT`).
     pub rate_limit: Option<u64>,
+    /// Also store the services' images (`docker save` format) for restores on another machine.
+    pub with_images: bool,
 }
 
 /// What `backup` reports (`--json` prints this).
@@ -87,6 +89,13 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         }
         None => sources::compose_bind_sources(project, &mut skipped),
     });
+    // Images do not change while the services run: saved before anything stops, into a spool
+    // file in the storage dir that the archive then takes in like any other file.
+    let spool = ImageSpool(project.storage_dir.join(format!(".nuwax-images-{}", std::process::id())));
+    if opts.with_images {
+        let engine = ctx.engine.as_ref().context("--with-images needs the Docker engine")?;
+        plan.push(spool.save(&**engine, &containers).await?);
+    }
     let excludes = build_excludes(&project.settings.exclude)?;
     let skip_dirs = vec![project.storage_dir.clone(), project.state_dir.clone()];
     preflight(project.storage_dir.as_path(), &plan, &excludes, &skip_dirs)?;
@@ -334,6 +343,37 @@ impl Work<'_> {
             other => other?,
         };
         Ok(Written { summary, manifest, archive_ms: archive_started.elapsed().as_millis() as u64 })
+    }
+}
+
+/// The directory `docker save` output is spooled into; removed when the backup ends.
+struct ImageSpool(PathBuf);
+
+impl ImageSpool {
+    async fn save(&self, engine: &dyn Engine, containers: &[Container]) -> Result<Source> {
+        let mut ids: Vec<String> =
+            containers.iter().map(|c| c.image_id.clone()).filter(|i| !i.is_empty()).collect();
+        ids.sort();
+        ids.dedup();
+        let _ = std::fs::remove_dir_all(&self.0);
+        fsutil::create_private_dir(&self.0)?;
+        let file = self.0.join("images.tar");
+        let mut out =
+            tokio::fs::File::create(&file).await.with_context(|| format!("creating {}", file.display()))?;
+        let mut stream = engine.save_images(&ids).await?;
+        tokio::io::copy(&mut stream, &mut out).await.context("saving the services' images")?;
+        out.sync_all().await?;
+        Ok(Source {
+            prefix: "images/images.tar".into(),
+            origin: Origin::Host(file),
+            role: sources::Role::Images,
+        })
+    }
+}
+
+impl Drop for ImageSpool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -32,8 +32,10 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
     let mut mounts = Vec::new();
     let mut configs = Vec::new();
     let mut entries = Vec::new();
+    let mut images_archive = None;
     for (s, scan) in p.plan.iter().zip(p.scans) {
         match &s.role {
+            Role::Images => images_archive = Some(s.prefix.clone()),
             Role::Config { source } => configs.push(ConfigRecord {
                 source: source.clone(),
                 archive_path: s.prefix.clone(),
@@ -68,6 +70,7 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
         mounts,
         configs,
         skipped: p.skipped,
+        images_archive,
         entries,
         checksums: ChecksumInfo::default(),
     }

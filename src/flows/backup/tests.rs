@@ -58,6 +58,7 @@ fn opts() -> BackupOptions {
         stop: true,
         volume_access: VolumeAccess::Auto,
         rate_limit: None,
+        with_images: false,
     }
 }
 

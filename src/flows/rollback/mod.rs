@@ -70,6 +70,8 @@ pub struct Plan {
     pub services_to_stop: Vec<String>,
     pub items: Vec<Item>,
     pub images: Vec<ImageStep>,
+    /// Archive path of the images to `docker load` first, when some are missing here.
+    pub load_images: Option<String>,
     pub warnings: Vec<String>,
     #[serde(skip)]
     containers: Vec<Container>,
@@ -211,18 +213,23 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
 
     // Images: the ids the backup's services ran must still exist (kept by their nuwax-keep tag).
     let mut images = Vec::new();
+    let mut load_images = false;
     let mut seen = std::collections::BTreeSet::new();
     for s in manifest.services.iter().filter(|s| !s.image.is_empty() && !s.image_id.is_empty()) {
         if !seen.insert(s.service.clone()) {
             continue;
         }
         if engine.image_id(&s.image_id).await?.is_none() {
-            bail!(
-                "image {} ({}) of service {} is no longer on this host; it cannot be rolled back to",
-                s.image_id,
-                s.image,
-                s.service
-            );
+            match &manifest.images_archive {
+                Some(_) => load_images = true,
+                None => bail!(
+                    "image {} ({}) of service {} is no longer on this host and the backup holds no images \
+                     (made without --with-images); it cannot be rolled back to",
+                    s.image_id,
+                    s.image,
+                    s.service
+                ),
+            }
         }
         images.push(ImageStep {
             service: s.service.clone(),
@@ -268,6 +275,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
         services_to_stop: containers.iter().filter(|c| c.is_running()).map(|c| c.service.clone()).collect(),
         items,
         images,
+        load_images: manifest.images_archive.clone().filter(|_| load_images),
         warnings,
         containers,
     })
@@ -312,6 +320,24 @@ pub async fn rollback(
     let started = Instant::now();
     let engine = ctx.engine.clone().context("rollback needs the Docker engine")?;
     ctx.interrupt.check()?;
+
+    // 0. Images the backup ran that this host lacks come out of the archive (services untouched).
+    if let Some(prefix) = &plan.load_images {
+        let dir = tempfile::Builder::new()
+            .prefix(".nuwax-load-")
+            .tempdir_in(&ctx.project.storage_dir)
+            .context("creating a directory to load images from")?;
+        let file = dir.path().join("images.tar");
+        let targets = vec![Target { prefix: prefix.clone(), dest: file.clone() }];
+        let (a, cancel) = (plan.archive.clone(), ctx.interrupt.cancel().clone());
+        tokio::task::spawn_blocking(move || archive::extract(&a, &targets, &cancel, &NoProgress)).await??;
+        engine.load_images(&file).await.context("loading the backup's images")?;
+        for i in &plan.images {
+            if engine.image_id(&i.image_id).await?.is_none() {
+                bail!("image {} of {} is not in the backup's images either", i.image_id, i.service);
+            }
+        }
+    }
 
     // 1. A safety backup of the current state, so this rollback can itself be rolled back.
     let safety_opts = BackupOptions {
