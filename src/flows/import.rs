@@ -60,17 +60,7 @@ pub async fn import(ctx: &Ctx, source: &Path) -> Result<Imported> {
             note: Some(&note),
         })
         .await?;
-    let name = format!(
-        "backup_{}_v{}_{}_{}.{}",
-        kind.as_str(),
-        version
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
-            .collect::<String>(),
-        created_at.format("%Y-%m-%d_%H-%M-%S"),
-        id,
-        compression.extension()
-    );
+    let name = super::backup::archive_name(kind, &version, created_at, id, compression);
     let final_path = storage.join(name);
     let temp = storage.join(format!(".nuwax-partial-{id}.tmp"));
     let result = async {

@@ -11,7 +11,25 @@ use serde::Serialize;
 
 mod plan;
 
-use plan::{ManifestParts, build_excludes, build_manifest, preflight, sanitize};
+use plan::{ManifestParts, build_excludes, build_manifest, check_storage, preflight, sanitize};
+
+/// `backup_{kind}_v{version}_{YYYY-MM-DD_HH-MM-SS}_{id}.tar.zst` (or `.tar.gz`, `.tar`).
+pub fn archive_name(
+    kind: BackupKind,
+    version: &str,
+    created_at: chrono::DateTime<Utc>,
+    id: i64,
+    compression: Compression,
+) -> String {
+    format!(
+        "backup_{}_v{}_{}_{}.{}",
+        kind.as_str(),
+        sanitize(version),
+        created_at.format("%Y-%m-%d_%H-%M-%S"),
+        id,
+        compression.extension()
+    )
+}
 
 use super::Ctx;
 use super::sources::{self, Origin, Source, VolumeAccess};
@@ -89,6 +107,7 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         }
         None => sources::compose_bind_sources(project, &mut skipped),
     });
+    check_storage(&project.storage_dir)?;
     // Images do not change while the services run: saved before anything stops, into a spool
     // file in the storage dir that the archive then takes in like any other file.
     let spool = ImageSpool(project.storage_dir.join(format!(".nuwax-images-{}", std::process::id())));
@@ -114,15 +133,8 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             note: opts.note.as_deref(),
         })
         .await?;
-    let file_name = format!(
-        "backup_{}_v{}_{}_{}.{}",
-        opts.kind.as_str(),
-        sanitize(&version),
-        created_at.format("%Y-%m-%d_%H-%M-%S"),
-        id,
-        opts.compression.extension()
-    );
-    let final_path = project.storage_dir.join(&file_name);
+    let final_path =
+        project.storage_dir.join(archive_name(opts.kind, &version, created_at, id, opts.compression));
     let temp_path = project.storage_dir.join(format!(".nuwax-partial-{id}.tmp"));
     let op = ctx.catalog.begin_operation("backup", &project.name, Some(id), Some(&temp_path)).await?;
     tracing::info!(id, path = %final_path.display(), "backup started");
@@ -176,7 +188,10 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         (Ok(w), None | Some(Ok(_))) => {
             finish(ctx, id, &temp_path, &final_path, w, started, downtime_ms).await
         }
-        (Err(e), Some(Err(r))) => Err(e.context(format!("and starting the services again failed: {r:#}"))),
+        // Services left down outrank the first error: it decides the exit code and the hint.
+        (Err(e), Some(Err(r))) => {
+            Err(r.context(format!("{e:#}; and then starting the services again failed")))
+        }
         (Ok(_), Some(Err(r))) => Err(r),
         (Err(e), _) => Err(e),
     };

@@ -76,13 +76,8 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
     }
 }
 
-/// Refuses before anything is stopped: unwritable storage, or not enough room for the data.
-pub(super) fn preflight(
-    storage: &Path,
-    plan: &[Source],
-    excludes: &globset::GlobSet,
-    skip_dirs: &[PathBuf],
-) -> Result<()> {
+/// Refuses before anything is stopped: an unwritable storage dir.
+pub(super) fn check_storage(storage: &Path) -> Result<()> {
     fsutil::create_private_dir(storage).map_err(|e| crate::Error::StorageNotWritable {
         dir: storage.to_path_buf(),
         detail: format!("{e:#}"),
@@ -91,6 +86,16 @@ pub(super) fn preflight(
         dir: storage.to_path_buf(),
         detail: e.to_string(),
     })?;
+    Ok(())
+}
+
+/// Refuses before anything is stopped: not enough room for the data.
+pub(super) fn preflight(
+    storage: &Path,
+    plan: &[Source],
+    excludes: &globset::GlobSet,
+    skip_dirs: &[PathBuf],
+) -> Result<()> {
     let mut estimate: u64 = 0;
     for s in plan {
         if let Origin::Host(root) = &s.origin
