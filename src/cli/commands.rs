@@ -243,6 +243,7 @@ fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<Ba
         volume_access,
         rate_limit: std::env::var("NUWAX_RATE_LIMIT").ok().and_then(|v| v.parse().ok()),
         with_images: args.with_images,
+        stopped_by_caller: None,
     })
 }
 

@@ -53,6 +53,9 @@ pub struct BackupOptions {
     pub rate_limit: Option<u64>,
     /// Also store the services' images (`docker save` format) for restores on another machine.
     pub with_images: bool,
+    /// The caller (a rollback) has already stopped the services, journaled, and will start them:
+    /// these are the containers as they were before it stopped them.
+    pub stopped_by_caller: Option<Vec<Container>>,
 }
 
 /// What `backup` reports (`--json` prints this).
@@ -86,9 +89,10 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     let mut skipped = Vec::new();
 
     // Everything that can be known without stopping anything.
-    let mut containers = match &ctx.engine {
-        Some(engine) => engine.project_containers(&project.name).await?,
-        None => Vec::new(),
+    let mut containers = match (&opts.stopped_by_caller, &ctx.engine) {
+        (Some(before), _) => before.clone(),
+        (None, Some(engine)) => engine.project_containers(&project.name).await?,
+        (None, None) => Vec::new(),
     };
     // Compose v1 keeps stop_grace_period to itself; the compose file still says it.
     for c in containers.iter_mut().filter(|c| c.stop_timeout.is_none()) {
@@ -139,8 +143,12 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     let op = ctx.catalog.begin_operation("backup", &project.name, Some(id), Some(&temp_path)).await?;
     tracing::info!(id, path = %final_path.display(), "backup started");
 
-    let mut guard =
-        ctx.engine.as_ref().map(|e| ServiceGuard::new(e.clone(), project.dependencies(), ctx.timeouts()));
+    let mut guard = match opts.stopped_by_caller {
+        Some(_) => None,
+        None => {
+            ctx.engine.as_ref().map(|e| ServiceGuard::new(e.clone(), project.dependencies(), ctx.timeouts()))
+        }
+    };
     let services: Vec<ServiceRecord> = containers
         .iter()
         .map(|c| ServiceRecord {
@@ -246,7 +254,7 @@ impl Work<'_> {
     /// Stop (unless `--no-stop`), scan, archive. Services are restarted by the caller.
     async fn run(self, guard: Option<&mut ServiceGuard>) -> Result<Written> {
         let ctx = self.ctx;
-        let stopping = self.opts.stop && guard.is_some();
+        let stopping = (self.opts.stop && guard.is_some()) || self.opts.stopped_by_caller.is_some();
         ctx.interrupt.check()?;
         if let (true, Some(guard)) = (self.opts.stop, guard) {
             guard.stop(&ctx.catalog, self.op, self.containers).await?;

@@ -59,6 +59,7 @@ fn opts() -> BackupOptions {
         volume_access: VolumeAccess::Auto,
         rate_limit: None,
         with_images: false,
+        stopped_by_caller: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! mounts and the images the services ran — or change nothing.
 //!
 //! plan (verify the archive, check every target, image and byte of room; nothing touched) →
-//! safety backup (`pre-rollback`) → journal + stop → extract into staging beside each target →
+//! journal + stop → safety backup (`pre-rollback`) → extract into staging beside each target →
 //! swap (journaled) → point image references back → start, recreating services whose image
 //! differs → wait healthy.
 
@@ -339,27 +339,32 @@ pub async fn rollback(
         }
     }
 
-    // 1. A safety backup of the current state, so this rollback can itself be rolled back.
-    let safety_opts = BackupOptions {
-        kind: BackupKind::PreRollback,
-        note: Some(format!("before rollback to {}", plan.backup_id)),
-        ..opts.safety.clone()
-    };
-    let safety = backup(ctx, &safety_opts, progress.clone())
-        .await
-        .context("the safety backup failed; nothing was changed")?;
-    tracing::warn!("safety backup {} made: {}", safety.id, safety.path.display());
-    ctx.interrupt.check()?;
-
-    // 2. Journal what is about to happen, then stop.
+    // 1. Journal what is about to happen, then stop — once, for the safety backup and the restore.
     let slots: Vec<Slot> = plan.items.iter().map(|i| Slot::new(&i.dest, plan.backup_id)).collect();
     let op = ctx.catalog.begin_operation("rollback", &ctx.project.name, None, None).await?;
-    let detail = |phase: &str| json!({ "phase": phase, "backup_id": plan.backup_id, "safety_backup_id": safety.id, "slots": slots });
-    ctx.catalog.set_detail(op, &detail("staging")).await?;
+    let detail = |phase: &str, safety: Option<i64>| json!({ "phase": phase, "backup_id": plan.backup_id, "safety_backup_id": safety, "slots": slots });
+    ctx.catalog.set_detail(op, &detail("staging", None)).await?;
     let containers = engine.project_containers(&ctx.project.name).await?;
     let mut guard = ServiceGuard::new(engine.clone(), ctx.project.dependencies(), ctx.timeouts());
+    let mut safety = None;
     let result = async {
         guard.stop(&ctx.catalog, op, &containers).await?;
+        ctx.interrupt.check()?;
+        // 2. A safety backup of the current state (services already stopped by this guard), so
+        // this rollback can itself be rolled back.
+        let safety_opts = BackupOptions {
+            kind: BackupKind::PreRollback,
+            note: Some(format!("before rollback to {}", plan.backup_id)),
+            stopped_by_caller: Some(containers.clone()),
+            ..opts.safety.clone()
+        };
+        let made = backup(ctx, &safety_opts, progress.clone())
+            .await
+            .context("the safety backup failed; nothing was changed")?;
+        tracing::warn!("safety backup {} made: {}", made.id, made.path.display());
+        let safety_id = made.id;
+        safety = Some(made);
+        ctx.catalog.set_detail(op, &detail("staging", Some(safety_id))).await?;
         ctx.interrupt.check()?;
         // 3. Extract into staging beside each target.
         swap::clear_staging(&slots)?;
@@ -388,10 +393,10 @@ pub async fn rollback(
         .await??;
         ctx.interrupt.check()?;
         // 4. Swap. From here on a crash is finished forward by recovery.
-        ctx.catalog.set_detail(op, &detail("swapping")).await?;
+        ctx.catalog.set_detail(op, &detail("swapping", Some(safety_id))).await?;
         let s2 = slots.clone();
         tokio::task::spawn_blocking(move || swap::complete(&s2)).await??;
-        ctx.catalog.set_detail(op, &detail("swapped")).await?;
+        ctx.catalog.set_detail(op, &detail("swapped", Some(safety_id))).await?;
         // 5. Image references back to the backup's ids.
         for i in &plan.images {
             if i.current_id.as_deref() != Some(i.image_id.as_str()) {
@@ -415,7 +420,7 @@ pub async fn rollback(
             (Ok(()), Ok(_)) => "the project is as it was before the rollback, services running".to_string(),
             (Err(u), _) => format!(
                 "putting the previous data back failed ({u:#}); restore it with `nuwax rollback {}` (the safety backup)",
-                safety.id
+                safety.as_ref().map(|b| b.id.to_string()).unwrap_or_else(|| "<id>".into())
             ),
             (Ok(()), Err(r)) => format!("data is as before, but services did not all start: {r:#}"),
         };
@@ -458,6 +463,7 @@ pub async fn rollback(
         guard.restart().await?
     };
     ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
+    let safety = safety.context("the safety backup is missing")?;
     Ok(RollbackOutcome {
         backup_id: plan.backup_id,
         safety_backup_id: safety.id,
