@@ -43,12 +43,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Show { id } => {
             let mut ctx = context(&cli, false, interrupt).await?;
             recover_if_needed(&mut ctx, None).await?;
-            let rec = ctx
-                .catalog
-                .get(*id)
-                .await?
-                .filter(|r| r.project == ctx.project.name)
-                .ok_or(crate::Error::BackupNotFound { id: *id })?;
+            let rec = record(&ctx, *id).await?;
             let manifest =
                 rec.path.as_ref().and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok());
             render::show(&cli, &rec, manifest.as_ref());
@@ -61,13 +56,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 ctx.catalog.list(&ctx.project.name).await?.into_iter().filter(|r| r.is_complete()).collect()
             } else {
                 let id = id.expect("clap requires an id without --all");
-                vec![
-                    ctx.catalog
-                        .get(id)
-                        .await?
-                        .filter(|r| r.project == ctx.project.name)
-                        .ok_or(crate::Error::BackupNotFound { id })?,
-                ]
+                vec![record(&ctx, id).await?]
             };
             let mut results = Vec::new();
             for rec in &records {
@@ -100,12 +89,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let mut ctx = context(&cli, false, interrupt).await?;
             let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
             recover_if_needed(&mut ctx, Some(&lock)).await?;
-            let rec = ctx
-                .catalog
-                .get(*id)
-                .await?
-                .filter(|r| r.project == ctx.project.name)
-                .ok_or(crate::Error::BackupNotFound { id: *id })?;
+            let rec = record(&ctx, *id).await?;
             let manifest_services: Vec<String> = rec
                 .path
                 .as_deref()
@@ -213,6 +197,16 @@ fn confirm(question: &str) -> Result<()> {
         "y" | "Y" | "yes" | "YES" => Ok(()),
         _ => Err(crate::Error::Declined.into()),
     }
+}
+
+/// Backup `id` of this project, or [`crate::Error::BackupNotFound`].
+async fn record(ctx: &crate::flows::Ctx, id: i64) -> Result<crate::catalog::BackupRecord> {
+    Ok(ctx
+        .catalog
+        .get(id)
+        .await?
+        .filter(|r| r.project == ctx.project.name)
+        .ok_or(crate::Error::BackupNotFound { id })?)
 }
 
 fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<BackupOptions> {
