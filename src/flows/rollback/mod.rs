@@ -132,12 +132,6 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
                 detail: format!("{:#}", anyhow::Error::from(e)),
             })?;
     let manifest = report.manifest;
-    let compose_needed = opts.config || manifest.services.iter().any(|s| !s.image_id.is_empty());
-    if compose_needed && crate::engine::compose_cli::ComposeCli::detect().is_none() {
-        bail!(
-            "rollback recreates the services with the compose CLI, and neither `docker compose` nor `docker-compose` was found"
-        );
-    }
     let mut warnings = Vec::new();
     if manifest.project != project.name {
         warnings.push(format!(
@@ -237,6 +231,15 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
             image_id: s.image_id.clone(),
             current_id: engine.image_id(&s.image).await?,
         });
+    }
+
+    // Services are recreated by compose when configs come back or an image differs.
+    let compose_needed = items.iter().any(|i| i.kind == "config")
+        || images.iter().any(|i| i.current_id.as_deref() != Some(i.image_id.as_str()));
+    if compose_needed && crate::engine::compose_cli::ComposeCli::detect().is_none() {
+        bail!(
+            "rollback recreates the services with the compose CLI, and neither `docker compose` nor `docker-compose` was found"
+        );
     }
 
     // Room for the staged copies, on each target's filesystem.
@@ -440,7 +443,8 @@ pub async fn rollback(
             .iter()
             .any(|c| c.service == i.service && c.image_id != i.image_id && stopped.contains(&c.service))
     });
-    let downtime = if !stopped.is_empty() && (opts.config || stale) {
+    let configs_restored = plan.items.iter().any(|i| i.kind == "config");
+    let downtime = if !stopped.is_empty() && (configs_restored || stale) {
         match recreate(ctx, &stopped).await {
             Ok(()) => {
                 let d = guard.elapsed_ms();
