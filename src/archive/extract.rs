@@ -74,6 +74,21 @@ pub fn check_extractable(archive: &Path, targets: &[Target], cancel: &Cancel) ->
     Ok(extractor.report)
 }
 
+/// [`verify`](super::verify) and [`check_extractable`] in one pass: the whole file against
+/// `expected_sha256`, every entry against manifest and trailer, and the extraction rules for
+/// the entries under `targets`.
+pub fn verify_extractable(
+    archive: &Path,
+    expected_sha256: Option<&str>,
+    targets: &[Target],
+    cancel: &Cancel,
+) -> Result<super::VerifyReport> {
+    check_targets(targets)?;
+    let mut extractor = Extractor::new(targets, false);
+    let walked = walk(archive, cancel, &NoProgress, &mut extractor)?;
+    super::reader::report(walked, expected_sha256)
+}
+
 /// Prefixes must be valid archive paths, none inside another (an entry would have two homes).
 fn check_targets(targets: &[Target]) -> Result<()> {
     for (i, a) in targets.iter().enumerate() {

@@ -18,7 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use extract::{ExtractReport, Target, check_extractable, extract};
+pub use extract::{ExtractReport, Target, check_extractable, extract, verify_extractable};
 pub use manifest::{Checksums, EntryKind, EntryMeta, FORMAT_VERSION, Manifest, Skipped};
 pub use reader::{VerifyReport, file_sha256, read_manifest, verify};
 pub use scan::{ScanResult, scan_host, scan_tar_stream};

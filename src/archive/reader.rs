@@ -51,6 +51,11 @@ pub fn verify(
     progress: &dyn Progress,
 ) -> Result<VerifyReport> {
     let walked = walk(path, cancel, progress, &mut ())?;
+    report(walked, expected_sha256)
+}
+
+/// The report of a finished walk, once its whole-file digest matched `expected_sha256`.
+pub(super) fn report(walked: Walked, expected_sha256: Option<&str>) -> Result<VerifyReport> {
     let archive_sha256 = hex(&walked.raw.hasher.finalize());
     if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&archive_sha256)) {
         return Err(Error::ChecksumMismatch { expected: expected.to_owned(), actual: archive_sha256 });

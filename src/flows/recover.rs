@@ -103,6 +103,18 @@ mod tests {
     use crate::engine::fake::FakeEngine;
     use crate::guard::{Interrupt, ServiceGuard, Timeouts};
 
+    async fn pending(catalog: &Catalog, project: &str) -> i64 {
+        let new = NewBackup {
+            kind: BackupKind::Manual,
+            project,
+            service_version: "0",
+            compression: "zstd",
+            created_at: chrono::Utc::now(),
+            note: None,
+        };
+        catalog.insert_pending(&new).await.unwrap()
+    }
+
     #[tokio::test]
     async fn a_dead_backup_is_finished_by_the_next_run() {
         let dir = tempfile::tempdir().unwrap();
@@ -118,17 +130,7 @@ mod tests {
         engine.add("app", true, &[], vec![]);
         engine.add("cron", false, &[], vec![]);
         // A backup that stopped its services and then "died" (never restarted them).
-        let id = catalog
-            .insert_pending(&NewBackup {
-                kind: BackupKind::Manual,
-                project: &project.name,
-                service_version: "0",
-                compression: "zstd",
-                created_at: chrono::Utc::now(),
-                note: None,
-            })
-            .await
-            .unwrap();
+        let id = pending(&catalog, &project.name).await;
         let temp = dir.path().join("partial.tmp");
         std::fs::write(&temp, b"half an archive").unwrap();
         let op = catalog.begin_operation("backup", &project.name, Some(id), Some(&temp)).await.unwrap();
@@ -140,17 +142,7 @@ mod tests {
         assert!(engine.running().is_empty());
 
         // And one whose process died before it journaled anything.
-        let orphan = catalog
-            .insert_pending(&NewBackup {
-                kind: BackupKind::Manual,
-                project: &project.name,
-                service_version: "0",
-                compression: "zstd",
-                created_at: chrono::Utc::now(),
-                note: None,
-            })
-            .await
-            .unwrap();
+        let orphan = pending(&catalog, &project.name).await;
         let ctx = Ctx { project, catalog, engine: Some(engine.clone()), interrupt: Interrupt::none() };
         let done = recover(&ctx).await.unwrap();
         assert_eq!(done.len(), 1);

@@ -122,15 +122,33 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
             detail: format!("archive {} is missing", archive.display())
         });
     }
-    // Every byte, before anything else: a damaged archive is found here, services untouched.
+    // Every byte, before anything else, in one pass: the whole file against the catalog's
+    // checksum, every entry against manifest and trailer, and the extraction rules for what
+    // will be restored. A damaged or hostile archive is found here, services untouched.
+    let refused = |e: archive::Error| crate::Error::VerifyFailed {
+        id: rec.id,
+        detail: format!("{:#}", anyhow::Error::from(e)),
+    };
     let (a, sum, cancel) = (archive.clone(), rec.checksum.clone(), ctx.interrupt.cancel().clone());
-    let report =
-        tokio::task::spawn_blocking(move || archive::verify(&a, sum.as_deref(), &cancel, &NoProgress))
-            .await?
-            .map_err(|e| crate::Error::VerifyFailed {
-                id: rec.id,
-                detail: format!("{:#}", anyhow::Error::from(e)),
-            })?;
+    let (data, config) = (opts.data, opts.config);
+    let report = tokio::task::spawn_blocking(move || {
+        let manifest = archive::read_manifest(&a)?;
+        let mut targets: Vec<Target> = Vec::new();
+        let nowhere = || PathBuf::from("/nonexistent");
+        if data {
+            targets.extend(
+                manifest.mounts.iter().map(|m| Target { prefix: m.archive_path.clone(), dest: nowhere() }),
+            );
+        }
+        if config {
+            targets.extend(
+                manifest.configs.iter().map(|c| Target { prefix: c.archive_path.clone(), dest: nowhere() }),
+            );
+        }
+        archive::verify_extractable(&a, sum.as_deref(), &targets, &cancel)
+    })
+    .await?
+    .map_err(refused)?;
     let manifest = report.manifest;
     let mut warnings = Vec::new();
     if manifest.project != project.name {
@@ -259,16 +277,6 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
             });
         }
     }
-
-    // Hostile or malformed entries are refused here, before anything is stopped.
-    let targets: Vec<Target> = items
-        .iter()
-        .map(|i| Target { prefix: i.prefix.clone(), dest: PathBuf::from("/nonexistent") })
-        .collect();
-    let (a, cancel) = (archive.clone(), ctx.interrupt.cancel().clone());
-    tokio::task::spawn_blocking(move || archive::check_extractable(&a, &targets, &cancel)).await?.map_err(
-        |e| crate::Error::VerifyFailed { id: rec.id, detail: format!("{:#}", anyhow::Error::from(e)) },
-    )?;
 
     let containers = engine.project_containers(&project.name).await?;
     Ok(Plan {
