@@ -85,6 +85,12 @@ impl ServiceGuard {
         self.stopped.clear();
     }
 
+    /// Containers removed since they were stopped (compose creates them again): nothing to
+    /// start for them.
+    pub fn forget(&mut self, removed: &[Container]) {
+        self.stopped.retain(|c| !removed.iter().any(|r| r.id == c.id));
+    }
+
     pub fn stopped(&self) -> &[Container] {
         &self.stopped
     }

@@ -288,24 +288,72 @@ fn hostile_archives_imported_and_rolled_back_to_are_refused_with_services_untouc
 }
 
 #[test]
-fn import_moves_a_site_to_another_project_directory() {
+fn import_moves_a_site_to_a_new_server_with_nothing_created_yet() {
     let compose = require_docker!();
     let a = Demo::new(compose.clone());
     a.up();
     std::fs::write(a.volume_path("dbdata").join("moved.txt"), "from server A").unwrap();
     let (_, archive) = backup(&a);
+    // Server B: the project directory only; no containers, no volumes.
     let b = Demo::new(compose);
-    b.up();
     let out = b.run(&["--json", "import", archive.to_str().unwrap()]);
     assert!(out.status.success(), "import: {}", stderr(&out));
     let id = json(&out)["id"].as_i64().unwrap();
     assert_eq!(b.list()[0]["status"], "complete");
+    let out = b.run(&["rollback", &id.to_string(), "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(crate::support::stdout(&out).contains("created, filled through the engine"));
     let out = b.run(&["rollback", &id.to_string(), "--yes"]);
     assert!(out.status.success(), "rollback on B: {}", stderr(&out));
+    // The rollback created and started the services itself.
     b.wait_healthy(&["db", "app", "worker"]);
     assert_eq!(std::fs::read_to_string(b.volume_path("dbdata").join("moved.txt")).unwrap(), "from server A");
     let x = gnu_untar(&archive);
+    let vol = x.path().join(format!("volumes/{}", a.volume("dbdata")));
+    tree::assert_same(&vol, &b.volume_path("dbdata"), &["journal.log"]);
     tree::assert_same(&bind_in(x.path(), &a.dir.join("uploads")), &b.dir.join("uploads"), &[]);
+}
+
+#[test]
+fn volumes_are_restored_exactly_through_the_engine() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let dbdata = demo.volume_path("dbdata");
+    std::fs::create_dir_all(dbdata.join("keep/empty")).unwrap();
+    std::fs::write(dbdata.join("keep/old.txt"), "v1 data").unwrap();
+    // The volume root's own owner and mode are part of the data too.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(&dbdata, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&dbdata, Some(999), Some(998)).unwrap();
+    let (id, archive) = backup(&demo);
+    std::fs::write(dbdata.join("keep/old.txt"), "v2 data").unwrap();
+    std::fs::remove_dir(dbdata.join("keep/empty")).unwrap();
+    std::fs::write(dbdata.join("added.bin"), vec![1u8; 5000]).unwrap();
+    std::os::unix::fs::chown(&dbdata, Some(0), Some(0)).unwrap();
+
+    let out = demo
+        .nuwax()
+        .args(["--json", "rollback", &id.to_string(), "--yes", "--data-only"])
+        .env("NUWAX_VOLUME_ACCESS", "engine")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rollback: {}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    let dbdata = demo.volume_path("dbdata");
+    let x = gnu_untar(&archive);
+    let vol = x.path().join(format!("volumes/{}", demo.volume("dbdata")));
+    // Bytes, modes, owners, symlinks, empty directories and mtimes, the volume root included.
+    tree::assert_same(&vol, &dbdata, &["journal.log"]);
+    assert!(!dbdata.join("added.bin").exists());
+    let root = std::fs::metadata(&dbdata).unwrap();
+    assert_eq!((root.uid(), root.gid(), root.mode() & 0o7777), (999, 998, 0o750));
+    let leftovers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("name=nuwax-restore-{}", demo.name)])
+        .output()
+        .unwrap();
+    assert!(leftovers.stdout.is_empty(), "carrier containers left behind");
+    assert!(!demo.storage_files().iter().any(|f| f.contains("nuwax-restore")), "{:?}", demo.storage_files());
 }
 
 #[test]
@@ -343,6 +391,7 @@ fn with_images_an_image_missing_on_this_host_is_loaded_from_the_archive() {
         || Command::new("docker").args(["image", "inspect", &unique]).output().unwrap().status.success();
     assert!(!inspect(), "the test failed to remove the image");
 
+    // No containers are left either: the rollback creates and starts them.
     let out = demo.run(&["rollback", &v["id"].to_string(), "--yes"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(inspect(), "the image was not loaded from the archive");
@@ -351,7 +400,6 @@ fn with_images_an_image_missing_on_this_host_is_loaded_from_the_archive() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), unique);
-    assert!(demo.compose(&["up", "-d", "--no-build"]).status.success());
     demo.wait_healthy(&["db", "app", "worker"]);
     assert_eq!(image_of(&demo, "app"), unique);
 }

@@ -125,7 +125,7 @@ fn check_dests(targets: &[Target]) -> Result<()> {
 }
 
 /// The path of `path` relative to `prefix` ("" for the prefix itself), if it is under it.
-fn locate_in<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+pub(super) fn locate_in<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
     if path == prefix {
         return Some("");
     }

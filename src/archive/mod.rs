@@ -6,6 +6,7 @@ mod extract;
 mod host;
 pub mod manifest;
 mod reader;
+mod repack;
 mod scan;
 mod tarfmt;
 mod writer;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use extract::{ExtractReport, Target, check_extractable, extract, verify_extractable};
 pub use manifest::{Checksums, EntryKind, EntryMeta, FORMAT_VERSION, Manifest, Skipped};
 pub use reader::{VerifyReport, file_sha256, read_manifest, verify};
+pub use repack::repack;
 pub use scan::{ScanResult, scan_host, scan_tar_stream};
 pub use writer::{ArchiveWriter, WriteOptions, WriteSummary};
 

@@ -67,12 +67,17 @@ pub fn rollback_plan(cli: &Cli, p: &crate::flows::rollback::Plan) {
         "  services to stop: {}",
         if p.services_to_stop.is_empty() { "none".to_string() } else { p.services_to_stop.join(", ") }
     );
-    let mut t = table(&["replace", "name", "with", "size", "files"]);
+    let mut t = table(&["replace", "name", "at", "size", "files"]);
     for i in &p.items {
+        let at = match (&i.volume, i.via_engine, i.create) {
+            (Some(v), true, true) => format!("volume {v} (created, filled through the engine)"),
+            (Some(v), true, false) => format!("volume {v} (recreated through the engine)"),
+            _ => i.dest.display().to_string(),
+        };
         t.add_row(vec![
             i.kind.to_string(),
             i.name.clone(),
-            i.dest.display().to_string(),
+            at,
             human_bytes(i.size),
             i.file_count.to_string(),
         ]);
@@ -87,6 +92,9 @@ pub fn rollback_plan(cli: &Cli, p: &crate::flows::rollback::Plan) {
         } else {
             println!("  image {} ({}): re-tag to {}", i.image, i.service, i.image_id);
         }
+    }
+    if p.start_all {
+        println!("  the project has no containers: compose creates and starts them all afterwards");
     }
     for w in &p.warnings {
         println!("  warning: {w}");

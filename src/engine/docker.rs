@@ -1,15 +1,20 @@
 //! The real engine: Docker through bollard, API version negotiated.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, ExecConfig, HealthStatusEnum, HostConfig,
+    Mount as ApiMount, MountType as ApiMountType, MountVolumeOptions, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
-    DownloadFromContainerOptions, InspectContainerOptions, ListContainersOptions, ListVolumesOptions,
-    RemoveImageOptions, StartContainerOptions, StopContainerOptions, TagImageOptions,
+    CreateContainerOptions, DownloadFromContainerOptions, InspectContainerOptions, ListContainersOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
+    StartContainerOptions, StopContainerOptions, TagImageOptions, UploadToContainerOptions,
 };
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -221,7 +226,7 @@ impl Engine for DockerEngine {
         Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
     }
 
-    async fn load_images(&self, path: &std::path::Path) -> Result<()> {
+    async fn load_images(&self, path: &Path) -> Result<()> {
         let target = path.display().to_string();
         let file = tokio::fs::File::open(path).await.map_err(|e| EngineError::Api {
             op: "load images",
@@ -235,5 +240,112 @@ impl Engine for DockerEngine {
             item.map_err(api("load images", &target))?;
         }
         Ok(())
+    }
+
+    async fn volume_spec(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => Ok(Some(VolumeSpec {
+                name: v.name,
+                driver: v.driver,
+                labels: v.labels.into_iter().collect(),
+                options: v.options.into_iter().collect(),
+            })),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(api("inspect volume", name)(e)),
+        }
+    }
+
+    async fn create_volume(&self, spec: &VolumeSpec) -> Result<()> {
+        let req = VolumeCreateRequest {
+            name: Some(spec.name.clone()),
+            driver: Some(spec.driver.clone()).filter(|d| !d.is_empty()),
+            driver_opts: Some(spec.options.clone().into_iter().collect()),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker.create_volume(req).await.map_err(api("create volume", &spec.name))?;
+        Ok(())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<Outcome> {
+        match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: false })).await {
+            Ok(()) => Ok(Outcome::Done),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(Outcome::AlreadyInState)
+            }
+            Err(e) => Err(api("remove volume", name)(e)),
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<Outcome> {
+        let opts = RemoveContainerOptions { v: false, force: false, link: false };
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(Outcome::Done),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(Outcome::AlreadyInState)
+            }
+            Err(e) => Err(api("remove container", id)(e)),
+        }
+    }
+
+    async fn create_carrier(&self, name: &str, image: &str, volume: &str, path: &str) -> Result<String> {
+        let mount = ApiMount {
+            target: Some(path.to_string()),
+            source: Some(volume.to_string()),
+            typ: Some(ApiMountType::VOLUME),
+            volume_options: Some(MountVolumeOptions { no_copy: Some(true), ..Default::default() }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            // Never started: the command only has to be syntactically present.
+            cmd: Some(vec!["/nuwax-carrier-is-never-started".to_string()]),
+            entrypoint: Some(vec![]),
+            network_disabled: Some(true),
+            labels: Some(HashMap::from([("nuwax.carrier".to_string(), volume.to_string())])),
+            host_config: Some(HostConfig { mounts: Some(vec![mount]), ..Default::default() }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions { name: Some(name.to_string()), ..Default::default() };
+        let r =
+            self.docker.create_container(Some(opts), body).await.map_err(api("create container", name))?;
+        Ok(r.id)
+    }
+
+    async fn upload(&self, id: &str, path: &str, tar: &Path) -> Result<()> {
+        let target = format!("{id}:{path}");
+        let file = tokio::fs::File::open(tar).await.map_err(|e| EngineError::Api {
+            op: "upload",
+            target: target.clone(),
+            detail: format!("{}: {e}", tar.display()),
+        })?;
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let opts = UploadToContainerOptions { path: path.to_string(), ..Default::default() };
+        self.docker.upload_to_container(id, Some(opts), body).await.map_err(api("upload", &target))
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecOutput> {
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd.to_vec()),
+            user: user.map(str::to_string),
+            ..Default::default()
+        };
+        let created = self.docker.create_exec(id, config).await.map_err(api("exec", id))?;
+        let mut output = String::new();
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(StartExecOptions { detach: false, ..Default::default() }))
+            .await
+            .map_err(api("exec", id))?;
+        if let StartExecResults::Attached { output: mut stream, .. } = started {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(api("exec", id))?;
+                output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        }
+        let inspected = self.docker.inspect_exec(&created.id).await.map_err(api("exec", id))?;
+        Ok(ExecOutput { exit_code: inspected.exit_code.unwrap_or(-1), output })
     }
 }

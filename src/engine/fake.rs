@@ -3,7 +3,7 @@
 //! the real engine in `tests/`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -21,6 +21,7 @@ struct Inner {
     volumes: BTreeMap<String, PathBuf>,
     calls: Vec<String>,
     fail_start: BTreeSet<String>,
+    exec_exit: BTreeMap<String, i64>,
     tags: BTreeMap<String, String>,
 }
 
@@ -51,6 +52,11 @@ impl FakeEngine {
 
     pub fn add_volume(&self, name: &str, mountpoint: PathBuf) {
         self.inner.lock().unwrap().volumes.insert(name.to_string(), mountpoint);
+    }
+
+    /// Makes `exec` in the service's containers end with `code`.
+    pub fn exec_exit(&self, service: &str, code: i64) {
+        self.inner.lock().unwrap().exec_exit.insert(service.to_string(), code);
     }
 
     /// Makes `start` of the service's containers fail.
@@ -188,11 +194,61 @@ impl Engine for FakeEngine {
         })
     }
 
-    async fn load_images(&self, path: &std::path::Path) -> Result<()> {
+    async fn load_images(&self, path: &Path) -> Result<()> {
         Err(EngineError::Api {
             op: "load images",
             target: path.display().to_string(),
             detail: "not supported by the fake engine".into(),
         })
+    }
+
+    async fn volume_spec(&self, name: &str) -> Result<Option<VolumeSpec>> {
+        let known = self.inner.lock().unwrap().volumes.contains_key(name);
+        Ok(known.then(|| VolumeSpec {
+            name: name.to_string(),
+            driver: "local".into(),
+            labels: BTreeMap::new(),
+            options: BTreeMap::new(),
+        }))
+    }
+
+    async fn create_volume(&self, spec: &VolumeSpec) -> Result<()> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.calls.push(format!("create volume {}", spec.name));
+        inner.volumes.insert(spec.name.clone(), PathBuf::from("/nonexistent").join(&spec.name));
+        Ok(())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<Outcome> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.calls.push(format!("remove volume {name}"));
+        Ok(if inner.volumes.remove(name).is_some() { Outcome::Done } else { Outcome::AlreadyInState })
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<Outcome> {
+        let mut inner = self.inner.lock().unwrap();
+        let before = inner.containers.len();
+        inner.containers.retain(|c| c.id != id);
+        inner.calls.push(format!("remove {id}"));
+        Ok(if inner.containers.len() < before { Outcome::Done } else { Outcome::AlreadyInState })
+    }
+
+    async fn create_carrier(&self, name: &str, _image: &str, volume: &str, _path: &str) -> Result<String> {
+        self.inner.lock().unwrap().calls.push(format!("carrier {volume}"));
+        Ok(format!("carrier-{name}"))
+    }
+
+    async fn upload(&self, id: &str, path: &str, _tar: &Path) -> Result<()> {
+        self.inner.lock().unwrap().calls.push(format!("upload {id}:{path}"));
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String], _user: Option<&str>) -> Result<ExecOutput> {
+        let service = self.with(id, |c, calls, _| {
+            calls.push(format!("exec {} {}", c.service, cmd.join(" ")));
+            c.service.clone()
+        })?;
+        let exit_code = self.inner.lock().unwrap().exec_exit.get(&service).copied().unwrap_or(0);
+        Ok(ExecOutput { exit_code, output: String::new() })
     }
 }

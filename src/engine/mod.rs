@@ -6,8 +6,8 @@ pub mod docker;
 pub mod fake;
 pub mod order;
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use async_trait::async_trait;
@@ -119,6 +119,23 @@ pub struct EngineInfo {
     pub api_version: String,
 }
 
+/// What it takes to create a volume again as it is: the engine's own description.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub driver: String,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+}
+
+/// What a command run in a container ([`Engine::exec`]) left.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    /// stdout and stderr, interleaved as they came.
+    pub output: String,
+}
+
 /// A tar stream of a path inside a container (the engine's archive API).
 pub type TarStream = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 
@@ -144,7 +161,22 @@ pub trait Engine: Send + Sync {
     /// `docker save` of the given images (ids or references), as a tar stream.
     async fn save_images(&self, images: &[String]) -> Result<TarStream>;
     /// `docker load` of a file written by [`Engine::save_images`].
-    async fn load_images(&self, path: &std::path::Path) -> Result<()>;
+    async fn load_images(&self, path: &Path) -> Result<()>;
+    /// The volume's driver, labels and options; `None` when it does not exist.
+    async fn volume_spec(&self, name: &str) -> Result<Option<VolumeSpec>>;
+    async fn create_volume(&self, spec: &VolumeSpec) -> Result<()>;
+    /// Removes a volume no container refers to any more.
+    async fn remove_volume(&self, name: &str) -> Result<Outcome>;
+    /// Removes a stopped container (never its volumes).
+    async fn remove_container(&self, id: &str) -> Result<Outcome>;
+    /// Creates, and never starts, a container named `name` from `image` with `volume` mounted
+    /// at `path` (no copy of the image's content into it): the target of [`Engine::upload`].
+    async fn create_carrier(&self, name: &str, image: &str, volume: &str, path: &str) -> Result<String>;
+    /// `PUT /containers/{id}/archive?path=...` of the tar file `tar`: works on stopped
+    /// containers and writes through their volumes, keeping the tar's owners and modes.
+    async fn upload(&self, id: &str, path: &str, tar: &Path) -> Result<()>;
+    /// Runs `cmd` in the running container `id` and waits for it to end.
+    async fn exec(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecOutput>;
 }
 
 /// The tag nuwax puts on each service's image when a backup is made, so that pruning cannot

@@ -2,6 +2,7 @@
 //! A flow never builds a bollard request or an SQL string itself.
 
 pub mod backup;
+pub mod compose;
 pub mod import;
 pub mod recover;
 pub mod rollback;

@@ -32,8 +32,7 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
         let mut services_started = Vec::new();
         let mut note = None;
         if let (true, Some(detail)) = (op.kind == "rollback", op.detail.clone()) {
-            let msg = tokio::task::spawn_blocking(move || super::rollback::recover_slots(&detail)).await??;
-            note = Some(msg.to_string());
+            note = Some(super::rollback::recover(ctx, &detail).await?);
         }
         if !op.stopped_services.is_empty() {
             let engine = ctx.engine.as_ref().ok_or_else(|| {

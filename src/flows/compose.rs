@@ -1,0 +1,62 @@
+//! `up` through the detected compose CLI, for what only compose can do: create containers from
+//! the (restored or upgraded) compose files. Starting and stopping existing containers goes
+//! through the engine.
+
+use anyhow::{Context, Result, bail};
+
+use super::Ctx;
+use crate::engine::Container;
+use crate::engine::compose_cli::ComposeCli;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Up {
+    /// `up -d --no-build`: every service, created where missing or changed, started.
+    All,
+    /// `up -d --no-build --no-deps SERVICES`.
+    Services,
+    /// `up --no-start --no-build --no-deps SERVICES`: created, left stopped.
+    CreateOnly,
+}
+
+/// Runs compose `up` in the project directory, then (unless `CreateOnly`) starts and waits for
+/// the containers of `services` (of every service for `All`) to be running and healthy.
+pub async fn up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<Vec<Container>> {
+    if mode != Up::All && services.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cli = ComposeCli::detect()
+        .context("services must be created with the compose CLI, and neither `docker compose` nor `docker-compose` was found")?;
+    let mut args = match mode {
+        Up::All => vec!["up", "-d", "--no-build"],
+        Up::Services => vec!["up", "-d", "--no-build", "--no-deps"],
+        Up::CreateOnly => vec!["up", "--no-start", "--no-build", "--no-deps"],
+    };
+    if mode != Up::All {
+        args.extend(services.iter().map(String::as_str));
+    }
+    let project = &ctx.project;
+    let mut cmd = cli.command(&project.dir, &project.name, &project.compose_files, &args);
+    tracing::info!("running {} {}", cli.command.join(" "), args.join(" "));
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed: {}",
+            cli.command.join(" "),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if mode == Up::CreateOnly {
+        return Ok(Vec::new());
+    }
+    let engine = ctx.engine.as_ref().context("no engine")?;
+    let containers: Vec<Container> = engine
+        .project_containers(&project.name)
+        .await?
+        .into_iter()
+        .filter(|c| mode == Up::All || services.contains(&c.service))
+        .collect();
+    crate::guard::start_and_wait(&**engine, &containers, &project.dependencies(), ctx.timeouts().ready)
+        .await?;
+    Ok(containers)
+}

@@ -1,0 +1,364 @@
+//! The rollback plan: everything checked, nothing touched. `--dry-run` prints it; the real run
+//! executes exactly it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::super::Ctx;
+use super::super::backup::BackupOptions;
+use super::super::sources::VolumeAccess;
+use crate::archive::{self, Target};
+use crate::catalog::BackupRecord;
+use crate::engine::Container;
+use crate::fsutil;
+
+#[derive(Debug, Clone)]
+pub struct RollbackOptions {
+    pub id: i64,
+    /// Restore volumes and bind mounts (`--config-only` turns this off).
+    pub data: bool,
+    /// Restore compose files, `.env` and other configs (`--data-only` turns this off).
+    pub config: bool,
+    /// Options for the safety backup.
+    pub safety: BackupOptions,
+}
+
+/// One thing the rollback replaces.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    /// `volume`, `bind` or `config`.
+    pub kind: &'static str,
+    pub name: String,
+    /// Archive path the data comes from.
+    pub prefix: String,
+    /// Host path; for volumes the mountpoint the engine reports (unused when `via_engine`).
+    pub dest: PathBuf,
+    pub size: u64,
+    pub file_count: u64,
+    /// This project's volume that receives the data (volumes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The volume is recreated and filled through the engine's archive API, because this host
+    /// cannot reach its mountpoint, `volume_access = engine`, or it does not exist yet.
+    pub via_engine: bool,
+    /// The volume does not exist: the rollback creates it.
+    pub create: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageStep {
+    pub service: String,
+    /// The reference the service's compose file names.
+    pub image: String,
+    /// The id the backup's service ran, which `image` will point at again.
+    pub image_id: String,
+    /// What `image` points at now (`None`: the tag does not exist).
+    pub current_id: Option<String>,
+}
+
+/// What a rollback will do: `--dry-run` prints it; the real run executes exactly it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub backup_id: i64,
+    pub archive: PathBuf,
+    pub created_at: String,
+    pub services_to_stop: Vec<String>,
+    pub items: Vec<Item>,
+    pub images: Vec<ImageStep>,
+    /// Archive path of the images to `docker load` first, when some are missing here.
+    pub load_images: Option<String>,
+    pub warnings: Vec<String>,
+    /// The project has no containers (never started here, or `compose down`): the rollback
+    /// creates and starts them all with the compose CLI.
+    pub start_all: bool,
+    /// An image present here that the containers filling volumes through the engine are
+    /// created from (they are never started).
+    #[serde(skip)]
+    pub(super) carrier_image: Option<String>,
+    #[serde(skip)]
+    pub(super) containers: Vec<Container>,
+}
+
+impl Plan {
+    pub fn volumes(&self) -> usize {
+        self.items.iter().filter(|i| i.kind != "config").count()
+    }
+
+    pub fn files(&self) -> u64 {
+        self.items.iter().map(|i| i.file_count).sum()
+    }
+}
+
+/// Everything checked, nothing touched.
+pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
+    let engine = ctx.engine.as_ref().context("rollback needs the Docker engine")?;
+    let project = &ctx.project;
+    let rec: BackupRecord = ctx
+        .catalog
+        .get(opts.id)
+        .await?
+        .filter(|r| r.project == project.name)
+        .ok_or(crate::Error::BackupNotFound { id: opts.id })?;
+    if !rec.is_complete() {
+        bail!(crate::Error::Config(format!(
+            "backup {} is {}, not complete: it cannot be restored",
+            rec.id, rec.status
+        )));
+    }
+    let archive = PathBuf::from(rec.path.clone().unwrap_or_default());
+    if !archive.is_file() {
+        bail!(crate::Error::VerifyFailed {
+            id: rec.id,
+            detail: format!("archive {} is missing", archive.display())
+        });
+    }
+    // Every byte, before anything else, in one pass: the whole file against the catalog's
+    // checksum, every entry against manifest and trailer, and the extraction rules for what
+    // will be restored. A damaged or hostile archive is found here, services untouched.
+    let refused = |e: archive::Error| crate::Error::VerifyFailed {
+        id: rec.id,
+        detail: format!("{:#}", anyhow::Error::from(e)),
+    };
+    let (a, sum, cancel) = (archive.clone(), rec.checksum.clone(), ctx.interrupt.cancel().clone());
+    let (data, config) = (opts.data, opts.config);
+    let report = tokio::task::spawn_blocking(move || {
+        let manifest = archive::read_manifest(&a)?;
+        let mut targets: Vec<Target> = Vec::new();
+        let nowhere = || PathBuf::from("/nonexistent");
+        if data {
+            targets.extend(
+                manifest.mounts.iter().map(|m| Target { prefix: m.archive_path.clone(), dest: nowhere() }),
+            );
+        }
+        if config {
+            targets.extend(
+                manifest.configs.iter().map(|c| Target { prefix: c.archive_path.clone(), dest: nowhere() }),
+            );
+        }
+        archive::verify_extractable(&a, sum.as_deref(), &targets, &cancel)
+    })
+    .await?
+    .map_err(refused)?;
+    let manifest = report.manifest;
+    let mut warnings = Vec::new();
+    if manifest.project != project.name {
+        warnings.push(format!(
+            "the backup was made for project {:?}; restoring into {:?}",
+            manifest.project, project.name
+        ));
+    }
+
+    let mut items = Vec::new();
+    if opts.data {
+        for m in &manifest.mounts {
+            let (kind, dest) = match m.kind {
+                archive::manifest::MountKind::Volume => {
+                    let name = local_volume(&manifest.project, &project.name, &m.name);
+                    if name != m.name {
+                        warnings.push(format!("volume {} is restored into this project's {}", m.name, name));
+                    }
+                    let exists = engine.volume_spec(&name).await?.is_some();
+                    let dest = match exists {
+                        true => engine.volume_mountpoint(&name).await?,
+                        false => PathBuf::new(),
+                    };
+                    let reachable = exists && std::fs::read_dir(&dest).is_ok();
+                    let via_engine = match (opts.safety.volume_access, reachable) {
+                        (VolumeAccess::Host, false) if exists => bail!(
+                            "volume {name} is not reachable on this host at {} (volume_access = host); \
+                             use volume_access = auto or engine to restore it through the engine",
+                            dest.display()
+                        ),
+                        (VolumeAccess::Engine, _) | (_, false) => true,
+                        _ => false,
+                    };
+                    items.push(Item {
+                        kind: "volume",
+                        name: m.name.clone(),
+                        prefix: m.archive_path.clone(),
+                        dest,
+                        size: m.size,
+                        file_count: m.file_count,
+                        volume: Some(name),
+                        via_engine,
+                        create: !exists,
+                    });
+                    continue;
+                }
+                archive::manifest::MountKind::Bind => {
+                    let dest =
+                        local_bind(manifest.project_dir.as_deref(), &project.dir, Path::new(&m.source));
+                    if dest != Path::new(&m.source) {
+                        warnings.push(format!("bind mount {} is restored into {}", m.source, dest.display()));
+                    }
+                    ("bind", dest)
+                }
+            };
+            items.push(Item {
+                kind,
+                name: m.name.clone(),
+                prefix: m.archive_path.clone(),
+                dest,
+                size: m.size,
+                file_count: m.file_count,
+                volume: None,
+                via_engine: false,
+                create: false,
+            });
+        }
+    }
+    if opts.config {
+        for c in &manifest.configs {
+            let src = Path::new(&c.source);
+            let dest = if src.is_absolute() { src.to_path_buf() } else { project.dir.join(src) };
+            items.push(Item {
+                kind: "config",
+                name: c.source.clone(),
+                prefix: c.archive_path.clone(),
+                dest,
+                size: c.size,
+                file_count: c.file_count,
+                volume: None,
+                via_engine: false,
+                create: false,
+            });
+        }
+    }
+    for s in &manifest.skipped {
+        warnings.push(format!(
+            "{} was skipped when the backup was made ({}); it is left as it is",
+            s.path, s.reason
+        ));
+    }
+
+    // Images: the ids the backup's services ran must still exist (kept by their nuwax-keep tag).
+    let mut images = Vec::new();
+    let mut load_images = false;
+    let mut seen = std::collections::BTreeSet::new();
+    for s in manifest.services.iter().filter(|s| !s.image.is_empty() && !s.image_id.is_empty()) {
+        if !seen.insert(s.service.clone()) {
+            continue;
+        }
+        if engine.image_id(&s.image_id).await?.is_none() {
+            match &manifest.images_archive {
+                Some(_) => load_images = true,
+                None => bail!(
+                    "image {} ({}) of service {} is no longer on this host and the backup holds no images \
+                     (made without --with-images); it cannot be rolled back to",
+                    s.image_id,
+                    s.image,
+                    s.service
+                ),
+            }
+        }
+        images.push(ImageStep {
+            service: s.service.clone(),
+            image: s.image.clone(),
+            image_id: s.image_id.clone(),
+            current_id: engine.image_id(&s.image).await?,
+        });
+    }
+
+    let containers = engine.project_containers(&project.name).await?;
+    let start_all = containers.is_empty();
+    // Services are recreated by compose when configs come back, an image differs, a volume is
+    // recreated under them, or there are none yet.
+    let compose_needed = start_all
+        || items.iter().any(|i| i.kind == "config" || i.via_engine)
+        || images.iter().any(|i| i.current_id.as_deref() != Some(i.image_id.as_str()));
+    if compose_needed && crate::engine::compose_cli::ComposeCli::detect().is_none() {
+        bail!(
+            "rollback recreates the services with the compose CLI, and neither `docker compose` nor `docker-compose` was found"
+        );
+    }
+
+    let carrier_image = images
+        .first()
+        .map(|i| i.image_id.clone())
+        .or_else(|| containers.iter().map(|c| c.image_id.clone()).find(|i| !i.is_empty()));
+    if items.iter().any(|i| i.via_engine) && carrier_image.is_none() {
+        bail!(
+            "volumes must be restored through the engine, which needs an image to create the \
+             container that receives the data, and neither the backup nor the project names one"
+        );
+    }
+
+    // Room for the staged copies, on each target's filesystem (the tars of volumes restored
+    // through the engine are staged in the storage directory).
+    let mut need: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    for i in &items {
+        let dir = match i.via_engine {
+            true => existing_ancestor(&project.storage_dir),
+            false => existing_ancestor(i.dest.parent().unwrap_or(Path::new("/"))),
+        };
+        *need.entry(dir).or_default() += i.size + 4096 * i.file_count;
+    }
+    for (dir, bytes) in need {
+        let free =
+            fsutil::free_space(&dir).with_context(|| format!("checking free space in {}", dir.display()))?;
+        if bytes + (1 << 20) > free {
+            bail!(crate::Error::NoSpace {
+                needed: fsutil::human_bytes(bytes),
+                free: fsutil::human_bytes(free),
+                dir
+            });
+        }
+    }
+
+    Ok(Plan {
+        backup_id: rec.id,
+        archive,
+        created_at: rec.created_at,
+        services_to_stop: containers.iter().filter(|c| c.is_running()).map(|c| c.service.clone()).collect(),
+        items,
+        images,
+        load_images: manifest.images_archive.clone().filter(|_| load_images),
+        warnings,
+        start_all,
+        carrier_image,
+        containers,
+    })
+}
+
+/// The volume of this project that takes what the backup's volume `name` held: for a backup
+/// made under another project name (another machine, `nuwax import`), this project's volume
+/// with the same compose key — never the other project's, even when it exists on this host.
+fn local_volume(from: &str, to: &str, name: &str) -> String {
+    match name.strip_prefix(&format!("{from}_")) {
+        Some(key) if from != to => format!("{to}_{key}"),
+        _ => name.to_string(),
+    }
+}
+
+/// A bind source inside the backed-up project's directory maps into this project's directory.
+fn local_bind(from_dir: Option<&str>, to_dir: &Path, source: &Path) -> PathBuf {
+    match from_dir.and_then(|d| source.strip_prefix(d).ok()) {
+        Some(rel) => to_dir.join(rel),
+        None => source.to_path_buf(),
+    }
+}
+
+fn existing_ancestor(p: &Path) -> PathBuf {
+    let mut p = p.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            return PathBuf::from("/");
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_volume;
+
+    #[test]
+    fn volumes_of_another_project_map_by_their_compose_key() {
+        assert_eq!(local_volume("shop", "shop", "shop_data"), "shop_data");
+        assert_eq!(local_volume("old", "new", "old_data"), "new_data");
+        assert_eq!(local_volume("old", "new", "external_vol"), "external_vol");
+    }
+}
