@@ -14,6 +14,7 @@ pub mod flows;
 pub mod fsutil;
 pub mod guard;
 pub mod lock;
+pub mod package;
 pub mod project;
 
 pub use error::Error;

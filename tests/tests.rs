@@ -8,4 +8,5 @@ mod backup;
 mod cli;
 mod extract;
 mod faults;
+mod package;
 mod rollback;
