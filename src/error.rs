@@ -18,6 +18,11 @@ pub mod exit {
     pub const SERVICES_DOWN: u8 = 8;
     pub const NOT_FOUND: u8 = 9;
     pub const NOT_CONFIRMED: u8 = 10;
+    /// `upgrade`: failed, and rolled back to the pre-upgrade backup (services on the old version).
+    pub const UPGRADE_ROLLED_BACK: u8 = 11;
+    /// `upgrade`: failed, and the rollback failed too (or was not attempted with
+    /// `--no-auto-rollback`): the message says what state things are in.
+    pub const UPGRADE_ROLLBACK_FAILED: u8 = 12;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -50,6 +55,12 @@ pub enum Error {
     NotConfirmed { what: &'static str },
     #[error("cancelled: nothing was changed")]
     Declined,
+    #[error("preflight found {} problem(s), nothing was changed:\n  - {}", .0.len(), .0.join("\n  - "))]
+    Preflight(Vec<String>),
+    #[error("upgrade to {to} failed ({cause}); rolled back to backup {backup_id}: {state}")]
+    UpgradeRolledBack { to: String, cause: String, backup_id: i64, state: String },
+    #[error("upgrade to {to} failed ({cause}), and {state}")]
+    UpgradeNotRolledBack { to: String, cause: String, state: String },
 }
 
 impl Error {
@@ -58,7 +69,9 @@ impl Error {
             Error::Locked { .. } => exit::LOCKED,
             Error::EngineUnreachable { .. } => exit::ENGINE_UNREACHABLE,
             Error::NoComposeFile { .. } | Error::Config(_) => exit::PROJECT,
-            Error::NoSpace { .. } | Error::StorageNotWritable { .. } => exit::PREFLIGHT,
+            Error::NoSpace { .. } | Error::StorageNotWritable { .. } | Error::Preflight(_) => exit::PREFLIGHT,
+            Error::UpgradeRolledBack { .. } => exit::UPGRADE_ROLLED_BACK,
+            Error::UpgradeNotRolledBack { .. } => exit::UPGRADE_ROLLBACK_FAILED,
             Error::BackupNotFound { .. } => exit::NOT_FOUND,
             Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
             Error::Interrupted { signal } => {

@@ -220,6 +220,13 @@ impl Interrupt {
         &self.cancel
     }
 
+    /// Takes back a signal that was acted on, so that what must follow it (the rollback of an
+    /// interrupted upgrade) runs; a further signal interrupts that in turn.
+    pub fn reset(&self) {
+        self.signal.store(NONE, Ordering::SeqCst);
+        self.cancel.reset();
+    }
+
     /// `Err(Interrupted)` once a signal arrived.
     pub fn check(&self) -> Result<(), crate::Error> {
         match self.signal.load(Ordering::SeqCst) {

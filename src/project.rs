@@ -53,6 +53,8 @@ pub struct ComposeService {
     pub volumes: Vec<String>,
     /// `stop_grace_period`, in seconds.
     pub stop_grace_period: Option<u64>,
+    /// `image:`, with `${VAR}` references resolved from the environment and the env file.
+    pub image: Option<String>,
 }
 
 /// A discovered project, ready for the flows.
@@ -97,13 +99,7 @@ impl Project {
         for f in &compose_files {
             let doc = parse_compose(f, &dir)?;
             top_name = doc.name.or(top_name);
-            for (k, v) in doc.services {
-                let s: &mut ComposeService = services.entry(k).or_default();
-                s.depends_on.extend(v.depends_on);
-                s.binds.extend(v.binds);
-                s.volumes.extend(v.volumes);
-                s.stop_grace_period = v.stop_grace_period.or(s.stop_grace_period);
-            }
+            merge_services(&mut services, doc.services, &env);
             declared_volumes.extend(doc.volumes);
         }
         let name = settings
@@ -199,6 +195,11 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     };
+    Ok(parse_env(&text))
+}
+
+/// `KEY=value` lines of an env file (comments, blank lines and `export ` prefixes allowed).
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim();
@@ -216,7 +217,37 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
             out.insert(k.trim().to_string(), v.to_string());
         }
     }
-    Ok(out)
+    out
+}
+
+/// The services the compose `files` define, read as [`Project::discover`] reads them, with
+/// `env` as the env file.
+pub fn read_services(
+    files: &[PathBuf],
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, ComposeService>> {
+    let mut services = BTreeMap::new();
+    for f in files {
+        merge_services(&mut services, parse_compose(f, dir)?.services, env);
+    }
+    Ok(services)
+}
+
+/// A later compose file adds to (lists) or overrides (values) what earlier ones said.
+fn merge_services(
+    into: &mut BTreeMap<String, ComposeService>,
+    from: BTreeMap<String, ComposeService>,
+    env: &BTreeMap<String, String>,
+) {
+    for (k, v) in from {
+        let s = into.entry(k).or_default();
+        s.depends_on.extend(v.depends_on);
+        s.binds.extend(v.binds);
+        s.volumes.extend(v.volumes);
+        s.stop_grace_period = v.stop_grace_period.or(s.stop_grace_period);
+        s.image = v.image.map(|i| interpolate(&i, env)).or(s.image.take());
+    }
 }
 
 struct ComposeDoc {
@@ -240,6 +271,7 @@ fn parse_compose(path: &Path, dir: &Path) -> Result<ComposeDoc> {
                     serde_yaml_ng::Value::String(s) => parse_duration_secs(s),
                     _ => None,
                 }),
+                image: v.get("image").and_then(|i| i.as_str()).map(str::to_string),
                 ..Default::default()
             };
             match v.get("depends_on") {
@@ -270,6 +302,48 @@ fn parse_compose(path: &Path, dir: &Path) -> Result<ComposeDoc> {
         }
     }
     Ok(ComposeDoc { name, services, volumes })
+}
+
+/// Resolves `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}` (and `$$`) as compose does:
+/// the process environment first, then the env file. Unset variables become empty.
+pub fn interpolate(s: &str, env_file: &BTreeMap<String, String>) -> String {
+    let lookup = |k: &str| std::env::var(k).ok().or_else(|| env_file.get(k).cloned());
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('{') {
+            let Some(end) = r.find('}') else {
+                out.push_str("${");
+                rest = r;
+                continue;
+            };
+            let expr = &r[..end];
+            rest = &r[end + 1..];
+            let value = if let Some((k, d)) = expr.split_once(":-") {
+                lookup(k).filter(|v| !v.is_empty()).unwrap_or_else(|| d.to_string())
+            } else if let Some((k, d)) = expr.split_once('-') {
+                lookup(k).unwrap_or_else(|| d.to_string())
+            } else {
+                lookup(expr.split(['?', ':']).next().unwrap_or(expr)).unwrap_or_default()
+            };
+            out.push_str(&value);
+        } else {
+            let n = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            if n == 0 {
+                out.push('$');
+            } else {
+                out.push_str(&lookup(&rest[..n]).unwrap_or_default());
+            }
+            rest = &rest[n..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 enum VolumeRef {

@@ -10,3 +10,4 @@ mod extract;
 mod faults;
 mod package;
 mod rollback;
+mod upgrade;

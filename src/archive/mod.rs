@@ -183,6 +183,11 @@ impl Error {
 pub struct Cancel(Arc<AtomicBool>);
 
 impl Cancel {
+    /// Clears a cancellation, for work that must run after it (a rollback after an interrupt).
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

@@ -1,7 +1,8 @@
 //! The catalog: SQLite through sqlx (WAL), migrations embedded from `migrations/`.
-//! Backups (`pending` → `complete` | `failed`) and the operations journal.
+//! Backups (`pending` → `complete` | `failed`), the operations journal, upgrades and versions.
 
 mod records;
+mod upgrades;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -11,6 +12,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 pub use records::*;
+pub use upgrades::*;
 
 pub const CATALOG_FILE: &str = "catalog.db";
 
@@ -49,6 +51,10 @@ impl Catalog {
             crate::fsutil::make_private(&f);
         }
         Ok(Catalog { pool, path })
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     pub fn path(&self) -> &Path {
@@ -240,7 +246,7 @@ impl Catalog {
     /// Operations of the project still marked running.
     pub async fn unfinished(&self, project: &str) -> Result<Vec<Operation>> {
         let rows =
-            sqlx::query("SELECT * FROM operations WHERE project = ? AND state = 'running' ORDER BY id")
+            sqlx::query("SELECT * FROM operations WHERE project = ? AND state = 'running' ORDER BY id DESC")
                 .bind(project)
                 .fetch_all(&self.pool)
                 .await

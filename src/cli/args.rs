@@ -51,6 +51,48 @@ pub enum Command {
     Import { archive: std::path::PathBuf },
     /// Make the project what a backup holds: configs, volumes, bind mounts, images.
     Rollback(RollbackArgs),
+    /// Move the project to a package's version: pre-upgrade backup, apply, health gate, and an
+    /// automatic rollback when it fails.
+    Upgrade(UpgradeArgs),
+    /// The upgrades of the project: versions, backup ids, durations, downtime, outcome.
+    History,
+    /// Upgrade packages.
+    #[command(subcommand)]
+    Package(PackageCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PackageCommand {
+    /// Make a package file (.tar.zst or .tar.gz, plus OUT.sha256) from a package directory.
+    Build {
+        /// The directory holding nuwax-package.toml and the files it names.
+        dir: PathBuf,
+        /// The package file to write.
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    /// The package: a directory, a .tar.gz/.tar.zst/.zip of one, or an http(s):// URL.
+    #[arg(long, value_name = "P")]
+    pub package: String,
+    /// The package file's published sha256 (else `<P>.sha256` beside it is used).
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Install a version that is not newer than the running one.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Leave a failed upgrade in place for inspection instead of rolling back.
+    #[arg(long)]
+    pub no_auto_rollback: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds the new version has to become healthy (default: health_timeout, else 120).
+    #[arg(long, value_name = "SECS")]
+    pub health_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

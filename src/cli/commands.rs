@@ -3,11 +3,10 @@
 use anyhow::{Context, Result};
 
 use super::{Cli, Command, context, progress, recover_if_needed, render};
-use crate::archive::{self, Compression};
+use crate::archive;
 use crate::catalog::BackupKind;
 use crate::engine::compose_cli::ComposeCli;
 use crate::flows::backup::{BackupOptions, backup};
-use crate::flows::sources::VolumeAccess;
 use crate::guard::Interrupt;
 use crate::lock::ProjectLock;
 use crate::project::Project;
@@ -17,6 +16,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Init => init(&cli),
         Command::Status => status(&cli, interrupt).await,
+        Command::Upgrade(args) => super::upgrade::run_upgrade(&cli, args, interrupt).await,
+        Command::History => super::upgrade::history(&cli, interrupt).await,
+        Command::Package(super::PackageCommand::Build { dir, output }) => {
+            super::upgrade::package_build(&cli, dir, output)
+        }
         Command::Backup(args) => {
             let mut ctx = context(&cli, !args.no_docker, interrupt).await?;
             let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
@@ -210,35 +214,12 @@ async fn record(ctx: &crate::flows::Ctx, id: i64) -> Result<crate::catalog::Back
 }
 
 fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<BackupOptions> {
-    let s = &project.settings;
-    let compression: Compression = match args.compression.as_deref().or(s.compression.as_deref()) {
-        Some(c) => c.parse().map_err(|e| crate::Error::Config(format!("compression: {e}")))?,
-        None => Compression::Zstd,
-    };
-    let level = args.level.or(s.level).unwrap_or(compression.default_level());
-    if !compression.level_range().contains(&level) {
-        return Err(crate::Error::Config(format!(
-            "compression level {level} is out of range for {} ({:?})",
-            compression.as_str(),
-            compression.level_range()
-        ))
-        .into());
-    }
-    let volume_access = match std::env::var("NUWAX_VOLUME_ACCESS").ok().or(s.volume_access.clone()) {
-        Some(v) => v.parse::<VolumeAccess>().map_err(crate::Error::Config)?,
-        None => VolumeAccess::Auto,
-    };
-    Ok(BackupOptions {
-        kind: BackupKind::Manual,
-        note: args.note.clone(),
-        compression,
-        level,
-        stop: !args.no_stop,
-        volume_access,
-        rate_limit: std::env::var("NUWAX_RATE_LIMIT").ok().and_then(|v| v.parse().ok()),
-        with_images: args.with_images,
-        stopped_by_caller: None,
-    })
+    let mut o =
+        BackupOptions::for_project(project, BackupKind::Manual, args.compression.as_deref(), args.level)?;
+    o.note = args.note.clone();
+    o.stop = !args.no_stop;
+    o.with_images = args.with_images;
+    Ok(o)
 }
 
 fn init(cli: &Cli) -> Result<()> {
@@ -286,6 +267,8 @@ async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
             info,
             containers,
             last,
+            version: ctx.current_version().await?,
+            last_upgrade: ctx.catalog.upgrades(&ctx.project.name).await?.into_iter().next(),
             unfinished,
             running_operation: holder,
         },

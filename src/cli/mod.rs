@@ -6,13 +6,14 @@ mod args;
 mod commands;
 mod progress;
 mod render;
+mod upgrade;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Result;
 
-pub use args::{BackupArgs, Cli, Command, RollbackArgs};
+pub use args::{BackupArgs, Cli, Command, PackageCommand, RollbackArgs, UpgradeArgs};
 
 use crate::catalog::Catalog;
 use crate::engine::{DockerEngine, Engine, EngineError};

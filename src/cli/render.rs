@@ -16,7 +16,7 @@ use crate::flows::recover::Recovered;
 use crate::fsutil::{human_bytes, human_ms};
 use crate::project::Project;
 
-fn table(header: &[&str]) -> Table {
+pub(super) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(UTF8_BORDERS_ONLY).set_header(header.to_vec());
     t
@@ -332,6 +332,8 @@ pub struct Status<'a> {
     pub info: Option<EngineInfo>,
     pub containers: Option<Vec<Container>>,
     pub last: Option<BackupRecord>,
+    pub version: Option<String>,
+    pub last_upgrade: Option<crate::catalog::UpgradeRecord>,
     pub unfinished: Vec<Operation>,
     pub running_operation: Option<String>,
 }
@@ -346,7 +348,7 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
             .map(|c| json!({ "service": c.service, "container": c.name, "state": c.state, "health": c.health, "image": c.image, "image_id": c.image_id }))
             .collect();
         let doc = json!({
-            "project": p.name, "dir": p.dir, "compose_files": p.compose_files, "service_version": p.service_version(),
+            "project": p.name, "dir": p.dir, "compose_files": p.compose_files, "service_version": s.version, "last_upgrade": s.last_upgrade,
             "compose_cli": s.compose, "engine": s.info.as_ref().map(|i| json!({"host": i.host, "version": i.version, "api_version": i.api_version})),
             "engine_error": s.engine, "services": services, "last_backup": s.last, "unfinished_operations": s.unfinished,
             "running_operation": s.running_operation, "storage_dir": p.storage_dir,
@@ -355,7 +357,17 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
         return;
     }
     println!("project   {} ({})", p.name, p.dir.display());
-    println!("version   {}", p.service_version());
+    println!("version   {}", s.version.as_deref().unwrap_or("unknown (set service_version in nuwax.toml)"));
+    if let Some(u) = &s.last_upgrade {
+        println!(
+            "last upgrade  {} {} -> {}: {} (backup {})",
+            u.id,
+            u.from_version,
+            u.to_version,
+            u.status,
+            u.backup_id.map(|b| b.to_string()).unwrap_or_else(|| "-".into())
+        );
+    }
     println!(
         "compose   {}",
         s.compose

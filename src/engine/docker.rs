@@ -152,6 +152,13 @@ impl Engine for DockerEngine {
             depends_on,
             stop_timeout: config.stop_timeout.and_then(|t| u64::try_from(t).ok()),
             restart_count: r.restart_count.unwrap_or(0),
+            ips: r
+                .network_settings
+                .and_then(|n| n.networks)
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, n)| n.ip_address.filter(|ip| !ip.is_empty()))
+                .collect(),
         })
     }
 

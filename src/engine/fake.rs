@@ -30,23 +30,35 @@ impl FakeEngine {
         Self::default()
     }
 
+    /// A running container of `service` with no mounts, as the fake reports them.
+    pub fn container(service: &str) -> Container {
+        Container {
+            id: format!("id-{service}"),
+            name: format!("fake-{service}-1"),
+            service: service.to_string(),
+            state: State::Running,
+            health: None,
+            has_healthcheck: false,
+            image: format!("{service}:latest"),
+            image_id: format!("sha256:{service}"),
+            mounts: Vec::new(),
+            depends_on: BTreeSet::new(),
+            stop_timeout: None,
+            restart_count: 0,
+            ips: Vec::new(),
+        }
+    }
+
     /// Adds a container of service `service`, running or not, with the given mounts.
     pub fn add(&self, service: &str, running: bool, depends_on: &[&str], mounts: Vec<Mount>) {
         let mut inner = self.inner.lock().unwrap();
         let n = inner.containers.len();
         inner.containers.push(Container {
             id: format!("id-{service}-{n}"),
-            name: format!("fake-{service}-1"),
-            service: service.to_string(),
             state: if running { State::Running } else { State::Exited },
-            health: None,
-            has_healthcheck: false,
-            image: format!("{service}:latest"),
-            image_id: format!("sha256:{service}"),
             mounts,
             depends_on: depends_on.iter().map(|s| s.to_string()).collect(),
-            stop_timeout: None,
-            restart_count: 0,
+            ..Self::container(service)
         });
     }
 

@@ -92,6 +92,8 @@ pub struct Container {
     /// Seconds, from `Config.StopTimeout` (compose's `stop_grace_period`).
     pub stop_timeout: Option<u64>,
     pub restart_count: i64,
+    /// IP addresses on the container's networks (what probes of a service connect to).
+    pub ips: Vec<String>,
 }
 
 impl Container {

@@ -12,6 +12,12 @@ use crate::engine::compose_cli::ComposeCli;
 pub enum Up {
     /// `up -d --no-build`: every service, created where missing or changed, started.
     All,
+    /// `up -d --no-build --remove-orphans`: as `All`, and containers of services the compose
+    /// files no longer define are stopped and removed.
+    AllRemoveOrphans,
+    /// `up --no-start --no-build --remove-orphans`: every service created, none started,
+    /// orphans removed.
+    CreateAll,
     /// `up -d --no-build --no-deps SERVICES`.
     Services,
     /// `up --no-start --no-build --no-deps SERVICES`: created, left stopped.
@@ -21,17 +27,20 @@ pub enum Up {
 /// Runs compose `up` in the project directory, then (unless `CreateOnly`) starts and waits for
 /// the containers of `services` (of every service for `All`) to be running and healthy.
 pub async fn up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<Vec<Container>> {
-    if mode != Up::All && services.is_empty() {
+    let whole = matches!(mode, Up::All | Up::AllRemoveOrphans | Up::CreateAll);
+    if !whole && services.is_empty() {
         return Ok(Vec::new());
     }
     let cli = ComposeCli::detect()
         .context("services must be created with the compose CLI, and neither `docker compose` nor `docker-compose` was found")?;
     let mut args = match mode {
         Up::All => vec!["up", "-d", "--no-build"],
+        Up::AllRemoveOrphans => vec!["up", "-d", "--no-build", "--remove-orphans"],
+        Up::CreateAll => vec!["up", "--no-start", "--no-build", "--remove-orphans"],
         Up::Services => vec!["up", "-d", "--no-build", "--no-deps"],
         Up::CreateOnly => vec!["up", "--no-start", "--no-build", "--no-deps"],
     };
-    if mode != Up::All {
+    if !whole {
         args.extend(services.iter().map(String::as_str));
     }
     let project = &ctx.project;
@@ -46,7 +55,7 @@ pub async fn up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<Vec<Containe
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    if mode == Up::CreateOnly {
+    if matches!(mode, Up::CreateOnly | Up::CreateAll) {
         return Ok(Vec::new());
     }
     let engine = ctx.engine.as_ref().context("no engine")?;
@@ -54,7 +63,7 @@ pub async fn up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<Vec<Containe
         .project_containers(&project.name)
         .await?
         .into_iter()
-        .filter(|c| mode == Up::All || services.contains(&c.service))
+        .filter(|c| whole || services.contains(&c.service))
         .collect();
     crate::guard::start_and_wait(&**engine, &containers, &project.dependencies(), ctx.timeouts().ready)
         .await?;

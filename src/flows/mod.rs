@@ -7,6 +7,7 @@ pub mod import;
 pub mod recover;
 pub mod rollback;
 pub mod sources;
+pub mod upgrade;
 
 use std::sync::Arc;
 
@@ -25,6 +26,27 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The same context with the project read again from disk: after an upgrade placed new
+    /// compose files, or a rollback restored old ones.
+    pub fn rediscover(&self) -> anyhow::Result<Ctx> {
+        Ok(Ctx {
+            project: crate::project::Project::discover(&self.project.dir)?,
+            catalog: self.catalog.clone(),
+            engine: self.engine.clone(),
+            interrupt: self.interrupt.clone(),
+        })
+    }
+
+    /// The version the project runs: as the last upgrade or rollback left it in the catalog,
+    /// else `service_version` from nuwax.toml; `None` when neither says.
+    pub async fn current_version(&self) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .catalog
+            .version(&self.project.name)
+            .await?
+            .or_else(|| self.project.settings.service_version.clone()))
+    }
+
     pub fn timeouts(&self) -> Timeouts {
         let d = Timeouts::default();
         Timeouts {

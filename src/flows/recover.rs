@@ -31,8 +31,10 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
     for op in ctx.catalog.unfinished(&ctx.project.name).await? {
         let mut services_started = Vec::new();
         let mut note = None;
-        if let (true, Some(detail)) = (op.kind == "rollback", op.detail.clone()) {
-            note = Some(super::rollback::recover(ctx, &detail).await?);
+        match (op.kind.as_str(), op.detail.clone()) {
+            ("rollback", Some(detail)) => note = Some(super::rollback::recover(ctx, &detail).await?),
+            ("upgrade", Some(detail)) => note = Some(super::upgrade::recover(ctx, &detail).await?),
+            _ => {}
         }
         if !op.stopped_services.is_empty() {
             let engine = ctx.engine.as_ref().ok_or_else(|| {

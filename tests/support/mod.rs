@@ -63,6 +63,8 @@ pub fn unique(prefix: &str) -> String {
 pub struct Demo {
     pub name: String,
     pub image: String,
+    /// The repository of the test's upgrade images (`<repo>:2`, `<repo>:3`).
+    pub repo: String,
     pub dir: PathBuf,
     _tmp: tempfile::TempDir,
     pub compose: ComposeCli,
@@ -78,7 +80,8 @@ impl Demo {
             let _ = std::fs::remove_dir_all(dir.join(junk));
         }
         let image = format!("nuwax-demo:{name}");
-        let demo = Demo { name, image, dir, _tmp: tmp, compose };
+        let repo = format!("nuwax-demo-{name}");
+        let demo = Demo { name, image, repo, dir, _tmp: tmp, compose };
         let out = Command::new(demo.dir.join("build-images")).arg(&demo.image).output().unwrap();
         assert!(out.status.success(), "build-images failed: {}", String::from_utf8_lossy(&out.stderr));
         demo
@@ -87,7 +90,7 @@ impl Demo {
     /// `compose ARGS` for this project.
     pub fn compose(&self, args: &[&str]) -> Output {
         let mut c = self.compose.command(&self.dir, &self.name, &[], args);
-        c.env("NUWAX_DEMO_IMAGE", &self.image);
+        c.env("NUWAX_DEMO_IMAGE", &self.image).env("NUWAX_DEMO_REPO", &self.repo);
         c.output().unwrap()
     }
 
@@ -153,6 +156,7 @@ impl Demo {
             .env("NUWAX_LOG", "nuwax=info")
             // What the operator's shell would hold for the compose file's ${NUWAX_DEMO_IMAGE}.
             .env("NUWAX_DEMO_IMAGE", &self.image)
+            .env("NUWAX_DEMO_REPO", &self.repo)
             .stdin(Stdio::null());
         c
     }
@@ -210,8 +214,41 @@ impl Drop for Demo {
             }
         }
         let _ = Command::new("docker").args(["image", "rm", "-f", &self.image]).output();
+        for v in ["2", "3"] {
+            let _ =
+                Command::new("docker").args(["image", "rm", "-f", &format!("{}:{v}", self.repo)]).output();
+        }
         // Whatever a test chmod-ed away, the temp dir must still go.
         let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(&self.dir).output();
+    }
+}
+
+impl Demo {
+    /// A copy of the demo package `compose/demo/packages/v<version>` next to the project, with
+    /// its image built under this test's repository, saved into the package and removed from
+    /// the host again, so the upgrade must load it.
+    pub fn package(&self, version: &str) -> PathBuf {
+        let n = version.split('-').next().unwrap();
+        let dir = self.dir.parent().unwrap().join(format!("package-v{version}"));
+        copy_dir(&repo().join(format!("compose/demo/packages/v{version}")), &dir);
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        let tag = format!("{}:{n}", self.repo);
+        let out = Command::new(self.dir.join("build-images")).args([&tag, n]).output().unwrap();
+        assert!(out.status.success(), "build-images: {}", String::from_utf8_lossy(&out.stderr));
+        let tar = dir.join(format!("images/nuwax-demo-{n}.tar"));
+        let out = Command::new("docker").arg("save").arg("-o").arg(&tar).arg(&tag).output().unwrap();
+        assert!(out.status.success(), "docker save: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("docker").args(["image", "rm", &tag]).output().unwrap();
+        assert!(out.status.success(), "docker image rm: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    }
+
+    /// The image id the running container of `service` was created from.
+    pub fn image_of(&self, service: &str) -> String {
+        let id = self.compose(&["ps", "-q", service]);
+        let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
+        let out = Command::new("docker").args(["inspect", "--format", "{{.Image}}", &id]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 

@@ -58,6 +58,47 @@ pub struct BackupOptions {
     pub stopped_by_caller: Option<Vec<Container>>,
 }
 
+impl BackupOptions {
+    /// The project's settings (nuwax.toml, `NUWAX_VOLUME_ACCESS`, `NUWAX_RATE_LIMIT`), with
+    /// `compression` and `level` overriding them when given.
+    pub fn for_project(
+        project: &crate::project::Project,
+        kind: BackupKind,
+        compression: Option<&str>,
+        level: Option<i32>,
+    ) -> Result<BackupOptions> {
+        let s = &project.settings;
+        let compression: Compression = match compression.or(s.compression.as_deref()) {
+            Some(c) => c.parse().map_err(|e| crate::Error::Config(format!("compression: {e}")))?,
+            None => Compression::Zstd,
+        };
+        let level = level.or(s.level).unwrap_or(compression.default_level());
+        if !compression.level_range().contains(&level) {
+            return Err(crate::Error::Config(format!(
+                "compression level {level} is out of range for {} ({:?})",
+                compression.as_str(),
+                compression.level_range()
+            ))
+            .into());
+        }
+        let volume_access = match std::env::var("NUWAX_VOLUME_ACCESS").ok().or(s.volume_access.clone()) {
+            Some(v) => v.parse::<VolumeAccess>().map_err(crate::Error::Config)?,
+            None => VolumeAccess::Auto,
+        };
+        Ok(BackupOptions {
+            kind,
+            note: None,
+            compression,
+            level,
+            stop: true,
+            volume_access,
+            rate_limit: std::env::var("NUWAX_RATE_LIMIT").ok().and_then(|v| v.parse().ok()),
+            with_images: false,
+            stopped_by_caller: None,
+        })
+    }
+}
+
 /// What `backup` reports (`--json` prints this).
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupOutcome {
@@ -81,6 +122,22 @@ pub struct BackupOutcome {
     pub services_stopped: Vec<String>,
     pub services_touched: bool,
     pub skipped: Vec<Skipped>,
+}
+
+/// Roughly how many bytes a backup of the project would hold now (sizes of what this host can
+/// read; nothing is stopped): for preflights of flows that make a backup later.
+pub async fn estimate(ctx: &Ctx, containers: &[crate::engine::Container]) -> Result<u64> {
+    let project = &ctx.project;
+    let mut skipped = Vec::new();
+    let mut plan = sources::config_sources(project, &mut skipped);
+    if let Some(engine) = &ctx.engine {
+        plan.extend(
+            sources::mount_sources(project, &**engine, containers, VolumeAccess::Auto, &mut skipped).await?,
+        );
+    }
+    let excludes = build_excludes(&project.settings.exclude)?;
+    let skip_dirs = vec![project.storage_dir.clone(), project.state_dir.clone()];
+    Ok(tokio::task::spawn_blocking(move || plan::estimate(&plan, &excludes, &skip_dirs)).await?)
 }
 
 pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>) -> Result<BackupOutcome> {
@@ -125,7 +182,7 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     ctx.interrupt.check()?;
 
     let created_at = Utc::now();
-    let version = project.service_version();
+    let version = ctx.current_version().await?.unwrap_or_else(|| project.service_version());
     let id = ctx
         .catalog
         .insert_pending(&NewBackup {

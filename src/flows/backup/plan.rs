@@ -89,13 +89,8 @@ pub(super) fn check_storage(storage: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Refuses before anything is stopped: not enough room for the data.
-pub(super) fn preflight(
-    storage: &Path,
-    plan: &[Source],
-    excludes: &globset::GlobSet,
-    skip_dirs: &[PathBuf],
-) -> Result<()> {
+/// Bytes an archive of `plan` needs at most: the host sources' sizes, uncompressed.
+pub(super) fn estimate(plan: &[Source], excludes: &globset::GlobSet, skip_dirs: &[PathBuf]) -> u64 {
     let mut estimate: u64 = 0;
     for s in plan {
         if let Origin::Host(root) = &s.origin
@@ -106,6 +101,17 @@ pub(super) fn preflight(
             estimate += scan.size + 1024 * scan.entries.len() as u64;
         }
     }
+    estimate
+}
+
+/// Refuses before anything is stopped: not enough room for the data.
+pub(super) fn preflight(
+    storage: &Path,
+    plan: &[Source],
+    excludes: &globset::GlobSet,
+    skip_dirs: &[PathBuf],
+) -> Result<()> {
+    let estimate = estimate(plan, excludes, skip_dirs);
     let free = fsutil::free_space(storage)
         .with_context(|| format!("checking free space in {}", storage.display()))?;
     // Keep a margin so the backup does not fill the disk to the last byte.

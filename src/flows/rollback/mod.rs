@@ -68,6 +68,10 @@ pub struct Journal {
     /// No containers existed: `up -d` of the whole project.
     #[serde(default)]
     pub start_all: bool,
+    /// Configs were restored: compose creates every service of the restored files (removing
+    /// containers of services they do not define) before starting `recreate`.
+    #[serde(default)]
+    pub remove_orphans: bool,
 }
 
 impl Journal {
@@ -95,9 +99,15 @@ impl Journal {
                 .any(|c| c.service == i.service && c.image_id != i.image_id && c.is_running())
         });
         let configs = plan.items.iter().any(|i| i.kind == "config");
+        // With the configs back, the services are those of the backup, running as they ran then.
+        let mut backup_running = plan.backup_running.clone();
+        backup_running.sort();
+        backup_running.dedup();
         let recreate = if plan.start_all {
             Vec::new()
-        } else if configs || stale {
+        } else if configs {
+            backup_running
+        } else if stale {
             running
         } else {
             users(true)
@@ -115,8 +125,9 @@ impl Journal {
                 .cloned()
                 .collect(),
             recreate,
-            create_only: users(false),
+            create_only: if configs { Vec::new() } else { users(false) },
             start_all: plan.start_all,
+            remove_orphans: configs && !plan.start_all,
         }
     }
 }
@@ -242,6 +253,11 @@ pub async fn rollback(
         }
     };
     let downtime = guard.elapsed_ms();
+    if plan.items.iter().any(|i| i.kind == "config") {
+        // The configs are the backup's again, and so is the version.
+        let reason = format!("rollback to backup {}", plan.backup_id);
+        ctx.catalog.set_version(&ctx.project.name, &plan.service_version, &reason).await?;
+    }
     ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
     let safety = safety.context("the safety backup is missing")?;
     Ok(RollbackOutcome {
@@ -359,6 +375,14 @@ async fn start(ctx: &Ctx, journal: &Journal, guard: &mut ServiceGuard) -> Result
         let started = up(ctx, Up::All, &[]).await?;
         return Ok(services(started.iter()));
     }
+    if journal.remove_orphans {
+        // Compose owns every container from here: the restored files say what exists.
+        let ctx = ctx.rediscover()?;
+        up(&ctx, Up::CreateAll, &[]).await?;
+        let started = up(&ctx, Up::Services, &journal.recreate).await?;
+        guard.disarm();
+        return Ok(services(started.iter()));
+    }
     let mut started = services(guard.stopped().iter());
     let recreated = up(ctx, Up::Services, &journal.recreate).await?;
     up(ctx, Up::CreateOnly, &journal.create_only).await?;
@@ -436,11 +460,15 @@ pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
         let (repo, tag) = split_reference(&i.image);
         engine.tag_image(&i.image_id, &repo, &tag).await?;
     }
+    let ctx = &ctx.rediscover()?;
     match journal.start_all {
         true => {
             up(ctx, Up::All, &[]).await?;
         }
         false => {
+            if journal.remove_orphans {
+                up(ctx, Up::CreateAll, &[]).await?;
+            }
             up(ctx, Up::Services, &journal.recreate).await?;
             up(ctx, Up::CreateOnly, &journal.create_only).await?;
         }

@@ -65,6 +65,8 @@ pub struct Plan {
     pub backup_id: i64,
     pub archive: PathBuf,
     pub created_at: String,
+    /// The version the project ran when the backup was made.
+    pub service_version: String,
     pub services_to_stop: Vec<String>,
     pub items: Vec<Item>,
     pub images: Vec<ImageStep>,
@@ -78,6 +80,9 @@ pub struct Plan {
     /// created from (they are never started).
     #[serde(skip)]
     pub(super) carrier_image: Option<String>,
+    /// Services that ran when the backup was made.
+    #[serde(skip)]
+    pub(super) backup_running: Vec<String>,
     #[serde(skip)]
     pub(super) containers: Vec<Container>,
 }
@@ -312,6 +317,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
         backup_id: rec.id,
         archive,
         created_at: rec.created_at,
+        service_version: rec.service_version.clone(),
         services_to_stop: containers.iter().filter(|c| c.is_running()).map(|c| c.service.clone()).collect(),
         items,
         images,
@@ -319,6 +325,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
         warnings,
         start_all,
         carrier_image,
+        backup_running: manifest.services.iter().filter(|s| s.running).map(|s| s.service.clone()).collect(),
         containers,
     })
 }

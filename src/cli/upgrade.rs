@@ -1,0 +1,150 @@
+//! `upgrade`, `history` and `package build`: set up, call the flow, render.
+
+use anyhow::Result;
+
+use super::{Cli, UpgradeArgs, context, progress, recover_if_needed, render};
+use crate::catalog::{BackupKind, UpgradeRecord};
+use crate::flows::backup::BackupOptions;
+use crate::flows::upgrade::{Plan, UpgradeOptions, UpgradeOutcome, plan, upgrade};
+use crate::fsutil::human_bytes;
+use crate::guard::Interrupt;
+use crate::lock::ProjectLock;
+
+pub async fn run_upgrade(cli: &Cli, args: &UpgradeArgs, interrupt: Interrupt) -> Result<()> {
+    let mut ctx = context(cli, true, interrupt).await?;
+    let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
+    recover_if_needed(&mut ctx, Some(&lock)).await?;
+    let opts = UpgradeOptions {
+        package: args.package.clone(),
+        sha256: args.sha256.clone(),
+        allow_downgrade: args.allow_downgrade,
+        auto_rollback: !args.no_auto_rollback,
+        backup: BackupOptions::for_project(&ctx.project, BackupKind::PreUpgrade, None, None)?,
+        health_timeout: args
+            .health_timeout
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(ctx.timeouts().ready),
+    };
+    let plan = plan(&ctx, &opts).await?;
+    if args.dry_run {
+        render_plan(cli, &plan);
+        return Ok(());
+    }
+    let bar = progress::bar(cli.json || cli.quiet);
+    let outcome = upgrade(&ctx, &opts, plan, bar.clone()).await;
+    bar.done();
+    render_outcome(cli, &outcome?);
+    Ok(())
+}
+
+pub async fn history(cli: &Cli, interrupt: Interrupt) -> Result<()> {
+    let mut ctx = context(cli, false, interrupt).await?;
+    recover_if_needed(&mut ctx, None).await?;
+    let upgrades = ctx.catalog.upgrades(&ctx.project.name).await?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&upgrades)?);
+        return Ok(());
+    }
+    if upgrades.is_empty() {
+        println!("no upgrades yet");
+        return Ok(());
+    }
+    let mut t =
+        render::table(&["id", "started", "from", "to", "outcome", "backup", "took", "downtime", "cause"]);
+    for u in &upgrades {
+        t.add_row(history_row(u));
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn history_row(u: &UpgradeRecord) -> Vec<String> {
+    let secs =
+        |ms: Option<i64>| ms.map(|m| format!("{:.1} s", m as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+    vec![
+        u.id.to_string(),
+        u.started_at.chars().take(19).collect(),
+        u.from_version.clone(),
+        u.to_version.clone(),
+        u.status.clone(),
+        u.backup_id.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+        secs(u.duration_ms),
+        secs(u.downtime_ms),
+        u.cause.clone().unwrap_or_default().chars().take(60).collect(),
+    ]
+}
+
+pub fn package_build(cli: &Cli, dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let built = crate::package::build(dir, out)?;
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::json!({"path": built.path, "sha256": built.sha256, "size_bytes": built.size})
+        );
+    } else {
+        println!("{}  {} ({})", built.sha256, built.path.display(), human_bytes(built.size));
+    }
+    Ok(())
+}
+
+fn render_plan(cli: &Cli, p: &Plan) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(p).unwrap_or_default());
+        return;
+    }
+    println!("upgrade {} {} -> {} ({})", p.package_name, p.from_version, p.to_version, p.package_source);
+    if let Some(sha) = &p.package_sha256 {
+        println!("  package sha256 {sha}");
+    }
+    println!("  first: {}", p.backup);
+    println!(
+        "  services to stop: {}",
+        if p.services_to_stop.is_empty() { "none".into() } else { p.services_to_stop.join(", ") }
+    );
+    for a in &p.images_to_load {
+        println!("  load images from {a}");
+    }
+    for f in &p.files {
+        println!("  {} {} ({})", f.action, f.dest.display(), human_bytes(f.size));
+    }
+    if let Some(env) = &p.env {
+        for (k, v) in &env.set {
+            println!("  set {k}={v} in {}", env.file);
+        }
+        for k in &env.unset {
+            println!("  unset {k} in {}", env.file);
+        }
+    }
+    for i in &p.images {
+        println!("  service {} runs {} ({})", i.service, i.image, i.source);
+    }
+    println!("  then: compose up -d (services {}), recreating what changed", p.services.join(", "));
+    for h in &p.hooks {
+        println!("  hook {:?} in {}: {}", h.name, h.service, h.command.join(" "));
+    }
+    for pr in &p.probes {
+        println!("  probe {:?}: GET {} expects {}", pr.name, pr.url, pr.expect_status);
+    }
+    for w in &p.warnings {
+        println!("  warning: {w}");
+    }
+    println!("dry run: nothing was changed");
+}
+
+fn render_outcome(cli: &Cli, o: &UpgradeOutcome) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        return;
+    }
+    println!(
+        "upgraded {} -> {} (upgrade {}, pre-upgrade backup {})",
+        o.from_version, o.to_version, o.upgrade_id, o.backup_id
+    );
+    if !o.hooks_run.is_empty() {
+        println!("  hooks run: {}", o.hooks_run.join(", "));
+    }
+    println!("  services healthy: {}", o.services.join(", "));
+    let downtime =
+        o.downtime_ms.map(|d| format!("{:.1} s", d as f64 / 1000.0)).unwrap_or_else(|| "none".into());
+    println!("  took {:.1} s, downtime {downtime}", o.duration_ms as f64 / 1000.0);
+}

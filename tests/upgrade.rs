@@ -1,0 +1,224 @@
+//! `nuwax upgrade` on the demo stack with a real engine: v1 → v2 → v3-broken and back.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::require_docker;
+use crate::support::{Demo, json, stderr, stdout, tree};
+
+fn history(demo: &Demo) -> Vec<serde_json::Value> {
+    let out = demo.run(&["--json", "history"]);
+    assert!(out.status.success(), "history: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// What must be exactly as before a failed upgrade: configs and data (the db's journal and
+/// the worker's cache are written by the running services all the time).
+struct Snapshot {
+    compose: Vec<u8>,
+    env: Vec<u8>,
+    dbdata: std::collections::BTreeMap<String, tree::Node>,
+    uploads: std::collections::BTreeMap<String, tree::Node>,
+}
+
+fn snapshot(demo: &Demo) -> Snapshot {
+    let mut dbdata = tree::snapshot(&demo.volume_path("dbdata"));
+    dbdata.remove("journal.log");
+    Snapshot {
+        compose: std::fs::read(demo.dir.join("compose.yaml")).unwrap(),
+        env: std::fs::read(demo.dir.join(".env")).unwrap(),
+        dbdata,
+        uploads: tree::snapshot(&demo.dir.join("uploads")),
+    }
+}
+
+fn assert_unchanged(demo: &Demo, before: &Snapshot) {
+    let now = snapshot(demo);
+    assert!(now.compose == before.compose, "compose.yaml differs");
+    assert!(now.env == before.env, ".env differs: {}", String::from_utf8_lossy(&now.env));
+    assert_eq!(now.dbdata, before.dbdata, "dbdata differs");
+    assert_eq!(now.uploads, before.uploads, "uploads differ");
+}
+
+#[test]
+fn v1_to_v2_upgrades_and_v3_broken_rolls_back_automatically() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    std::fs::write(demo.volume_path("dbdata").join("customer.txt"), "kept across upgrades").unwrap();
+    let v1_image = demo.image_of("app");
+
+    // The package as a file, built by `nuwax package build`, with its sha256 beside it.
+    let pkg_dir = demo.package("2");
+    let pkg = pkg_dir.parent().unwrap().join("nuwax-demo-2.tar.zst");
+    let out = demo.run(&["package", "build", pkg_dir.to_str().unwrap(), "-o", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "package build: {}", stderr(&out));
+    assert!(Path::new(&format!("{}.sha256", pkg.display())).is_file());
+
+    // --dry-run changes nothing.
+    let before = snapshot(&demo);
+    let out = demo.run(&["upgrade", "--package", pkg.to_str().unwrap(), "--dry-run"]);
+    assert!(out.status.success(), "dry run: {}", stderr(&out));
+    let plan = stdout(&out);
+    assert!(plan.contains("1 -> 2") && plan.contains("dry run: nothing was changed"), "{plan}");
+    assert_unchanged(&demo, &before);
+    assert_eq!(demo.image_of("app"), v1_image);
+    assert!(history(&demo).is_empty());
+
+    // v1 -> v2.
+    let out = demo.run(&["--json", "upgrade", "--package", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "upgrade to v2: {}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["status"], "upgraded");
+    let backup_id = v["backup_id"].as_i64().unwrap();
+    demo.wait_healthy(&["db", "app", "worker"]);
+    let v2_image = demo.image_of("app");
+    assert_ne!(v2_image, v1_image, "app does not run the v2 image");
+    let dbdata = demo.volume_path("dbdata");
+    assert_eq!(read(&dbdata.join("schema_version")).trim(), "2", "the db did not migrate");
+    assert!(read(&dbdata.join("hooks.log")).contains("v2 hook"), "the hook did not run");
+    assert!(read(&demo.dir.join(".env")).contains("APP_VERSION=2"));
+    let h = history(&demo);
+    assert_eq!((h[0]["status"].as_str(), h[0]["backup_id"].as_i64()), (Some("upgraded"), Some(backup_id)));
+    assert_eq!((h[0]["from_version"].as_str(), h[0]["to_version"].as_str()), (Some("1"), Some("2")));
+    let backups = demo.list();
+    let pre = backups.iter().find(|b| b["id"].as_i64() == Some(backup_id)).unwrap();
+    assert_eq!(pre["kind"], "pre-upgrade");
+    let status = stdout(&demo.run(&["status"]));
+    assert!(status.contains("version   2") && status.contains("upgraded"), "{status}");
+
+    // v2 -> v3-broken: the health gate fails and everything comes back as it was on v2.
+    let before = snapshot(&demo);
+    let pkg3 = demo.package("3-broken");
+    let out = demo.run(&["upgrade", "--package", pkg3.to_str().unwrap(), "--health-timeout", "30"]);
+    assert_eq!(out.status.code(), Some(11), "expected 'failed and rolled back': {}", stderr(&out));
+    assert!(stderr(&out).contains("rolled back to backup"), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_eq!(demo.image_of("app"), v2_image, "v2 is not running again");
+    assert_unchanged(&demo, &before);
+    assert!(demo.compose(&["ps", "-q", "search"]).stdout.is_empty(), "the broken service is still there");
+    let h = history(&demo);
+    assert_eq!(h[0]["status"], "rolled_back");
+    assert!(h[0]["cause"].as_str().unwrap().contains("search"), "{}", h[0]["cause"]);
+    assert!(h[0]["backup_id"].as_i64().unwrap() > backup_id);
+    assert!(stdout(&demo.run(&["status"])).contains("version   2"));
+}
+
+#[test]
+fn preflight_refusals_and_early_failures_change_nothing() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let pkg = demo.package("2");
+    let before = snapshot(&demo);
+    let v1_image = demo.image_of("app");
+
+    // A checksum that does not match: refused in preflight, nothing stopped.
+    let out = demo.run(&["upgrade", "--package", pkg.to_str().unwrap(), "--sha256", &"0".repeat(64)]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+
+    // A downgrade without --allow-downgrade; a package for a newer starting version; both reported.
+    let manifest = pkg.join("nuwax-package.toml");
+    let text = read(&manifest);
+    std::fs::write(
+        &manifest,
+        text.replace("version = \"2\"", "version = \"0.9\"")
+            .replace("min_from = \"1\"", "min_from = \"1.5\""),
+    )
+    .unwrap();
+    let out = demo.run(&["upgrade", "--package", pkg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("--allow-downgrade") && err.contains("1.5 or later"), "{err}");
+    std::fs::write(&manifest, &text).unwrap();
+
+    // An image archive that does not load: the services are never stopped.
+    let images = pkg.join("images/nuwax-demo-2.tar");
+    let good = std::fs::read(&images).unwrap();
+    let bad = bad_image_archive(&format!("{}:2", demo.repo));
+    std::fs::write(&images, bad).unwrap();
+    let out = demo.run(&["upgrade", "--package", pkg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing was changed"), "{}", stderr(&out));
+    assert_eq!(history(&demo)[0]["status"], "failed");
+    std::fs::write(&images, good).unwrap();
+    assert_unchanged(&demo, &before);
+    assert_eq!(demo.image_of("app"), v1_image);
+
+    // A failing hook: rolled back, v1 with its data.
+    let text = read(&manifest);
+    let hook = r#"command = ["sh", "-c", "echo migration failed >&2; exit 3"]"#;
+    let broken: String =
+        text.lines().map(|l| if l.starts_with("command") { hook } else { l }).collect::<Vec<_>>().join("\n");
+    std::fs::write(&manifest, broken).unwrap();
+    let out = demo.run(&["upgrade", "--package", pkg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exit code 3"), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_unchanged(&demo, &before);
+    assert_eq!(demo.image_of("app"), v1_image);
+    assert_eq!(read(&demo.volume_path("dbdata").join("schema_version")).trim(), "1");
+}
+
+/// A `docker save` archive whose manifest names the image but whose config blob is missing.
+fn bad_image_archive(tag: &str) -> Vec<u8> {
+    let manifest = format!(r#"[{{"Config":"missing.json","RepoTags":["{tag}"],"Layers":[]}}]"#);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(manifest.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "manifest.json", manifest.as_bytes()).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn sigkill_while_applying_is_rolled_back_by_the_next_command() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let pkg = demo.package("2");
+    let before = snapshot(&demo);
+    let v1_image = demo.image_of("app");
+    // A slow hook makes "in the middle of applying" a window the test can hit.
+    let manifest = pkg.join("nuwax-package.toml");
+    let slow = r#"command = ["sh", "-c", "touch /var/lib/db/hook-started; sleep 60"]"#;
+    let text: String = read(&manifest)
+        .lines()
+        .map(|l| if l.starts_with("command") { slow } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&manifest, text.replace("timeout = 60", "timeout = 120")).unwrap();
+
+    let mut child = demo
+        .nuwax()
+        .args(["upgrade", "--package", pkg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = demo.volume_path("dbdata").join("hook-started");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the upgrade never reached its hook");
+        assert!(child.try_wait().unwrap().is_none(), "the upgrade ended before its hook");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(read(&demo.volume_path("dbdata").join("schema_version")).trim(), "2");
+
+    // Any command finds the dead upgrade and rolls it back.
+    let out = demo.run(&["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rolled back to backup"), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_eq!(demo.image_of("app"), v1_image);
+    assert_unchanged(&demo, &before);
+    assert_eq!(history(&demo)[0]["status"], "rolled_back");
+}
