@@ -27,9 +27,29 @@ pub enum Up {
 /// Runs compose `up` in the project directory, then (unless `CreateOnly`) starts and waits for
 /// the containers of `services` (of every service for `All`) to be running and healthy.
 pub async fn up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<Vec<Container>> {
+    if !run_up(ctx, mode, services).await? || matches!(mode, Up::CreateOnly | Up::CreateAll) {
+        return Ok(Vec::new());
+    }
+    let whole = matches!(mode, Up::All | Up::AllRemoveOrphans | Up::CreateAll);
+    let project = &ctx.project;
+    let engine = ctx.engine.as_ref().context("no engine")?;
+    let containers: Vec<Container> = engine
+        .project_containers(&project.name)
+        .await?
+        .into_iter()
+        .filter(|c| whole || services.contains(&c.service))
+        .collect();
+    crate::guard::start_and_wait(&**engine, &containers, &project.dependencies(), ctx.timeouts().ready)
+        .await?;
+    Ok(containers)
+}
+
+/// Runs compose `up` and returns without waiting for anything; `false` when there was
+/// nothing to run.
+pub async fn run_up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<bool> {
     let whole = matches!(mode, Up::All | Up::AllRemoveOrphans | Up::CreateAll);
     if !whole && services.is_empty() {
-        return Ok(Vec::new());
+        return Ok(false);
     }
     let cli = ComposeCli::detect()
         .context("services must be created with the compose CLI, and neither `docker compose` nor `docker-compose` was found")?;
@@ -55,17 +75,5 @@ pub async fn up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<Vec<Containe
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    if matches!(mode, Up::CreateOnly | Up::CreateAll) {
-        return Ok(Vec::new());
-    }
-    let engine = ctx.engine.as_ref().context("no engine")?;
-    let containers: Vec<Container> = engine
-        .project_containers(&project.name)
-        .await?
-        .into_iter()
-        .filter(|c| whole || services.contains(&c.service))
-        .collect();
-    crate::guard::start_and_wait(&**engine, &containers, &project.dependencies(), ctx.timeouts().ready)
-        .await?;
-    Ok(containers)
+    Ok(true)
 }

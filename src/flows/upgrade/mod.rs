@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Ctx;
 use super::backup::{BackupOptions, backup};
-use super::compose::{Up, up};
+use super::compose::{Up, run_up};
 use super::rollback::{self, RollbackOptions};
 use crate::archive::Progress;
 use crate::catalog::{BackupKind, NewUpgrade, OperationState, UpgradeEnd, UpgradeStatus};
@@ -187,7 +187,8 @@ pub async fn upgrade(
     ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
     match roll_back(ctx, opts, backup_id, &plan.from_version, progress).await {
         Ok(safety) => {
-            end(UpgradeStatus::RolledBack, Some(cause.clone()), downtime, Some(safety)).await?;
+            // Down from the first stop until the old version was healthy again.
+            end(UpgradeStatus::RolledBack, Some(cause.clone()), guard.elapsed_ms(), Some(safety)).await?;
             ctx.catalog.finish_operation(op, OperationState::Done, Some("rolled back")).await?;
             bail!(crate::Error::UpgradeRolledBack {
                 to: plan.to_version,
@@ -237,10 +238,14 @@ async fn apply(
     let new_ctx = ctx.rediscover()?;
     // Compose takes over the services from here: it creates them from the new files.
     guard.disarm();
-    up(&new_ctx, Up::AllRemoveOrphans, &[]).await.context("starting the new version")?;
+    run_up(&new_ctx, Up::AllRemoveOrphans, &[]).await.context("starting the new version")?;
     let engine = ctx.engine.as_ref().context("no engine")?;
     for h in &plan.hooks {
-        ctx.interrupt.check()?;
+        // The hook's service must be up (and healthy) first; the gate fails fast if it is not.
+        let service = std::slice::from_ref(&h.service);
+        health::gate(&**engine, &project.name, service, &[], opts.health_timeout, &ctx.interrupt)
+            .await
+            .with_context(|| format!("before hook {:?}", h.name))?;
         let c = engine
             .project_containers(&project.name)
             .await?
