@@ -222,3 +222,67 @@ fn sigkill_while_applying_is_rolled_back_by_the_next_command() {
     assert_unchanged(&demo, &before);
     assert_eq!(history(&demo)[0]["status"], "rolled_back");
 }
+
+fn with_hook(pkg: &Path, command: &str) {
+    let manifest = pkg.join("nuwax-package.toml");
+    let text: String = read(&manifest)
+        .lines()
+        .map(|l| if l.starts_with("command") { command } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&manifest, text.replace("timeout = 60", "timeout = 120")).unwrap();
+}
+
+#[test]
+fn no_auto_rollback_leaves_it_in_place_and_sigint_rolls_back() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let pkg = demo.package("2");
+    let before = snapshot(&demo);
+    let v1_image = demo.image_of("app");
+
+    // --no-auto-rollback: the failed v2 stays for inspection, services running; the message
+    // names the backup that brings v1 back.
+    with_hook(&pkg, r#"command = ["sh", "-c", "exit 4"]"#);
+    let out = demo.run(&["upgrade", "--package", pkg.to_str().unwrap(), "--no-auto-rollback"]);
+    assert_eq!(out.status.code(), Some(12), "{}", stderr(&out));
+    let h = history(&demo);
+    assert_eq!(h[0]["status"], "failed");
+    let backup_id = h[0]["backup_id"].as_i64().unwrap();
+    assert!(stderr(&out).contains(&format!("nuwax rollback {backup_id}")), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_ne!(demo.image_of("app"), v1_image);
+    assert!(read(&demo.dir.join(".env")).contains("APP_VERSION=2"));
+    let out = demo.run(&["rollback", &backup_id.to_string(), "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_unchanged(&demo, &before);
+    assert_eq!(demo.image_of("app"), v1_image);
+
+    // SIGINT while a hook runs: the upgrade stops there and rolls back.
+    with_hook(&pkg, r#"command = ["sh", "-c", "touch /var/lib/db/hook-started; sleep 60"]"#);
+    let child = demo
+        .nuwax()
+        .args(["upgrade", "--package", pkg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = demo.volume_path("dbdata").join("hook-started");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the upgrade never reached its hook");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::INT)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(50), "the hook was waited out");
+    assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted by SIGINT"), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_eq!(demo.image_of("app"), v1_image);
+    assert_unchanged(&demo, &before);
+}

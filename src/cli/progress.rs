@@ -35,7 +35,9 @@ impl Bar {
 impl Progress for Bar {
     fn set_total(&self, bytes: u64) {
         if let Some(pb) = &self.0 {
+            // A new phase (download, then archive): count from zero again.
             pb.set_length(bytes);
+            pb.set_position(0);
         }
     }
 

@@ -25,12 +25,20 @@ pub async fn run_upgrade(cli: &Cli, args: &UpgradeArgs, interrupt: Interrupt) ->
             .map(std::time::Duration::from_secs)
             .unwrap_or(ctx.timeouts().ready),
     };
-    let plan = plan(&ctx, &opts).await?;
+    let bar = progress::bar(cli.json || cli.quiet);
+    let plan = plan(&ctx, &opts, bar.clone()).await;
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            bar.done();
+            return Err(e);
+        }
+    };
     if args.dry_run {
+        bar.done();
         render_plan(cli, &plan);
         return Ok(());
     }
-    let bar = progress::bar(cli.json || cli.quiet);
     let outcome = upgrade(&ctx, &opts, plan, bar.clone()).await;
     bar.done();
     render_outcome(cli, &outcome?);

@@ -252,10 +252,20 @@ async fn apply(
             .into_iter()
             .find(|c| c.service == h.service && c.is_running())
             .with_context(|| format!("hook {:?}: service {} is not running", h.name, h.service))?;
-        let run = engine.exec(&c.id, &h.command, h.user.as_deref());
-        let out = tokio::time::timeout(Duration::from_secs(h.timeout), run)
-            .await
-            .map_err(|_| anyhow::anyhow!("hook {:?} did not finish within {} s", h.name, h.timeout))??;
+        let run = tokio::time::timeout(
+            Duration::from_secs(h.timeout),
+            engine.exec(&c.id, &h.command, h.user.as_deref()),
+        );
+        // A signal does not wait for the hook: the rollback stops its container anyway.
+        let interrupted = async {
+            while ctx.interrupt.check().is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let out = tokio::select! {
+            r = run => r.map_err(|_| anyhow::anyhow!("hook {:?} did not finish within {} s", h.name, h.timeout))??,
+            () = interrupted => ctx.interrupt.check().map(|_| unreachable!())?,
+        };
         if out.exit_code != 0 {
             bail!("hook {:?} failed with exit code {}: {}", h.name, out.exit_code, out.output.trim());
         }

@@ -8,7 +8,6 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::UpgradeOptions;
-use crate::archive::NoProgress;
 use crate::flows::Ctx;
 use crate::fsutil;
 use crate::package::{self, EnvChanges, Hook, Package, Probe, Version};
@@ -60,7 +59,11 @@ pub struct Plan {
 
 /// Opens and checks the package and the project. Nothing is stopped or written outside the
 /// package's own unpacked copy.
-pub async fn plan(ctx: &Ctx, opts: &UpgradeOptions) -> Result<Plan> {
+pub async fn plan(
+    ctx: &Ctx,
+    opts: &UpgradeOptions,
+    progress: std::sync::Arc<dyn crate::archive::Progress>,
+) -> Result<Plan> {
     let project = &ctx.project;
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -75,7 +78,8 @@ pub async fn plan(ctx: &Ctx, opts: &UpgradeOptions) -> Result<Plan> {
         ctx.interrupt.cancel().clone(),
     );
     let package = tokio::task::spawn_blocking(move || {
-        let o = package::OpenOptions { sha256: sha, work_dir: work, progress: &NoProgress, cancel: &cancel };
+        // Downloads (and hashing a local file) show on the progress bar.
+        let o = package::OpenOptions { sha256: sha, work_dir: work, progress: &*progress, cancel: &cancel };
         package::open(&source, &o)
     })
     .await?
