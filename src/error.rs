@@ -55,6 +55,9 @@ pub enum Error {
     NotConfirmed { what: &'static str },
     #[error("cancelled: nothing was changed")]
     Declined,
+    /// `doctor` found problems; it printed them itself.
+    #[error("doctor found {0} problem(s)")]
+    Findings(usize),
     #[error("preflight found {} problem(s), nothing was changed:\n  - {}", .0.len(), .0.join("\n  - "))]
     Preflight(Vec<String>),
     #[error("upgrade to {to} failed ({cause}); rolled back to backup {backup_id}: {state}")]
@@ -71,6 +74,7 @@ impl Error {
             Error::NoComposeFile { .. } | Error::Config(_) => exit::PROJECT,
             Error::NoSpace { .. } | Error::StorageNotWritable { .. } | Error::Preflight(_) => exit::PREFLIGHT,
             Error::UpgradeRolledBack { .. } => exit::UPGRADE_ROLLED_BACK,
+            Error::Findings(_) => exit::FAILED,
             Error::UpgradeNotRolledBack { .. } => exit::UPGRADE_ROLLBACK_FAILED,
             Error::BackupNotFound { .. } => exit::NOT_FOUND,
             Error::VerifyFailed { .. } => exit::VERIFY_FAILED,

@@ -16,6 +16,8 @@ pub mod guard;
 pub mod lock;
 pub mod package;
 pub mod project;
+pub mod retention;
+pub mod schedule;
 
 pub use error::Error;
 

@@ -41,6 +41,10 @@ pub struct Settings {
     pub service_version: Option<String>,
     /// `auto` (host when readable, else engine), `host` or `engine`.
     pub volume_access: Option<String>,
+    /// When `nuwax schedule run` backs up and prunes: a cron expression, local time.
+    pub schedule: Option<String>,
+    /// What `nuwax prune` keeps.
+    pub retention: Option<crate::retention::Policy>,
 }
 
 /// What the compose files say about one service.
@@ -344,6 +348,35 @@ pub fn interpolate(s: &str, env_file: &BTreeMap<String, String>) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Sets `storage_dir` in the nuwax.toml at `path` (created when missing), keeping every other
+/// line: the key is replaced where it is, else added before the first table. Atomic.
+pub fn set_storage_dir(path: &Path, dir: &Path) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    };
+    let line = format!("storage_dir = {}", toml::Value::String(dir.to_string_lossy().into_owned()));
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let first_table = lines.iter().position(|l| l.trim_start().starts_with('[')).unwrap_or(lines.len());
+    let existing = lines[..first_table].iter().position(|l| {
+        let t = l.trim_start();
+        t.starts_with("storage_dir") && t["storage_dir".len()..].trim_start().starts_with('=')
+    });
+    match existing {
+        Some(i) => lines[i] = line,
+        None => lines.insert(first_table, line),
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    // The result must still be a valid nuwax.toml.
+    toml::from_str::<Settings>(&out).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let tmp = path.with_extension("toml.nuwax-new");
+    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
 }
 
 enum VolumeRef {

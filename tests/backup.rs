@@ -57,7 +57,7 @@ fn backup_holds_every_volume_bind_and_config_exactly_and_services_come_back() {
     let path = archive_path(&v);
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
-        name.starts_with("backup_manual_v0_") && name.ends_with(&format!("_{}.tar.zst", v["id"])),
+        name.starts_with("backup_manual_v1_") && name.ends_with(&format!("_{}.tar.zst", v["id"])),
         "{name}"
     );
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);

@@ -61,3 +61,28 @@ fn init_writes_a_config_that_parses_and_status_works_without_an_engine() {
     let out = nuwax(&dir).args(["show", "42"]).output().unwrap();
     assert_eq!(out.status.code(), Some(9));
 }
+
+#[test]
+fn schedule_install_writes_a_systemd_service_and_timer_for_the_project() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("compose.yaml"), "services: {app: {image: x}}\n").unwrap();
+    std::fs::write(dir.join("nuwax.toml"), "schedule = \"30 2 * * 1-5\"\n").unwrap();
+    let out = nuwax(&dir).args(["schedule", "install", "--print"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("OnCalendar=Mon..Fri *-*-* 02:30:00"), "{text}");
+    assert!(text.contains("backup --kind scheduled") && text.contains(" prune"), "{text}");
+    let units = tmp.path().join("units");
+    std::fs::create_dir_all(&units).unwrap();
+    let out = nuwax(&dir).args(["schedule", "install", "--dir"]).arg(&units).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        units.join("nuwax-backup-shop.timer").is_file() && units.join("nuwax-backup-shop.service").is_file()
+    );
+    // A schedule systemd cannot express is refused with a pointer to `schedule run`.
+    let out = nuwax(&dir).args(["schedule", "install", "--print", "--cron", "0 3 1 * 1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("schedule run"), "{}", stderr(&out));
+}

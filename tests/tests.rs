@@ -8,6 +8,7 @@ mod backup;
 mod cli;
 mod extract;
 mod faults;
+mod lifecycle;
 mod package;
 mod rollback;
 mod upgrade;

@@ -1,6 +1,7 @@
 //! The catalog: SQLite through sqlx (WAL), migrations embedded from `migrations/`.
 //! Backups (`pending` → `complete` | `failed`), the operations journal, upgrades and versions.
 
+mod lifecycle;
 mod records;
 mod upgrades;
 
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+pub use lifecycle::*;
 pub use records::*;
 pub use upgrades::*;
 
@@ -156,7 +158,8 @@ impl Catalog {
 
     pub async fn last_complete(&self, project: &str) -> Result<Option<BackupRecord>> {
         let row = sqlx::query(
-            "SELECT * FROM backups WHERE project = ? AND status = 'complete' ORDER BY id DESC LIMIT 1",
+            "SELECT * FROM backups WHERE project = ? AND status = 'complete' AND missing_at IS NULL
+             ORDER BY id DESC LIMIT 1",
         )
         .bind(project)
         .fetch_optional(&self.pool)

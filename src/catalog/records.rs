@@ -66,6 +66,8 @@ pub struct BackupRecord {
     pub downtime_ms: Option<i64>,
     pub note: Option<String>,
     pub error: Option<String>,
+    /// When the archive was found gone (then `status` reads `missing`).
+    pub missing_at: Option<String>,
 }
 
 impl BackupRecord {
@@ -87,6 +89,13 @@ impl BackupRecord {
             downtime_ms: r.try_get("downtime_ms")?,
             note: r.try_get("note")?,
             error: r.try_get("error")?,
+            missing_at: r.try_get("missing_at")?,
+        })
+        .map(|mut b: BackupRecord| {
+            if b.missing_at.is_some() && b.status == "complete" {
+                b.status = "missing".into();
+            }
+            b
         })
     }
 

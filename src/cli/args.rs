@@ -59,6 +59,76 @@ pub enum Command {
     /// Upgrade packages.
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Remove the backups the retention policy does not keep.
+    Prune(PruneArgs),
+    /// Scheduled backups: in the foreground, or as a systemd timer.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
+    /// The storage directory.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+    /// The catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Check the engine, compose, storage, catalog, archives, operations and kept images.
+    Doctor,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    /// List what would go and why each kept backup stays; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep the N newest backups (overrides `[retention]` in nuwax.toml).
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N days that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep everything newer than this (e.g. 7d, 36h, 2w).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ScheduleCommand {
+    /// Stay in the foreground: back up (kind scheduled) and prune on the schedule, until SIGTERM.
+    Run {
+        /// A cron expression instead of `schedule` in nuwax.toml.
+        #[arg(long, value_name = "EXPR")]
+        cron: Option<String>,
+    },
+    /// Write a systemd service and timer that run `nuwax backup` + `nuwax prune`.
+    Install {
+        /// Print the units instead of writing them.
+        #[arg(long)]
+        print: bool,
+        /// Where to write them.
+        #[arg(long, value_name = "DIR", default_value = "/etc/systemd/system")]
+        dir: PathBuf,
+        /// A cron expression instead of `schedule` in nuwax.toml.
+        #[arg(long, value_name = "EXPR")]
+        cron: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum StorageCommand {
+    /// Move every archive to NEW_DIR (any filesystem), then point the catalog and nuwax.toml at it.
+    Migrate { new_dir: PathBuf },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CatalogCommand {
+    /// Record the archives in the storage directory the catalog does not know; mark rows whose
+    /// archive is gone as missing.
+    Rebuild,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -133,4 +203,7 @@ pub struct BackupArgs {
     /// Also store the services' images in the archive, for restores on another machine.
     #[arg(long)]
     pub with_images: bool,
+    /// The backup's kind: manual, or scheduled (what timers run).
+    #[arg(long, value_name = "KIND", default_value = "manual", value_parser = ["manual", "scheduled"])]
+    pub kind: String,
 }

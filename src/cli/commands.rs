@@ -18,6 +18,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status => status(&cli, interrupt).await,
         Command::Upgrade(args) => super::upgrade::run_upgrade(&cli, args, interrupt).await,
         Command::History => super::upgrade::history(&cli, interrupt).await,
+        Command::Prune(args) => super::lifecycle::prune(&cli, args, interrupt).await,
+        Command::Schedule(c) => super::lifecycle::schedule(&cli, c, interrupt).await,
+        Command::Storage(super::StorageCommand::Migrate { new_dir }) => {
+            super::lifecycle::migrate(&cli, new_dir, interrupt).await
+        }
+        Command::Catalog(super::CatalogCommand::Rebuild) => super::lifecycle::rebuild(&cli, interrupt).await,
+        Command::Doctor => super::lifecycle::doctor(&cli, interrupt).await,
         Command::Package(super::PackageCommand::Build { dir, output }) => {
             super::upgrade::package_build(&cli, dir, output)
         }
@@ -94,36 +101,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
             recover_if_needed(&mut ctx, Some(&lock)).await?;
             let rec = record(&ctx, *id).await?;
-            let manifest_services: Vec<String> = rec
-                .path
-                .as_deref()
-                .and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok())
-                .map(|m| m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect())
-                .unwrap_or_default();
-            // File first, then the row: a crash in between leaves a row pointing at nothing
-            // (reported by verify), never an archive nobody knows about.
-            if let Some(p) = &rec.path {
-                match std::fs::remove_file(p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {p}"))),
-                }
+            if ctx.engine.is_none() {
+                ctx.engine = super::connect().await.ok();
             }
-            ctx.catalog.delete(*id).await?;
-            if !manifest_services.is_empty() {
-                match super::connect().await {
-                    Ok(engine) => {
-                        crate::flows::backup::release_images(
-                            &*engine,
-                            &ctx.project.name,
-                            rec.id,
-                            manifest_services.iter().map(String::as_str),
-                        )
-                        .await
-                    }
-                    Err(e) => tracing::warn!("image tags kept for backup {} stay in place: {e:#}", rec.id),
-                }
-            }
+            crate::flows::delete::delete_backup(&ctx, &rec).await?;
             render::deleted(&cli, &rec);
             Ok(())
         }
@@ -161,6 +142,7 @@ async fn rollback(cli: &Cli, args: &crate::cli::RollbackArgs, interrupt: Interru
         no_stop: false,
         no_docker: false,
         with_images: false,
+        kind: "manual".into(),
     };
     let opts = RollbackOptions {
         id: args.id,
@@ -219,6 +201,9 @@ fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<Ba
     o.note = args.note.clone();
     o.stop = !args.no_stop;
     o.with_images = args.with_images;
+    if args.kind == "scheduled" {
+        o.kind = BackupKind::Scheduled;
+    }
     Ok(o)
 }
 

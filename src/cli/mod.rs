@@ -4,6 +4,7 @@
 
 mod args;
 mod commands;
+mod lifecycle;
 mod progress;
 mod render;
 mod upgrade;
@@ -13,7 +14,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-pub use args::{BackupArgs, Cli, Command, PackageCommand, RollbackArgs, UpgradeArgs};
+pub use args::{
+    BackupArgs, CatalogCommand, Cli, Command, PackageCommand, PruneArgs, RollbackArgs, ScheduleCommand,
+    StorageCommand, UpgradeArgs,
+};
 
 use crate::catalog::Catalog;
 use crate::engine::{DockerEngine, Engine, EngineError};
@@ -61,7 +65,8 @@ pub fn main(cli: Cli) -> ExitCode {
             {
                 eprintln!("hint: {hint}");
             }
-            if json {
+            let reported = matches!(e.downcast_ref::<crate::Error>(), Some(crate::Error::Findings(_)));
+            if json && !reported {
                 let doc =
                     serde_json::json!({ "status": "failed", "error": format!("{e:#}"), "exit_code": code });
                 println!("{doc}");

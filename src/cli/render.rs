@@ -447,4 +447,21 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # How volume data is read: auto (from the host when readable, else through the engine),
 # host, or engine (remote engines, rootless Docker, Docker Desktop).
 # volume_access = "auto"
+
+# When `nuwax schedule run` makes a backup (kind scheduled) and then prunes: a cron expression
+# in local time (5 fields, or 6 with seconds first). Default: daily at 03:00.
+# schedule = "0 3 * * *"
+
+# What `nuwax prune` keeps (flags override these). Complete backups kept by no rule go; the
+# newest complete backup and the backup of the latest successful upgrade always stay; failed
+# backups go. No rule at all keeps everything. Kinds: manual, scheduled, pre-upgrade,
+# pre-rollback; a [retention.kinds.KIND] table replaces the rules for that kind.
+# [retention]
+# keep_last = 3
+# keep_daily = 7
+# keep_weekly = 4
+# keep_monthly = 6
+# keep_within = "2d"
+# [retention.kinds.manual]
+# keep_last = 20
 "#;

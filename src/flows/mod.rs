@@ -3,10 +3,15 @@
 
 pub mod backup;
 pub mod compose;
+pub mod delete;
+pub mod doctor;
 pub mod import;
+pub mod prune;
+pub mod rebuild;
 pub mod recover;
 pub mod rollback;
 pub mod sources;
+pub mod storage;
 pub mod upgrade;
 
 use std::sync::Arc;

@@ -34,6 +34,8 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
         match (op.kind.as_str(), op.detail.clone()) {
             ("rollback", Some(detail)) => note = Some(super::rollback::recover(ctx, &detail).await?),
             ("upgrade", Some(detail)) => note = Some(super::upgrade::recover(ctx, &detail).await?),
+            ("storage-migrate", Some(detail)) => note = Some(super::storage::recover(ctx, &detail)?),
+            ("prune", Some(detail)) => note = Some(super::prune::recover(ctx, &detail).await?),
             _ => {}
         }
         if !op.stopped_services.is_empty() {

@@ -10,8 +10,9 @@ use chrono::Utc;
 use serde::Serialize;
 
 mod plan;
+pub(crate) use plan::check_storage;
 
-use plan::{ManifestParts, build_excludes, build_manifest, check_storage, preflight, sanitize};
+use plan::{ManifestParts, build_excludes, build_manifest, preflight, sanitize};
 
 /// `backup_{kind}_v{version}_{YYYY-MM-DD_HH-MM-SS}_{id}.tar.zst` (or `.tar.gz`, `.tar`).
 pub fn archive_name(

@@ -77,7 +77,7 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
 }
 
 /// Refuses before anything is stopped: an unwritable storage dir.
-pub(super) fn check_storage(storage: &Path) -> Result<()> {
+pub(crate) fn check_storage(storage: &Path) -> Result<()> {
     fsutil::create_private_dir(storage).map_err(|e| crate::Error::StorageNotWritable {
         dir: storage.to_path_buf(),
         detail: format!("{e:#}"),

@@ -1,0 +1,190 @@
+//! `nuwax prune`: remove the backups the retention policy does not keep. The decision is
+//! [`crate::retention::decide`], a pure function; this flow feeds it the catalog and carries it
+//! out safely: the newest complete backup must verify before anything is deleted, every
+//! deletion removes the file and then the row (journaled, so a crash in between is finished by
+//! the next command), and leftovers of dead operations are cleaned.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use super::Ctx;
+use crate::archive::{self, NoProgress};
+use crate::catalog::{BackupRecord, OperationState};
+use crate::retention::{Candidate, Decision, Policy, decide};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub id: i64,
+    pub kind: String,
+    pub status: String,
+    pub created_at: String,
+    pub size_bytes: Option<i64>,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneOutcome {
+    pub dry_run: bool,
+    pub items: Vec<Item>,
+    pub removed: Vec<i64>,
+    pub freed_bytes: u64,
+    /// The newest complete backup, verified before anything was deleted.
+    pub verified: Option<i64>,
+    pub leftovers_removed: Vec<PathBuf>,
+}
+
+pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>) -> Result<PruneOutcome> {
+    policy.validate().map_err(|e| crate::Error::Config(format!("retention policy: {e}")))?;
+    let project = &ctx.project.name;
+    let mut records = ctx.catalog.list(project).await?;
+    // A complete row whose archive is gone is `missing`: not restorable, removed below.
+    for r in records.iter_mut().filter(|r| r.is_complete()) {
+        if !r.path.as_deref().is_some_and(|p| std::path::Path::new(p).is_file()) {
+            if !dry_run {
+                ctx.catalog.mark_missing(r.id).await?;
+            }
+            r.status = "missing".into();
+        }
+    }
+    let newest = records.iter().filter(|r| r.is_complete()).max_by_key(|r| r.id).cloned();
+    let mut protected: Vec<(i64, String)> = Vec::new();
+    if let Some(n) = &newest {
+        protected.push((n.id, "newest complete backup".into()));
+    }
+    if let Some(id) = ctx
+        .catalog
+        .upgrades(project)
+        .await?
+        .into_iter()
+        .find(|u| u.status == "upgraded")
+        .and_then(|u| u.backup_id)
+    {
+        protected.push((id, "backup of the latest successful upgrade".into()));
+    }
+    let candidates: Vec<Candidate> = records.iter().map(candidate).collect::<Result<_>>()?;
+    let decisions = decide(&candidates, policy, &protected, now);
+    let items: Vec<Item> = decisions.iter().map(|d| item(d, &records)).collect();
+    let mut out = PruneOutcome {
+        dry_run,
+        items,
+        removed: Vec::new(),
+        freed_bytes: 0,
+        verified: None,
+        leftovers_removed: Vec::new(),
+    };
+    let doomed: Vec<&BackupRecord> =
+        decisions.iter().filter(|d| !d.keep).filter_map(|d| records.iter().find(|r| r.id == d.id)).collect();
+    if dry_run {
+        return Ok(out);
+    }
+
+    // Nothing goes unless the backup everything falls back on is sound.
+    if doomed.iter().any(|r| r.is_complete()) {
+        let n = newest.as_ref().context("no complete backup to fall back on")?;
+        let (path, sum, cancel) = (
+            PathBuf::from(n.path.clone().unwrap_or_default()),
+            n.checksum.clone(),
+            ctx.interrupt.cancel().clone(),
+        );
+        let verified =
+            tokio::task::spawn_blocking(move || archive::verify(&path, sum.as_deref(), &cancel, &NoProgress))
+                .await?;
+        if let Err(e) = verified {
+            bail!(crate::Error::VerifyFailed {
+                id: n.id,
+                detail: format!(
+                    "{:#}; the newest complete backup must verify before anything is pruned: nothing was deleted",
+                    anyhow::Error::from(e)
+                )
+            });
+        }
+        out.verified = Some(n.id);
+    }
+
+    let op = ctx.catalog.begin_operation("prune", project, None, None).await?;
+    for r in doomed {
+        ctx.interrupt.check()?;
+        ctx.catalog.set_detail(op, &json!({ "deleting": r.id, "path": r.path })).await?;
+        if std::env::var("NUWAX_TEST_CRASH").as_deref() == Ok("prune-after-file") {
+            // Test hook: die between the file and the row, as a power loss would.
+            if let Some(p) = &r.path {
+                let _ = std::fs::remove_file(p);
+            }
+            std::process::abort();
+        }
+        out.freed_bytes += super::delete::delete_backup(ctx, r).await?;
+        out.removed.push(r.id);
+    }
+    out.leftovers_removed = remove_leftovers(&ctx.project.storage_dir);
+    ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
+    Ok(out)
+}
+
+fn candidate(r: &BackupRecord) -> Result<Candidate> {
+    let created_at = DateTime::parse_from_rfc3339(&r.created_at)
+        .with_context(|| format!("backup {}: created_at {:?}", r.id, r.created_at))?
+        .with_timezone(&Utc);
+    Ok(Candidate { id: r.id, kind: r.kind.clone(), status: r.status.clone(), created_at })
+}
+
+fn item(d: &Decision, records: &[BackupRecord]) -> Item {
+    let r = records.iter().find(|r| r.id == d.id);
+    Item {
+        id: d.id,
+        kind: r.map(|r| r.kind.clone()).unwrap_or_default(),
+        status: r.map(|r| r.status.clone()).unwrap_or_default(),
+        created_at: r.map(|r| r.created_at.clone()).unwrap_or_default(),
+        size_bytes: r.and_then(|r| r.size_bytes),
+        keep: d.keep,
+        reasons: d.reasons.clone(),
+    }
+}
+
+/// Hidden files of operations that died (partial archives, staged restores, image spools,
+/// unpacked packages, half-copied archives). The caller holds the project lock, so no live
+/// operation owns any of them.
+fn remove_leftovers(storage: &std::path::Path) -> Vec<PathBuf> {
+    const PREFIXES: [&str; 6] = [
+        ".nuwax-partial-",
+        ".nuwax-restore-",
+        ".nuwax-images-",
+        ".nuwax-pkg-",
+        ".nuwax-load-",
+        ".nuwax-copy-",
+    ];
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(storage).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !PREFIXES.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let p = e.path();
+        let gone = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p).is_ok(),
+            _ => std::fs::remove_file(&p).is_ok(),
+        };
+        if gone {
+            removed.push(p);
+        }
+    }
+    removed
+}
+
+/// Recovery of a prune that died between removing a file and its row: the row goes too.
+pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
+    let Some(id) = detail.get("deleting").and_then(|v| v.as_i64()) else {
+        return Ok("the prune had not started deleting".into());
+    };
+    match ctx.catalog.get(id).await? {
+        Some(r) => {
+            super::delete::delete_backup(ctx, &r).await?;
+            Ok(format!("the prune's deletion of backup {id} was finished"))
+        }
+        None => Ok(format!("backup {id} was already deleted")),
+    }
+}
