@@ -33,6 +33,15 @@ fn assert_catalog_honest(demo: &Demo) {
     assert!(out.status.success(), "verify --all: {}{}", stdout(&out), stderr(&out));
 }
 
+/// `rollback ID --data-only` brings back the marker as backup ID held it.
+fn assert_data_rolled_back_to(demo: &Demo, id: i64) {
+    let out = demo.run(&["rollback", &id.to_string(), "--yes", "--data-only"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    let marker = demo.volume_path("dbdata").join("marker.txt");
+    assert_eq!(std::fs::read_to_string(marker).unwrap(), "as in backup 1");
+}
+
 #[test]
 fn prune_keeps_what_the_policy_says_and_survives_a_crash_between_file_and_row() {
     let compose = require_docker!();
@@ -254,13 +263,7 @@ fn storage_migrates_to_another_filesystem_resumes_after_sigkill_and_rolls_back_f
     assert_catalog_honest(&demo);
 
     // And a rollback from the new location.
-    let out = demo.run(&["rollback", &first.to_string(), "--yes", "--data-only"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    demo.wait_healthy(&["db", "app", "worker"]);
-    assert_eq!(
-        std::fs::read_to_string(demo.volume_path("dbdata").join("marker.txt")).unwrap(),
-        "as in backup 1"
-    );
+    assert_data_rolled_back_to(&demo, first);
     // Later backups go to the new directory (the catalog is gone with the tmpfs otherwise).
     let (_, path) = quick_backup(&demo);
     assert!(path.starts_with(&dest));
@@ -287,13 +290,7 @@ fn a_lost_catalog_is_rebuilt_from_the_archives_and_rolled_back_from() {
     assert!(demo.list().iter().all(|r| r["status"] == "complete"));
     assert_catalog_honest(&demo);
 
-    let out = demo.run(&["rollback", &first.to_string(), "--yes", "--data-only"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    demo.wait_healthy(&["db", "app", "worker"]);
-    assert_eq!(
-        std::fs::read_to_string(demo.volume_path("dbdata").join("marker.txt")).unwrap(),
-        "as in backup 1"
-    );
+    assert_data_rolled_back_to(&demo, first);
 
     // An archive that disappears is marked missing by the next rebuild.
     std::fs::remove_file(&second_path).unwrap();

@@ -151,11 +151,7 @@ fn preflight_refusals_and_early_failures_change_nothing() {
     assert_eq!(demo.image_of("app"), v1_image);
 
     // A failing hook: rolled back, v1 with its data.
-    let text = read(&manifest);
-    let hook = r#"command = ["sh", "-c", "echo migration failed >&2; exit 3"]"#;
-    let broken: String =
-        text.lines().map(|l| if l.starts_with("command") { hook } else { l }).collect::<Vec<_>>().join("\n");
-    std::fs::write(&manifest, broken).unwrap();
+    with_hook(&pkg, r#"command = ["sh", "-c", "echo migration failed >&2; exit 3"]"#);
     let out = demo.run(&["upgrade", "--package", pkg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
     assert!(stderr(&out).contains("exit code 3"), "{}", stderr(&out));
@@ -186,29 +182,7 @@ fn sigkill_while_applying_is_rolled_back_by_the_next_command() {
     let before = snapshot(&demo);
     let v1_image = demo.image_of("app");
     // A slow hook makes "in the middle of applying" a window the test can hit.
-    let manifest = pkg.join("nuwax-package.toml");
-    let slow = r#"command = ["sh", "-c", "touch /var/lib/db/hook-started; sleep 60"]"#;
-    let text: String = read(&manifest)
-        .lines()
-        .map(|l| if l.starts_with("command") { slow } else { l })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&manifest, text.replace("timeout = 60", "timeout = 120")).unwrap();
-
-    let mut child = demo
-        .nuwax()
-        .args(["upgrade", "--package", pkg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let marker = demo.volume_path("dbdata").join("hook-started");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "the upgrade never reached its hook");
-        assert!(child.try_wait().unwrap().is_none(), "the upgrade ended before its hook");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = upgrade_until_slow_hook(&demo, &pkg, Stdio::null());
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(read(&demo.volume_path("dbdata").join("schema_version")).trim(), "2");
@@ -221,6 +195,26 @@ fn sigkill_while_applying_is_rolled_back_by_the_next_command() {
     assert_eq!(demo.image_of("app"), v1_image);
     assert_unchanged(&demo, &before);
     assert_eq!(history(&demo)[0]["status"], "rolled_back");
+}
+
+/// Starts an upgrade whose hook takes a minute, and returns once the hook runs.
+fn upgrade_until_slow_hook(demo: &Demo, pkg: &Path, stderr: Stdio) -> std::process::Child {
+    with_hook(pkg, r#"command = ["sh", "-c", "touch /var/lib/db/hook-started; sleep 60"]"#);
+    let mut child = demo
+        .nuwax()
+        .args(["upgrade", "--package", pkg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let marker = demo.volume_path("dbdata").join("hook-started");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the upgrade never reached its hook");
+        assert!(child.try_wait().unwrap().is_none(), "the upgrade ended before its hook");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 fn with_hook(pkg: &Path, command: &str) {
@@ -261,20 +255,7 @@ fn no_auto_rollback_leaves_it_in_place_and_sigint_rolls_back() {
     assert_eq!(demo.image_of("app"), v1_image);
 
     // SIGINT while a hook runs: the upgrade stops there and rolls back.
-    with_hook(&pkg, r#"command = ["sh", "-c", "touch /var/lib/db/hook-started; sleep 60"]"#);
-    let child = demo
-        .nuwax()
-        .args(["upgrade", "--package", pkg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let marker = demo.volume_path("dbdata").join("hook-started");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "the upgrade never reached its hook");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = upgrade_until_slow_hook(&demo, &pkg, Stdio::piped());
     let started = Instant::now();
     rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::INT)
         .unwrap();
