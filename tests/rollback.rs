@@ -403,3 +403,33 @@ fn with_images_an_image_missing_on_this_host_is_loaded_from_the_archive() {
     demo.wait_healthy(&["db", "app", "worker"]);
     assert_eq!(image_of(&demo, "app"), unique);
 }
+
+#[test]
+fn a_failure_after_the_swap_puts_everything_back_including_volumes_replaced_through_the_engine() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let dbdata = demo.volume_path("dbdata");
+    std::fs::write(dbdata.join("state.txt"), "at backup time").unwrap();
+    let (id, _) = backup(&demo);
+    std::fs::write(dbdata.join("state.txt"), "current").unwrap();
+    std::fs::write(demo.dir.join("uploads/current.txt"), "current upload").unwrap();
+    std::fs::write(demo.dir.join(".env"), "APP_VERSION=1\nAPP_TITLE=current\n").unwrap();
+    let uploads_before = tree::snapshot(&demo.dir.join("uploads"));
+
+    let out = demo
+        .nuwax()
+        .args(["rollback", &id.to_string(), "--yes"])
+        .env("NUWAX_VOLUME_ACCESS", "engine")
+        .env("NUWAX_TEST_FAIL", "rollback-after-swap")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("as it was before the rollback, services running"), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    let dbdata = demo.volume_path("dbdata");
+    assert_eq!(std::fs::read_to_string(dbdata.join("state.txt")).unwrap(), "current");
+    assert_eq!(tree::snapshot(&demo.dir.join("uploads")), uploads_before);
+    assert_eq!(std::fs::read_to_string(demo.dir.join(".env")).unwrap(), "APP_VERSION=1\nAPP_TITLE=current\n");
+    assert!(!demo.storage_files().iter().any(|f| f.contains("nuwax-restore")), "{:?}", demo.storage_files());
+}

@@ -193,8 +193,10 @@ pub async fn rollback(
         // 4. Swap. From here on a crash is finished forward by recovery.
         journal.phase = "swapping".into();
         ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
+        // The old versions stay beside their targets until the end, so a failure can put them
+        // back.
         let s2 = journal.slots.clone();
-        tokio::task::spawn_blocking(move || swap::complete(&s2)).await??;
+        tokio::task::spawn_blocking(move || swap::swap_in(&s2)).await??;
         for s in &journal.engine {
             engine_touched += 1;
             removed.extend(engine::replace(&*engine, &ctx.project.name, s, &s.tar).await?);
@@ -205,6 +207,10 @@ pub async fn rollback(
             let (repo, tag) = split_reference(&i.image);
             engine.tag_image(&i.image_id, &repo, &tag).await?;
             retagged += 1;
+        }
+        if std::env::var("NUWAX_TEST_FAIL").as_deref() == Ok("rollback-after-swap") {
+            // Test hook: a failure after everything was replaced, to prove the way back.
+            bail!("injected failure after the swap (NUWAX_TEST_FAIL)");
         }
         journal.phase = "swapped".into();
         ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
@@ -218,9 +224,11 @@ pub async fn rollback(
             undo(ctx, &journal, safety.as_ref().map(|s| s.path.as_path()), engine_touched, retagged).await;
         let restart = async {
             guard.restart().await?;
-            // Containers removed to recreate a volume come back from the previous compose files.
-            up(ctx, Up::Services, &services(removed.iter().filter(|c| c.is_running()))).await?;
-            up(ctx, Up::CreateOnly, &services(removed.iter().filter(|c| !c.is_running()))).await?;
+            // Containers removed to recreate a volume come back from the previous compose files,
+            // running if they ran before the stop.
+            let ran = |c: &&Container| containers.iter().any(|b| b.id == c.id && b.is_running());
+            up(ctx, Up::Services, &services(removed.iter().filter(ran))).await?;
+            up(ctx, Up::CreateOnly, &services(removed.iter().filter(|c| !ran(c)))).await?;
             anyhow::Ok(())
         }
         .await;
@@ -236,6 +244,12 @@ pub async fn rollback(
             ctx.catalog.finish_operation(op, OperationState::Done, Some("failed, undone")).await?;
         }
         return Err(e.context(format!("rollback to backup {} failed; {state}", plan.backup_id)));
+    }
+
+    // The swap stands: the old versions go (a leftover is only disk space, not a failure).
+    let s2 = journal.slots.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || swap::cleanup(&s2)).await? {
+        tracing::warn!("removing the replaced versions: {e:#}");
     }
 
     // 6. Start again. Where configs were restored, an image differs or a volume was recreated,

@@ -69,6 +69,13 @@ pub fn clear_staging(slots: &[Slot]) -> Result<()> {
 /// Swaps every slot (or finishes swaps a crash interrupted), then removes the old versions.
 /// Idempotent: running it again after it finished changes nothing.
 pub fn complete(slots: &[Slot]) -> Result<()> {
+    swap_in(slots)?;
+    cleanup(slots)
+}
+
+/// Swaps every slot whose staged version is still waiting; the old versions stay beside them
+/// (for [`undo`]) until [`cleanup`].
+pub fn swap_in(slots: &[Slot]) -> Result<()> {
     for s in slots {
         if !exists(&s.staging) {
             continue; // already swapped
@@ -83,6 +90,11 @@ pub fn complete(slots: &[Slot]) -> Result<()> {
             .with_context(|| format!("moving the restored {} into place", s.dest.display()))?;
         sync_parent(&s.dest);
     }
+    Ok(())
+}
+
+/// Removes the old versions: from here on the swap can no longer be undone.
+pub fn cleanup(slots: &[Slot]) -> Result<()> {
     for s in slots {
         remove_any(&s.old).with_context(|| format!("removing {}", s.old.display()))?;
     }
