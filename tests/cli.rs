@@ -38,7 +38,7 @@ fn init_writes_a_config_that_parses_and_status_works_without_an_engine() {
     let template = std::fs::read_to_string(dir.join("nuwax.toml")).unwrap();
     let uncommented: String = template
         .lines()
-        .map(|l| if l.starts_with("# ") && l.contains(" = ") { &l[2..] } else { l })
+        .map(|l| if l.starts_with("# ") && (l.contains(" = ") || l.starts_with("# [")) { &l[2..] } else { l })
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(
