@@ -48,7 +48,13 @@ fn manifest(entries: Vec<EntryMeta>, compression: Compression) -> Manifest {
 }
 
 fn opts(compression: Compression) -> WriteOptions {
-    WriteOptions { compression, level: compression.default_level(), threads: 2, rate_limit: None }
+    WriteOptions {
+        compression,
+        level: compression.default_level(),
+        threads: 2,
+        rate_limit: None,
+        hash_output: true,
+    }
 }
 
 fn scan(prefix: &str, root: &Path) -> ScanResult {
@@ -298,7 +304,7 @@ proptest! {
             let (scanned, summary) = archive_tree(prefix, &src, &out, &opts(compression));
             prop_assert_eq!(&scanned.entries, &expected);
             let report = check(&out).unwrap();
-            prop_assert_eq!(report.archive_sha256, summary.archive_sha256);
+            prop_assert_eq!(Some(report.archive_sha256), summary.archive_sha256);
             prop_assert_eq!(report.content_bytes, scanned.size);
             prop_assert_eq!(report.entries, expected.len() as u64);
             let dest = tmp.path().join(format!("out-{compression}"));

@@ -126,7 +126,13 @@ fn volume_tree(root: &Path) {
 fn archive_roots(out: &Path, compression: Compression, roots: &[(&str, &Path)]) -> Vec<ScanResult> {
     let scans: Vec<ScanResult> = roots.iter().map(|(prefix, root)| scan(prefix, root)).collect();
     let entries = scans.iter().flat_map(|s| s.entries.clone()).collect();
-    let opts = WriteOptions { compression, level: compression.default_level(), threads: 2, rate_limit: None };
+    let opts = WriteOptions {
+        compression,
+        level: compression.default_level(),
+        threads: 2,
+        rate_limit: None,
+        hash_output: true,
+    };
     let file = fs::File::create(out).unwrap();
     let mut writer = ArchiveWriter::new(file, &opts, Cancel::new(), Arc::new(NoProgress)).unwrap();
     writer.write_manifest(&manifest(entries, compression)).unwrap();

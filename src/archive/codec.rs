@@ -14,23 +14,25 @@ const ZSTD_JOB_SIZE: u32 = 2 << 20;
 /// hashes and feeds them, cannot keep more busy at the default level.
 const ZSTD_MAX_WORKERS: u32 = 8;
 
-/// The output end: counts and hashes every byte that reaches `W`.
+/// The output end: counts (and with a hasher, hashes) every byte that reaches `W`.
 pub(super) struct HashingWriter<W> {
     pub(super) inner: W,
-    pub(super) hasher: Sha256,
+    pub(super) hasher: Option<Sha256>,
     pub(super) bytes: u64,
 }
 
 impl<W> HashingWriter<W> {
-    pub(super) fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), bytes: 0 }
+    pub(super) fn new(inner: W, hash: bool) -> Self {
+        Self { inner, hasher: hash.then(Sha256::new), bytes: 0 }
     }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }

@@ -25,6 +25,10 @@ pub struct WriteOptions {
     pub threads: u32,
     /// Bytes per second of entry content; a test hook to make archiving slow.
     pub rate_limit: Option<u64>,
+    /// Hash the output as it is written ([`WriteSummary::archive_sha256`]). A caller that
+    /// verifies the file afterwards anyway (which yields the same digest) turns this off to
+    /// take the hashing out of the time the services are down.
+    pub hash_output: bool,
 }
 
 impl Default for WriteOptions {
@@ -35,6 +39,7 @@ impl Default for WriteOptions {
             level: Compression::Zstd.default_level(),
             threads: u32::try_from(threads).unwrap_or(1),
             rate_limit: None,
+            hash_output: true,
         }
     }
 }
@@ -44,8 +49,8 @@ impl Default for WriteOptions {
 pub struct WriteSummary {
     /// Bytes written to the output (after compression).
     pub archive_bytes: u64,
-    /// Hex sha256 of every byte written to the output.
-    pub archive_sha256: String,
+    /// Hex sha256 of every byte written to the output (`None` without `hash_output`).
+    pub archive_sha256: Option<String>,
     /// Total content bytes of the file entries.
     pub content_bytes: u64,
     /// Number of declared entries written (manifest and trailer not counted).
@@ -77,7 +82,7 @@ impl<W: Write> ArchiveWriter<W> {
                 opts.compression.level_range()
             )));
         }
-        let sink = HashingWriter::new(out);
+        let sink = HashingWriter::new(out, opts.hash_output);
         let encoder =
             Encoder::new(sink, opts.compression, opts.level, opts.threads).map_err(Error::Output)?;
         // Enough chunks per second that throttling stays smooth and cancellation prompt.
@@ -217,7 +222,7 @@ impl<W: Write> ArchiveWriter<W> {
         sink.inner.flush().map_err(Error::Output)?;
         Ok(WriteSummary {
             archive_bytes: sink.bytes,
-            archive_sha256: hex(&sink.hasher.finalize()),
+            archive_sha256: sink.hasher.map(|h| hex(&h.finalize())),
             content_bytes: self.checksums.total_bytes,
             entries: self.declared.len() as u64,
         })
