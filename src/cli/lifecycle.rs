@@ -214,7 +214,12 @@ pub async fn rebuild(cli: &Cli, interrupt: Interrupt) -> Result<()> {
 pub async fn doctor(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     let ctx = context(cli, false, interrupt).await?;
     let engine = super::connect().await.map_err(|e| format!("{e:#}"));
-    let findings = crate::flows::doctor::doctor(&ctx.project, &ctx.catalog, engine).await?;
+    // Held while checking, so nothing starts halfway through; when another operation holds it,
+    // its journal rows are live, not leftovers.
+    let lock = ProjectLock::acquire(&ctx.project.state_dir);
+    let running_now = lock.as_ref().err().map(|e| format!("{e:#}"));
+    let findings = crate::flows::doctor::doctor(&ctx.project, &ctx.catalog, engine, running_now).await?;
+    drop(lock);
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&findings)?);
     } else {

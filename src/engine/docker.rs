@@ -96,6 +96,7 @@ impl Engine for DockerEngine {
         let config = r.config.unwrap_or_default();
         let labels = config.labels.unwrap_or_default();
         let st = r.state.unwrap_or_default();
+        let exit_code = st.exit_code;
         let state = match st.status {
             Some(ContainerStateStatusEnum::CREATED) => State::Created,
             Some(ContainerStateStatusEnum::RUNNING) => State::Running,
@@ -152,6 +153,12 @@ impl Engine for DockerEngine {
             depends_on,
             stop_timeout: config.stop_timeout.and_then(|t| u64::try_from(t).ok()),
             restart_count: r.restart_count.unwrap_or(0),
+            exit_code,
+            restart_policy: r
+                .host_config
+                .and_then(|h| h.restart_policy)
+                .and_then(|p| p.name)
+                .map(|n| n.to_string()),
             ips: r
                 .network_settings
                 .and_then(|n| n.networks)

@@ -46,6 +46,8 @@ impl FakeEngine {
             stop_timeout: None,
             restart_count: 0,
             ips: Vec::new(),
+            exit_code: None,
+            restart_policy: None,
         }
     }
 
@@ -64,6 +66,11 @@ impl FakeEngine {
 
     pub fn add_volume(&self, name: &str, mountpoint: PathBuf) {
         self.inner.lock().unwrap().volumes.insert(name.to_string(), mountpoint);
+    }
+
+    /// Changes the service's containers as `f` says (state, health, exit code, ...).
+    pub fn update(&self, service: &str, f: impl Fn(&mut Container)) {
+        self.inner.lock().unwrap().containers.iter_mut().filter(|c| c.service == service).for_each(f);
     }
 
     /// Makes `exec` in the service's containers end with `code`.

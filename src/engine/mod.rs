@@ -94,6 +94,10 @@ pub struct Container {
     pub restart_count: i64,
     /// IP addresses on the container's networks (what probes of a service connect to).
     pub ips: Vec<String>,
+    /// The exit code of its last run, once it has exited.
+    pub exit_code: Option<i64>,
+    /// `no`, `always`, `unless-stopped`, `on-failure` (from its host config).
+    pub restart_policy: Option<String>,
 }
 
 impl Container {

@@ -35,6 +35,7 @@ pub async fn doctor(
     project: &Project,
     catalog: &Catalog,
     engine: std::result::Result<Arc<dyn Engine>, String>,
+    running_now: Option<String>,
 ) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
     match &engine {
@@ -118,6 +119,10 @@ pub async fn doctor(
     }
 
     match catalog.unfinished(&project.name).await {
+        // Journaled operations of a live process are not leftovers.
+        Ok(_) if running_now.is_some() => {
+            out.push(ok("operations", running_now.clone().unwrap_or_default()));
+        }
         Ok(ops) if ops.is_empty() => out.push(ok("operations", "no unfinished operation".into())),
         Ok(ops) => out.push(bad(
             "operations",

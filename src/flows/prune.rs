@@ -41,6 +41,13 @@ pub struct PruneOutcome {
 pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>) -> Result<PruneOutcome> {
     policy.validate().map_err(|e| crate::Error::Config(format!("retention policy: {e}")))?;
     let project = &ctx.project.name;
+    let storage = &ctx.project.storage_dir;
+    if !storage.is_dir() {
+        bail!(crate::Error::Config(format!(
+            "the storage directory {} is not there (not mounted?): nothing was pruned",
+            storage.display()
+        )));
+    }
     let mut records = ctx.catalog.list(project).await?;
     // A complete row whose archive is gone is `missing`: not restorable, removed below.
     for r in records.iter_mut().filter(|r| r.is_complete()) {
@@ -52,6 +59,16 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
         }
     }
     let newest = records.iter().filter(|r| r.is_complete()).max_by_key(|r| r.id).cloned();
+    if newest.is_none() && records.iter().any(|r| r.status == "missing") {
+        // Every archive gone at once is a lost mount far more often than a real loss.
+        bail!(crate::Error::VerifyFailed {
+            id: records.iter().map(|r| r.id).max().unwrap_or_default(),
+            detail: format!(
+                "no complete backup has its archive in {}: nothing was pruned (is the right disk mounted?)",
+                storage.display()
+            ),
+        });
+    }
     let mut protected: Vec<(i64, String)> = Vec::new();
     if let Some(n) = &newest {
         protected.push((n.id, "newest complete backup".into()));
@@ -109,7 +126,14 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
     let op = ctx.catalog.begin_operation("prune", project, None, None).await?;
     for r in doomed {
         ctx.interrupt.check()?;
-        ctx.catalog.set_detail(op, &json!({ "deleting": r.id, "path": r.path })).await?;
+        // The services whose images are kept for it: once the file is gone, only this says.
+        let kept: Vec<String> = r
+            .path
+            .as_deref()
+            .and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok())
+            .map(|m| m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect())
+            .unwrap_or_default();
+        ctx.catalog.set_detail(op, &json!({ "deleting": r.id, "path": r.path, "kept": kept })).await?;
         if std::env::var("NUWAX_TEST_CRASH").as_deref() == Ok("prune-after-file") {
             // Test hook: die between the file and the row, as a power loss would.
             if let Some(p) = &r.path {
@@ -183,6 +207,17 @@ pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
     match ctx.catalog.get(id).await? {
         Some(r) => {
             super::delete::delete_backup(ctx, &r).await?;
+            let kept: Vec<String> =
+                serde_json::from_value(detail.get("kept").cloned().unwrap_or_default()).unwrap_or_default();
+            if let Some(engine) = &ctx.engine {
+                super::backup::release_images(
+                    &**engine,
+                    &ctx.project.name,
+                    id,
+                    kept.iter().map(String::as_str),
+                )
+                .await;
+            }
             Ok(format!("the prune's deletion of backup {id} was finished"))
         }
         None => Ok(format!("backup {id} was already deleted")),

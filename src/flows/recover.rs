@@ -30,15 +30,30 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
     for op in ctx.catalog.unfinished(&ctx.project.name).await? {
         let mut services_started = Vec::new();
-        let mut note = None;
-        match (op.kind.as_str(), op.detail.clone()) {
-            ("rollback", Some(detail)) => note = Some(super::rollback::recover(ctx, &detail).await?),
-            ("upgrade", Some(detail)) => note = Some(super::upgrade::recover(ctx, &detail).await?),
-            ("storage-migrate", Some(detail)) => note = Some(super::storage::recover(ctx, &detail)?),
-            ("prune", Some(detail)) => note = Some(super::prune::recover(ctx, &detail).await?),
-            _ => {}
-        }
-        if !op.stopped_services.is_empty() {
+        let finished = match (op.kind.as_str(), op.detail.clone()) {
+            ("rollback", Some(detail)) => super::rollback::recover(ctx, &detail).await.map(Some),
+            ("upgrade", Some(detail)) => super::upgrade::recover(ctx, &detail).await.map(Some),
+            ("storage-migrate", Some(detail)) => super::storage::recover(ctx, &detail).map(Some),
+            ("prune", Some(detail)) => super::prune::recover(ctx, &detail).await.map(Some),
+            _ => Ok(None),
+        };
+        // A recovery that cannot finish must not block every later command (including the
+        // rollback that would fix things): it is reported, the services are started, and the
+        // operation is closed.
+        let compose_owned = finished.is_ok()
+            && op.kind == "rollback"
+            && op.detail.as_ref().is_some_and(super::rollback::compose_owns_services);
+        let note = match finished {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("operation {} ({}) could not be finished: {e:#}", op.id, op.kind);
+                Some(format!(
+                    "could not be finished ({e:#}); the project may be between two states: \
+                     `nuwax list` shows the backups, `nuwax rollback <id>` restores a known one"
+                ))
+            }
+        };
+        if !op.stopped_services.is_empty() && !compose_owned {
             let engine = ctx.engine.as_ref().ok_or_else(|| {
                 anyhow::anyhow!(
                     "operation {} (pid {}) left services stopped ({}); the Docker engine is needed to start them",

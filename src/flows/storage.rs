@@ -24,6 +24,9 @@ pub struct Move {
     pub to: PathBuf,
     pub size: u64,
     pub checksum: Option<String>,
+    /// `to` existed before the migration (a copy the operator made): never removed by an undo.
+    #[serde(default)]
+    pub preexisting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -63,7 +66,9 @@ pub async fn plan(ctx: &Ctx, to: &Path) -> Result<Journal> {
         }
         let name = path.file_name().context("an archive path without a file name")?;
         let size = std::fs::metadata(&path)?.len();
-        moves.push(Move { id: r.id, to: to_dir.join(name), from: path, size, checksum: r.checksum });
+        let to = to_dir.join(name);
+        let preexisting = to.exists();
+        moves.push(Move { id: r.id, to, from: path, size, checksum: r.checksum, preexisting });
     }
     let need: u64 = moves.iter().map(|m| m.size).sum();
     let free = fsutil::free_space(&to_dir)?;
@@ -173,7 +178,7 @@ fn copy_file(from: &Path, to: &Path, cancel: &archive::Cancel, progress: &dyn Pr
 fn undo(j: &Journal) {
     for m in &j.moves {
         let _ = std::fs::remove_file(hidden(&m.to));
-        if m.from.is_file() {
+        if m.from.is_file() && !m.preexisting {
             let _ = std::fs::remove_file(&m.to);
         }
     }

@@ -91,13 +91,15 @@ pub fn clear(slots: &[EngineSlot]) {
 
 /// Recreates the volume empty and uploads `tar` into it. The project's containers that mount
 /// it are removed first (they are stopped; the engine keeps a volume while any container
-/// refers to it) and returned, so the caller has compose create them again.
+/// refers to it) and added to `removed` as they go (so a failure halfway still says which),
+/// for the caller to have compose create them again.
 pub async fn replace(
     engine: &dyn Engine,
     project: &str,
     slot: &EngineSlot,
     tar: &Path,
-) -> Result<Vec<Container>> {
+    removed: &mut Vec<Container>,
+) -> Result<()> {
     // A carrier a crash left behind.
     engine.remove_container(&slot.carrier()).await?;
     let users: Vec<Container> = engine
@@ -115,6 +117,7 @@ pub async fn replace(
             );
         }
         engine.remove_container(&c.id).await?;
+        removed.push(c.clone());
     }
     engine.remove_volume(&slot.volume).await.with_context(|| {
         format!("removing volume {} (is a container outside the project using it?)", slot.volume)
@@ -124,7 +127,7 @@ pub async fn replace(
     let uploaded = engine.upload(&id, "/", tar).await;
     engine.remove_container(&id).await?;
     uploaded.with_context(|| format!("uploading the backup's data into volume {}", slot.volume))?;
-    Ok(users)
+    Ok(())
 }
 
 /// Runs [`replace`] for every slot whose tar is still there, then removes the tar.
@@ -134,7 +137,7 @@ pub async fn complete(engine: &dyn Engine, project: &str, slots: &[EngineSlot]) 
         if !s.tar.exists() {
             continue;
         }
-        removed.extend(replace(engine, project, s, &s.tar).await?);
+        replace(engine, project, s, &s.tar, &mut removed).await?;
         std::fs::remove_file(&s.tar).with_context(|| format!("removing {}", s.tar.display()))?;
     }
     Ok(removed)
@@ -164,7 +167,7 @@ pub async fn undo(
     let (a, p, t, c) =
         (safety_archive.to_path_buf(), mount.archive_path.clone(), tar.clone(), cancel.clone());
     tokio::task::spawn_blocking(move || stage(&a, &p, &t, &c, &archive::NoProgress)).await??;
-    let result = replace(engine, project, slot, &tar).await;
+    let result = replace(engine, project, slot, &tar, &mut Vec::new()).await;
     let _ = std::fs::remove_file(&tar);
-    result.map(|_| ())
+    result
 }

@@ -72,6 +72,12 @@ pub struct Journal {
     /// containers of services they do not define) before starting `recreate`.
     #[serde(default)]
     pub remove_orphans: bool,
+    /// While undoing a failed rollback (`undoing`): how many engine volumes and image tags the
+    /// failed run had replaced, so recovery can undo exactly those.
+    #[serde(default)]
+    pub engine_touched: usize,
+    #[serde(default)]
+    pub retagged: usize,
 }
 
 impl Journal {
@@ -128,6 +134,8 @@ impl Journal {
             create_only: if configs { Vec::new() } else { users(false) },
             start_all: plan.start_all,
             remove_orphans: configs && !plan.start_all,
+            engine_touched: 0,
+            retagged: 0,
         }
     }
 }
@@ -199,7 +207,7 @@ pub async fn rollback(
         tokio::task::spawn_blocking(move || swap::swap_in(&s2)).await??;
         for s in &journal.engine {
             engine_touched += 1;
-            removed.extend(engine::replace(&*engine, &ctx.project.name, s, &s.tar).await?);
+            engine::replace(&*engine, &ctx.project.name, s, &s.tar, &mut removed).await?;
             let _ = std::fs::remove_file(&s.tar);
         }
         // 5. Image references back to the backup's ids.
@@ -220,8 +228,23 @@ pub async fn rollback(
     guard.forget(&removed);
 
     if let Err(e) = result {
-        let state =
-            undo(ctx, &journal, safety.as_ref().map(|s| s.path.as_path()), engine_touched, retagged).await;
+        // Before the swap began nothing was replaced: only staging goes. From then on the way
+        // back is journaled first, so a crash while undoing is undone again, never finished.
+        let state = if journal.phase == "staging" {
+            let s2 = journal.slots.clone();
+            engine::clear(&journal.engine);
+            tokio::task::spawn_blocking(move || swap::clear_staging(&s2)).await?
+        } else {
+            journal.phase = "undoing".into();
+            (journal.engine_touched, journal.retagged) = (engine_touched, retagged);
+            ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
+            let undone = undo(ctx, &journal, safety.as_ref().map(|s| s.path.as_path())).await;
+            if undone.is_ok() {
+                journal.phase = "undone".into();
+                ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
+            }
+            undone
+        };
         let restart = async {
             guard.restart().await?;
             // Containers removed to recreate a volume come back from the previous compose files,
@@ -258,6 +281,10 @@ pub async fn rollback(
     let started_services = match start(ctx, &journal, &mut guard).await {
         Ok(s) => s,
         Err(e) => {
+            // Whatever can run, runs; the journal stays open for `nuwax recover`.
+            if let Err(r) = guard.restart().await {
+                tracing::warn!("starting the remaining services: {r:#}");
+            }
             return Err(e.context(format!(
                 "the data of backup {} is in place, but starting the services failed; \
                  `nuwax recover` tries again, `nuwax rollback {}` goes back to the state before",
@@ -314,6 +341,8 @@ async fn stage(
     progress: Arc<dyn Progress>,
 ) -> Result<()> {
     swap::clear_staging(&journal.slots)?;
+    // Replaced versions an earlier rollback could not remove: not ours to put back, ever.
+    swap::cleanup(&journal.slots)?;
     engine::clear(&journal.engine);
     for s in &journal.slots {
         if let Some(parent) = s.dest.parent() {
@@ -355,17 +384,13 @@ async fn stage(
 /// Puts back what a failed rollback changed: staging removed, swapped host trees renamed back,
 /// volumes replaced through the engine restored from the safety backup, image references
 /// pointed at what they named before.
-async fn undo(
-    ctx: &Ctx,
-    journal: &Journal,
-    safety: Option<&std::path::Path>,
-    engine_touched: usize,
-    retagged: usize,
-) -> Result<()> {
+async fn undo(ctx: &Ctx, journal: &Journal, safety: Option<&std::path::Path>) -> Result<()> {
     let engine = ctx.engine.as_ref().context("no engine")?;
     let s = journal.slots.clone();
     tokio::task::spawn_blocking(move || swap::undo(&s)).await??;
     engine::clear(&journal.engine);
+    let (engine_touched, retagged) =
+        (journal.engine_touched.min(journal.engine.len()), journal.retagged.min(journal.retag.len()));
     for slot in &journal.engine[..engine_touched] {
         let safety = safety.context("no safety backup to restore the volumes from")?;
         engine::undo(&**engine, &ctx.project.name, slot, safety, ctx.interrupt.cancel()).await?;
@@ -454,12 +479,31 @@ pub(crate) fn split_reference(r: &str) -> (String, String) {
     }
 }
 
+/// Whether finishing this rollback hands every service to compose (configs restored, or no
+/// containers before): then the containers it had stopped are not started again as they were.
+pub fn compose_owns_services(detail: &serde_json::Value) -> bool {
+    let j: Journal = serde_json::from_value(detail.clone()).unwrap_or_default();
+    matches!(j.phase.as_str(), "swapping" | "swapped") && (j.remove_orphans || j.start_all)
+}
+
 /// Recovery of a rollback a dead nuwax left. Before the swap: its staging is removed and the
 /// project is as before (the caller starts the services it had stopped). From the swap on: the
 /// swap is finished, image references point at the backup's ids and compose creates what the
 /// rollback would have.
 pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
     let journal: Journal = serde_json::from_value(detail.clone()).unwrap_or_default();
+    match journal.phase.as_str() {
+        "undone" => return Ok("the failed rollback had been undone: the project is as before it".into()),
+        "undoing" => {
+            let safety = match journal.safety_backup_id {
+                Some(id) => ctx.catalog.get(id).await?.and_then(|r| r.path).map(PathBuf::from),
+                None => None,
+            };
+            undo(ctx, &journal, safety.as_deref()).await?;
+            return Ok("the failed rollback was undone: the project is as before it".into());
+        }
+        _ => {}
+    }
     if journal.phase == "staging" || journal.phase.is_empty() {
         let s = journal.slots.clone();
         tokio::task::spawn_blocking(move || swap::clear_staging(&s)).await??;

@@ -30,22 +30,32 @@ pub async fn gate(
         let containers = engine.project_containers(project).await?;
         let mut waiting = Vec::new();
         for service in services {
-            let Some(c) = containers.iter().find(|c| &c.service == service) else {
+            let of_service: Vec<&Container> = containers.iter().filter(|c| &c.service == service).collect();
+            if of_service.is_empty() {
                 waiting.push(format!("{service}: no container"));
-                continue;
-            };
-            let base = *baseline.entry(c.id.clone()).or_insert(c.restart_count);
-            if c.restart_count - base >= RESTART_LOOP {
-                bail!("service {service} is restarting in a loop ({} restarts)", c.restart_count - base);
             }
-            if c.health == Some(Health::Unhealthy) {
-                bail!("service {service} is unhealthy");
-            }
-            if matches!(c.state, State::Exited | State::Dead) && c.restart_count == base {
-                // With a restart policy the engine brings it back and the loop check decides.
-                waiting.push(format!("{service}: {:?}", c.state));
-            } else if !c.is_ready() {
-                waiting.push(format!("{service}: {}", describe(c)));
+            for c in of_service {
+                let base = *baseline.entry(c.id.clone()).or_insert(c.restart_count);
+                if c.restart_count - base >= RESTART_LOOP {
+                    bail!("service {service} is restarting in a loop ({} restarts)", c.restart_count - base);
+                }
+                if c.health == Some(Health::Unhealthy) {
+                    bail!("service {service} is unhealthy");
+                }
+                match (c.state, c.exit_code) {
+                    // A one-shot service (a migration, `restart: "no"`) that did its job.
+                    (State::Exited, Some(0)) if !c.has_healthcheck => {}
+                    (State::Exited | State::Dead, Some(code)) if code != 0 && c.restart_count == base => {
+                        // With a restart policy the engine brings it back within a moment; the
+                        // restart-loop check decides then. Without one, it stays down.
+                        if !restarts(c) {
+                            bail!("service {service} exited with code {code}");
+                        }
+                        waiting.push(format!("{service}: exited ({code})"));
+                    }
+                    _ if !c.is_ready() => waiting.push(format!("{service}: {}", describe(c))),
+                    _ => {}
+                }
             }
         }
         if waiting.is_empty() {
@@ -65,6 +75,11 @@ pub async fn gate(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Whether the engine restarts this container by itself (a restart policy other than `no`).
+fn restarts(c: &Container) -> bool {
+    c.restart_policy.as_deref().is_some_and(|p| !p.is_empty() && p != "no")
 }
 
 fn describe(c: &Container) -> String {
@@ -118,6 +133,37 @@ fn resolve(url: &str, containers: &[Container]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fake::FakeEngine;
+
+    async fn gate_of(engine: &FakeEngine, services: &[&str]) -> Result<()> {
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        gate(engine, "p", &services, &[], Duration::from_secs(2), &Interrupt::none()).await
+    }
+
+    #[tokio::test]
+    async fn the_gate_passes_ready_and_finished_one_shot_services_and_fails_fast_otherwise() {
+        let e = FakeEngine::new();
+        e.add("db", true, &[], vec![]);
+        e.add("migrate", false, &[], vec![]);
+        e.update("migrate", |c| c.exit_code = Some(0));
+        gate_of(&e, &["db", "migrate"]).await.unwrap();
+
+        let started = std::time::Instant::now();
+        e.update("migrate", |c| c.exit_code = Some(3));
+        let err = gate_of(&e, &["db", "migrate"]).await.unwrap_err();
+        assert!(err.to_string().contains("exited with code 3"), "{err}");
+        e.update("db", |c| {
+            c.has_healthcheck = true;
+            c.health = Some(Health::Unhealthy);
+        });
+        assert!(gate_of(&e, &["db"]).await.unwrap_err().to_string().contains("unhealthy"));
+        assert!(started.elapsed() < Duration::from_secs(1), "did not fail fast");
+
+        // With a restart policy an exit is waited for; the deadline then says what is missing.
+        e.update("migrate", |c| c.restart_policy = Some("unless-stopped".into()));
+        let err = gate_of(&e, &["migrate", "search"]).await.unwrap_err().to_string();
+        assert!(err.contains("not healthy within") && err.contains("search: no container"), "{err}");
+    }
 
     #[test]
     fn service_names_in_probe_urls_become_container_addresses() {

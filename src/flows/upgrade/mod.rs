@@ -61,6 +61,10 @@ struct Journal {
     backup_id: Option<i64>,
     from_version: String,
     to_version: String,
+    /// Files the package adds (they did not exist before): a rollback removes them, since the
+    /// backup cannot say they were absent.
+    #[serde(default)]
+    added: Vec<std::path::PathBuf>,
 }
 
 pub async fn upgrade(
@@ -103,6 +107,7 @@ pub async fn upgrade(
         backup_id: None,
         from_version: plan.from_version.clone(),
         to_version: plan.to_version.clone(),
+        added: plan.files.iter().filter(|f| f.action == "add").map(|f| f.dest.clone()).collect(),
     };
     let op = ctx.catalog.begin_operation("upgrade", &project.name, None, None).await?;
     ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
@@ -170,6 +175,12 @@ pub async fn upgrade(
 
     // 5. Failure after the stop.
     if !opts.auto_rollback {
+        // Failed before compose took the services over: the old ones start again as they were.
+        if !guard.stopped().is_empty()
+            && let Err(e) = guard.restart().await
+        {
+            tracing::error!("starting the services again: {e:#}");
+        }
         end(UpgradeStatus::Failed, Some(cause.clone()), downtime, None).await?;
         ctx.catalog.finish_operation(op, OperationState::Done, Some("failed, left in place")).await?;
         bail!(crate::Error::UpgradeNotRolledBack {
@@ -185,7 +196,7 @@ pub async fn upgrade(
     ctx.interrupt.reset();
     journal.phase = "rolling_back".into();
     ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-    match roll_back(ctx, opts, backup_id, &plan.from_version, progress).await {
+    match roll_back(ctx, opts, backup_id, &journal.added, &plan.from_version, progress).await {
         Ok(safety) => {
             // Down from the first stop until the old version was healthy again.
             end(UpgradeStatus::RolledBack, Some(cause.clone()), guard.elapsed_ms(), Some(safety)).await?;
@@ -282,9 +293,17 @@ async fn roll_back(
     ctx: &Ctx,
     opts: &UpgradeOptions,
     backup_id: i64,
+    added: &[std::path::PathBuf],
     from_version: &str,
     progress: Arc<dyn Progress>,
 ) -> Result<i64> {
+    for f in added {
+        match std::fs::remove_file(f) {
+            Ok(()) => tracing::warn!("removed {}, which the upgrade had added", f.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", f.display()))),
+        }
+    }
     // The files on disk are the new version's now: read the project as they describe it.
     let ctx = ctx.rediscover()?;
     let ropts = RollbackOptions {
@@ -320,7 +339,7 @@ pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
         health_timeout: ctx.timeouts().ready,
     };
     let progress: Arc<dyn Progress> = Arc::new(crate::archive::NoProgress);
-    match roll_back(ctx, &opts, backup_id, &j.from_version, progress).await {
+    match roll_back(ctx, &opts, backup_id, &j.added, &j.from_version, progress).await {
         Ok(safety) => {
             let cause = Some("interrupted; rolled back by recovery".to_string());
             record_end(ctx, j.upgrade_id, started, UpgradeStatus::RolledBack, cause, None, Some(safety))
