@@ -406,6 +406,17 @@ fn with_images_an_image_missing_on_this_host_is_loaded_from_the_archive() {
 
 #[test]
 fn a_failure_after_the_swap_puts_everything_back_including_volumes_replaced_through_the_engine() {
+    failure_after_the_swap(false);
+}
+
+/// Killed while putting things back after a failure: the next command undoes (never finishes
+/// the rollback the failed run was abandoning).
+#[test]
+fn a_crash_while_undoing_a_failed_rollback_is_undone_by_the_next_command() {
+    failure_after_the_swap(true);
+}
+
+fn failure_after_the_swap(crash_while_undoing: bool) {
     let compose = require_docker!();
     let demo = Demo::new(compose);
     demo.up();
@@ -417,15 +428,24 @@ fn a_failure_after_the_swap_puts_everything_back_including_volumes_replaced_thro
     std::fs::write(demo.dir.join(".env"), "APP_VERSION=1\nAPP_TITLE=current\n").unwrap();
     let uploads_before = tree::snapshot(&demo.dir.join("uploads"));
 
-    let out = demo
-        .nuwax()
-        .args(["rollback", &id.to_string(), "--yes"])
+    let mut cmd = demo.nuwax();
+    cmd.args(["rollback", &id.to_string(), "--yes"])
         .env("NUWAX_VOLUME_ACCESS", "engine")
-        .env("NUWAX_TEST_FAIL", "rollback-after-swap")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("as it was before the rollback, services running"), "{}", stderr(&out));
+        .env("NUWAX_TEST_FAIL", "rollback-after-swap");
+    if crash_while_undoing {
+        cmd.env("NUWAX_TEST_CRASH", "rollback-while-undoing");
+    }
+    let out = cmd.output().unwrap();
+    if crash_while_undoing {
+        assert!(out.status.code().is_none(), "expected an abort: {}", stderr(&out));
+        let out = demo.nuwax().arg("list").env("NUWAX_VOLUME_ACCESS", "engine").output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stderr(&out).contains("the failed rollback was undone"), "{}", stderr(&out));
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("as it was before the rollback, services running"), "{err}");
+    }
     demo.wait_healthy(&["db", "app", "worker"]);
     let dbdata = demo.volume_path("dbdata");
     assert_eq!(std::fs::read_to_string(dbdata.join("state.txt")).unwrap(), "current");

@@ -69,12 +69,24 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
                 .into_iter()
                 .filter(|c| wanted.contains(c.id.as_str()))
                 .collect();
-            let gone = wanted.len() - containers.len();
-            if gone > 0 {
-                tracing::warn!("{gone} container(s) stopped by operation {} no longer exist", op.id);
-            }
             start_and_wait(&**engine, &containers, &ctx.project.dependencies(), ctx.timeouts().ready).await?;
             services_started = containers.iter().map(|c| c.service.clone()).collect();
+            // Containers removed on the way (a volume recreated through the engine) come back
+            // from the compose files, as the services ran before.
+            let mut gone: Vec<String> = op
+                .stopped_services
+                .iter()
+                .filter(|s| !containers.iter().any(|c| c.id == s.id))
+                .map(|s| s.service.clone())
+                .collect();
+            gone.sort();
+            gone.dedup();
+            gone.retain(|s| !services_started.contains(s));
+            if !gone.is_empty() {
+                tracing::warn!("recreating {} with compose: their containers are gone", gone.join(", "));
+                super::compose::up(ctx, super::compose::Up::Services, &gone).await?;
+                services_started.extend(gone);
+            }
         }
         let mut temp_removed = None;
         if let Some(temp) = &op.temp_path

@@ -238,6 +238,10 @@ pub async fn rollback(
             journal.phase = "undoing".into();
             (journal.engine_touched, journal.retagged) = (engine_touched, retagged);
             ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
+            if std::env::var("NUWAX_TEST_CRASH").as_deref() == Ok("rollback-while-undoing") {
+                // Test hook: die with the way back journaled but not taken.
+                std::process::abort();
+            }
             let undone = undo(ctx, &journal, safety.as_ref().map(|s| s.path.as_path())).await;
             if undone.is_ok() {
                 journal.phase = "undone".into();
