@@ -18,9 +18,31 @@ pub struct ProjectLock {
     pub path: PathBuf,
 }
 
+/// How long an operation waits for the lock: read-only commands hold it for a moment to run
+/// recovery, and an operation started in that moment should not be refused for it.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl ProjectLock {
-    /// Takes the lock at once or fails with [`Error::Locked`] naming the holder's pid.
+    /// Takes the lock, waiting up to a second for a momentary holder; else fails with
+    /// [`Error::Locked`] naming the holder's pid. For operations that change things.
     pub fn acquire(state_dir: &Path) -> Result<ProjectLock> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            match Self::try_acquire(state_dir) {
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && matches!(e.downcast_ref::<Error>(), Some(Error::Locked { .. })) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes the lock at once or fails with [`Error::Locked`]: for read-only commands, which
+    /// skip their recovery check rather than wait.
+    pub fn try_acquire(state_dir: &Path) -> Result<ProjectLock> {
         crate::fsutil::create_private_dir(state_dir)?;
         let path = state_dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
@@ -61,7 +83,7 @@ mod tests {
     fn a_second_holder_is_refused_with_the_first_pid() {
         let dir = tempfile::tempdir().unwrap();
         let first = ProjectLock::acquire(dir.path()).unwrap();
-        let err = ProjectLock::acquire(dir.path()).unwrap_err();
+        let err = ProjectLock::try_acquire(dir.path()).unwrap_err();
         let locked = err.downcast_ref::<Error>().unwrap();
         assert_eq!(
             locked.to_string(),
@@ -69,5 +91,18 @@ mod tests {
         );
         drop(first);
         ProjectLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn an_operation_waits_out_a_momentary_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let brief = ProjectLock::try_acquire(dir.path()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(brief);
+        });
+        // flock locks belong to the open file, so a second open in this process contends too.
+        ProjectLock::acquire(dir.path()).unwrap();
+        release.join().unwrap();
     }
 }

@@ -239,7 +239,7 @@ async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     };
     let last = ctx.catalog.last_complete(&ctx.project.name).await?;
     let unfinished = ctx.catalog.unfinished(&ctx.project.name).await?;
-    let holder = match ProjectLock::acquire(&ctx.project.state_dir) {
+    let holder = match ProjectLock::try_acquire(&ctx.project.state_dir) {
         Ok(_) => None,
         Err(e) => Some(format!("{e}")),
     };

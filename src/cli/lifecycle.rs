@@ -216,7 +216,7 @@ pub async fn doctor(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     let engine = super::connect().await.map_err(|e| format!("{e:#}"));
     // Held while checking, so nothing starts halfway through; when another operation holds it,
     // its journal rows are live, not leftovers.
-    let lock = ProjectLock::acquire(&ctx.project.state_dir);
+    let lock = ProjectLock::try_acquire(&ctx.project.state_dir);
     let running_now = lock.as_ref().err().map(|e| format!("{e:#}"));
     let findings = crate::flows::doctor::doctor(&ctx.project, &ctx.catalog, engine, running_now).await?;
     drop(lock);

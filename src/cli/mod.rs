@@ -132,7 +132,7 @@ async fn context(cli: &Cli, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
 async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<()> {
     let _own;
     if lock.is_none() {
-        match ProjectLock::acquire(&ctx.project.state_dir) {
+        match ProjectLock::try_acquire(&ctx.project.state_dir) {
             Ok(l) => _own = l,
             Err(_) => return Ok(()),
         }
