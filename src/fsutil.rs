@@ -49,11 +49,10 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Whether two paths name the same directory (by identity when both exist).
+/// Whether two paths name the same directory: by identity when both exist, else by path.
 pub fn same_dir(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+    match (a.exists(), b.exists()) {
+        (true, true) => same_file(a, b),
         _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
     }
 }

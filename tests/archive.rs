@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use nuwax::archive::manifest::{ChecksumInfo, EntryKind, EntryMeta, FORMAT_VERSION, Manifest};
+use nuwax::archive::manifest::{EntryKind, EntryMeta, FORMAT_VERSION, Manifest};
 use nuwax::archive::{
     ArchiveWriter, Cancel, Compression, Error, NoProgress, ScanResult, WriteOptions, WriteSummary,
     detect_compression, file_sha256, read_manifest, scan_host, scan_tar_stream, verify,
@@ -26,25 +26,7 @@ fn is_root() -> bool {
 }
 
 fn manifest(entries: Vec<EntryMeta>, compression: Compression) -> Manifest {
-    Manifest {
-        project_dir: None,
-        images_archive: None,
-        format_version: FORMAT_VERSION,
-        nuwax_version: "test".into(),
-        backup_id: 7,
-        kind: "manual".into(),
-        project: "demo".into(),
-        service_version: None,
-        created_at: "2024-05-01T12:00:00Z".into(),
-        compression: compression.as_str().into(),
-        services_stopped: true,
-        services: vec![],
-        mounts: vec![],
-        configs: vec![],
-        skipped: vec![],
-        entries,
-        checksums: ChecksumInfo::default(),
-    }
+    crate::support::manifest(7, entries, compression)
 }
 
 fn opts(compression: Compression) -> WriteOptions {

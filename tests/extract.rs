@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use globset::GlobSet;
-use nuwax::archive::manifest::{ChecksumInfo, EntryKind, EntryMeta, FORMAT_VERSION, Manifest};
+use nuwax::archive::manifest::{EntryKind, EntryMeta, FORMAT_VERSION, Manifest};
 use nuwax::archive::{
     ArchiveWriter, Cancel, Checksums, Compression, Error, ExtractReport, NoProgress, Progress, ScanResult,
     Target, WriteOptions, check_extractable, extract, scan_host,
@@ -25,25 +25,7 @@ const ALL: [Compression; 3] = [Compression::Zstd, Compression::Gzip, Compression
 const MTIME: i64 = 1_700_000_000;
 
 fn manifest(entries: Vec<EntryMeta>, compression: Compression) -> Manifest {
-    Manifest {
-        project_dir: None,
-        images_archive: None,
-        format_version: FORMAT_VERSION,
-        nuwax_version: "test".into(),
-        backup_id: 1,
-        kind: "manual".into(),
-        project: "demo".into(),
-        service_version: None,
-        created_at: "2024-05-01T12:00:00Z".into(),
-        compression: compression.as_str().into(),
-        services_stopped: true,
-        services: vec![],
-        mounts: vec![],
-        configs: vec![],
-        skipped: vec![],
-        entries,
-        checksums: ChecksumInfo::default(),
-    }
+    crate::support::manifest(1, entries, compression)
 }
 
 fn scan(prefix: &str, root: &Path) -> ScanResult {

@@ -45,6 +45,23 @@ fn assert_unchanged(demo: &Demo, before: &Snapshot) {
     assert_eq!(now.uploads, before.uploads, "uploads differ");
 }
 
+/// The demo running v1, the v2 package beside it, and what must come back after a failed upgrade.
+struct V1 {
+    demo: Demo,
+    pkg: std::path::PathBuf,
+    before: Snapshot,
+    v1_image: String,
+}
+
+fn v1_with_package_2(compose: nuwax::engine::compose_cli::ComposeCli) -> V1 {
+    let demo = Demo::new(compose);
+    demo.up();
+    let pkg = demo.package("2");
+    let before = snapshot(&demo);
+    let v1_image = demo.image_of("app");
+    V1 { demo, pkg, before, v1_image }
+}
+
 #[test]
 fn v1_to_v2_upgrades_and_v3_broken_rolls_back_automatically() {
     let compose = require_docker!();
@@ -112,11 +129,7 @@ fn v1_to_v2_upgrades_and_v3_broken_rolls_back_automatically() {
 #[test]
 fn preflight_refusals_and_early_failures_change_nothing() {
     let compose = require_docker!();
-    let demo = Demo::new(compose);
-    demo.up();
-    let pkg = demo.package("2");
-    let before = snapshot(&demo);
-    let v1_image = demo.image_of("app");
+    let V1 { demo, pkg, before, v1_image } = v1_with_package_2(compose);
 
     // A checksum that does not match: refused in preflight, nothing stopped.
     let out = demo.run(&["upgrade", "--package", pkg.to_str().unwrap(), "--sha256", &"0".repeat(64)]);
@@ -176,11 +189,7 @@ fn bad_image_archive(tag: &str) -> Vec<u8> {
 #[test]
 fn sigkill_while_applying_is_rolled_back_by_the_next_command() {
     let compose = require_docker!();
-    let demo = Demo::new(compose);
-    demo.up();
-    let pkg = demo.package("2");
-    let before = snapshot(&demo);
-    let v1_image = demo.image_of("app");
+    let V1 { demo, pkg, before, v1_image } = v1_with_package_2(compose);
     // A slow hook makes "in the middle of applying" a window the test can hit.
     let mut child = upgrade_until_slow_hook(&demo, &pkg, Stdio::null());
     child.kill().unwrap();
@@ -230,11 +239,7 @@ fn with_hook(pkg: &Path, command: &str) {
 #[test]
 fn no_auto_rollback_leaves_it_in_place_and_sigint_rolls_back() {
     let compose = require_docker!();
-    let demo = Demo::new(compose);
-    demo.up();
-    let pkg = demo.package("2");
-    let before = snapshot(&demo);
-    let v1_image = demo.image_of("app");
+    let V1 { demo, pkg, before, v1_image } = v1_with_package_2(compose);
 
     // --no-auto-rollback: the failed v2 stays for inspection, services running; the message
     // names the backup that brings v1 back.

@@ -104,7 +104,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             if ctx.engine.is_none() {
                 ctx.engine = super::connect().await.ok();
             }
-            crate::flows::delete::delete_backup(&ctx, &rec).await?;
+            let kept = crate::flows::delete::kept_services(&rec);
+            crate::flows::delete::delete_backup(&ctx, &rec, &kept).await?;
             render::deleted(&cli, &rec);
             Ok(())
         }
@@ -135,20 +136,11 @@ async fn rollback(cli: &Cli, args: &crate::cli::RollbackArgs, interrupt: Interru
     let mut ctx = context(cli, true, interrupt).await?;
     let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
     recover_if_needed(&mut ctx, Some(&lock)).await?;
-    let no_args = crate::cli::BackupArgs {
-        note: None,
-        compression: None,
-        level: None,
-        no_stop: false,
-        no_docker: false,
-        with_images: false,
-        kind: "manual".into(),
-    };
     let opts = RollbackOptions {
         id: args.id,
         data: !args.config_only,
         config: !args.data_only,
-        safety: backup_options(&ctx.project, &no_args)?,
+        safety: BackupOptions::for_project(&ctx.project, BackupKind::PreRollback, None, None)?,
     };
     let plan = plan(&ctx, &opts).await?;
     if args.dry_run {

@@ -24,20 +24,26 @@ pub enum Up {
     CreateOnly,
 }
 
+impl Up {
+    /// Whether it acts on every service (else on the ones named).
+    fn whole(self) -> bool {
+        matches!(self, Up::All | Up::AllRemoveOrphans | Up::CreateAll)
+    }
+}
+
 /// Runs compose `up` in the project directory, then (unless `CreateOnly`) starts and waits for
 /// the containers of `services` (of every service for `All`) to be running and healthy.
 pub async fn up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<Vec<Container>> {
     if !run_up(ctx, mode, services).await? || matches!(mode, Up::CreateOnly | Up::CreateAll) {
         return Ok(Vec::new());
     }
-    let whole = matches!(mode, Up::All | Up::AllRemoveOrphans | Up::CreateAll);
     let project = &ctx.project;
     let engine = ctx.engine.as_ref().context("no engine")?;
     let containers: Vec<Container> = engine
         .project_containers(&project.name)
         .await?
         .into_iter()
-        .filter(|c| whole || services.contains(&c.service))
+        .filter(|c| mode.whole() || services.contains(&c.service))
         .collect();
     crate::guard::start_and_wait(&**engine, &containers, &project.dependencies(), ctx.timeouts().ready)
         .await?;
@@ -47,8 +53,7 @@ pub async fn up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<Vec<Containe
 /// Runs compose `up` and returns without waiting for anything; `false` when there was
 /// nothing to run.
 pub async fn run_up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<bool> {
-    let whole = matches!(mode, Up::All | Up::AllRemoveOrphans | Up::CreateAll);
-    if !whole && services.is_empty() {
+    if !mode.whole() && services.is_empty() {
         return Ok(false);
     }
     let cli = ComposeCli::detect()
@@ -60,7 +65,7 @@ pub async fn run_up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<bool> {
         Up::Services => vec!["up", "-d", "--no-build", "--no-deps"],
         Up::CreateOnly => vec!["up", "--no-start", "--no-build", "--no-deps"],
     };
-    if !whole {
+    if !mode.whole() {
         args.extend(services.iter().map(String::as_str));
     }
     let project = &ctx.project;

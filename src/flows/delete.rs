@@ -8,13 +8,20 @@ use super::Ctx;
 use crate::archive;
 use crate::catalog::BackupRecord;
 
-/// Deletes `rec` (its archive, row and keep-tags). Returns the bytes freed.
-pub async fn delete_backup(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
-    let path = rec.path.as_deref().map(std::path::Path::new);
-    let kept: Vec<String> = path
-        .and_then(|p| archive::read_manifest(p).ok())
+/// The services whose images are kept (by tag) for `rec`, as its manifest says. Read before
+/// the archive goes: afterwards nothing says it.
+pub fn kept_services(rec: &BackupRecord) -> Vec<String> {
+    rec.path
+        .as_deref()
+        .and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok())
         .map(|m| m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Deletes `rec` (its archive, row and the keep-tags of `kept`, see [`kept_services`]).
+/// Returns the bytes freed.
+pub async fn delete_backup(ctx: &Ctx, rec: &BackupRecord, kept: &[String]) -> Result<u64> {
+    let path = rec.path.as_deref().map(std::path::Path::new);
     let mut freed = 0;
     if let Some(p) = path {
         freed = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);

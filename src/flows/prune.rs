@@ -126,13 +126,8 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
     let op = ctx.catalog.begin_operation("prune", project, None, None).await?;
     for r in doomed {
         ctx.interrupt.check()?;
-        // The services whose images are kept for it: once the file is gone, only this says.
-        let kept: Vec<String> = r
-            .path
-            .as_deref()
-            .and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok())
-            .map(|m| m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect())
-            .unwrap_or_default();
+        // Journaled: once the file is gone, only this says which image tags to release.
+        let kept = super::delete::kept_services(r);
         ctx.catalog.set_detail(op, &json!({ "deleting": r.id, "path": r.path, "kept": kept })).await?;
         if std::env::var("NUWAX_TEST_CRASH").as_deref() == Ok("prune-after-file") {
             // Test hook: die between the file and the row, as a power loss would.
@@ -141,7 +136,7 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
             }
             std::process::abort();
         }
-        out.freed_bytes += super::delete::delete_backup(ctx, r).await?;
+        out.freed_bytes += super::delete::delete_backup(ctx, r, &kept).await?;
         out.removed.push(r.id);
     }
     out.leftovers_removed = remove_leftovers(&ctx.project.storage_dir);
@@ -206,18 +201,9 @@ pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
     };
     match ctx.catalog.get(id).await? {
         Some(r) => {
-            super::delete::delete_backup(ctx, &r).await?;
             let kept: Vec<String> =
                 serde_json::from_value(detail.get("kept").cloned().unwrap_or_default()).unwrap_or_default();
-            if let Some(engine) = &ctx.engine {
-                super::backup::release_images(
-                    &**engine,
-                    &ctx.project.name,
-                    id,
-                    kept.iter().map(String::as_str),
-                )
-                .await;
-            }
+            super::delete::delete_backup(ctx, &r, &kept).await?;
             Ok(format!("the prune's deletion of backup {id} was finished"))
         }
         None => Ok(format!("backup {id} was already deleted")),

@@ -6,6 +6,9 @@
 pub mod tree;
 
 use std::io::Write;
+
+use nuwax::archive::Compression;
+use nuwax::archive::manifest::{ChecksumInfo, EntryMeta, FORMAT_VERSION, Manifest};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -331,4 +334,27 @@ pub fn without_dac_override(cmd: Command) -> Command {
     }
     c.stdin(Stdio::null());
     c
+}
+
+/// A manifest for hand-made archives: no services, mounts or configs, just `entries`.
+pub fn manifest(backup_id: i64, entries: Vec<EntryMeta>, compression: Compression) -> Manifest {
+    Manifest {
+        project_dir: None,
+        images_archive: None,
+        format_version: FORMAT_VERSION,
+        nuwax_version: "test".into(),
+        backup_id,
+        kind: "manual".into(),
+        project: "demo".into(),
+        service_version: None,
+        created_at: "2024-05-01T12:00:00Z".into(),
+        compression: compression.as_str().into(),
+        services_stopped: true,
+        services: vec![],
+        mounts: vec![],
+        configs: vec![],
+        skipped: vec![],
+        entries,
+        checksums: ChecksumInfo::default(),
+    }
 }

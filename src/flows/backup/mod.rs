@@ -54,8 +54,9 @@ pub struct BackupOptions {
     pub rate_limit: Option<u64>,
     /// Also store the services' images (`docker save` format) for restores on another machine.
     pub with_images: bool,
-    /// The caller (a rollback) has already stopped the services, journaled, and will start them:
-    /// these are the containers as they were before it stopped them.
+    /// The caller (a rollback, an upgrade) has already stopped the services, journaled, and will
+    /// start them: these are the containers as they were before it stopped them. The caller has
+    /// also checked, before stopping, that the backup fits ([`estimate`]).
     pub stopped_by_caller: Option<Vec<Container>>,
 }
 
@@ -179,7 +180,11 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     }
     let excludes = build_excludes(&project.settings.exclude)?;
     let skip_dirs = vec![project.storage_dir.clone(), project.state_dir.clone()];
-    preflight(project.storage_dir.as_path(), &plan, &excludes, &skip_dirs)?;
+    // A caller that stopped the services already checked the room in its own plan, before the
+    // stop (rollback, upgrade): walking the data again here would only lengthen the downtime.
+    if opts.stopped_by_caller.is_none() {
+        preflight(project.storage_dir.as_path(), &plan, &excludes, &skip_dirs)?;
+    }
     ctx.interrupt.check()?;
 
     let created_at = Utc::now();

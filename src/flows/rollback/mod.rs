@@ -81,12 +81,13 @@ pub struct Journal {
 }
 
 impl Journal {
-    fn new(ctx: &Ctx, plan: &Plan, opts_storage: &std::path::Path) -> Journal {
+    fn new(ctx: &Ctx, plan: &Plan) -> Journal {
+        let storage = &ctx.project.storage_dir;
         let slots = plan.items.iter().filter(|i| !i.via_engine).map(|i| Slot::new(&i.dest, plan.backup_id));
         let engine = plan.items.iter().filter(|i| i.via_engine).map(|i| {
             let volume = i.volume.clone().unwrap_or_default();
             let image = plan.carrier_image.clone().unwrap_or_default();
-            let mut s = EngineSlot::new(&volume, &ctx.project.name, opts_storage, plan.backup_id, &image);
+            let mut s = EngineSlot::new(&volume, &ctx.project.name, storage, plan.backup_id, &image);
             s.existed = !i.create;
             s
         });
@@ -167,7 +168,7 @@ pub async fn rollback(
     }
 
     // 1. Journal what is about to happen, then stop — once, for the safety backup and the restore.
-    let mut journal = Journal::new(ctx, &plan, &ctx.project.storage_dir);
+    let mut journal = Journal::new(ctx, &plan);
     let op = ctx.catalog.begin_operation("rollback", &ctx.project.name, None, None).await?;
     ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
     let containers = plan.containers.clone();

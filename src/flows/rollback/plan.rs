@@ -294,6 +294,9 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     // Room for the staged copies, on each target's filesystem (the tars of volumes restored
     // through the engine are staged in the storage directory).
     let mut need: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    // And the safety backup, which is made after the stop without checking again.
+    let safety = super::super::backup::estimate(ctx, &containers).await?;
+    *need.entry(existing_ancestor(&project.storage_dir)).or_default() += safety + safety / 20;
     for i in &items {
         let dir = match i.via_engine {
             true => existing_ancestor(&project.storage_dir),

@@ -196,7 +196,7 @@ pub async fn upgrade(
     ctx.interrupt.reset();
     journal.phase = "rolling_back".into();
     ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-    match roll_back(ctx, opts, backup_id, &journal.added, &plan.from_version, progress).await {
+    match roll_back(ctx, &opts.backup, backup_id, &journal.added, &plan.from_version, progress).await {
         Ok(safety) => {
             // Down from the first stop until the old version was healthy again.
             end(UpgradeStatus::RolledBack, Some(cause.clone()), guard.elapsed_ms(), Some(safety)).await?;
@@ -291,7 +291,7 @@ async fn apply(
 /// records the version again. Returns the rollback's safety backup id.
 async fn roll_back(
     ctx: &Ctx,
-    opts: &UpgradeOptions,
+    backup: &BackupOptions,
     backup_id: i64,
     added: &[std::path::PathBuf],
     from_version: &str,
@@ -310,7 +310,7 @@ async fn roll_back(
         id: backup_id,
         data: true,
         config: true,
-        safety: BackupOptions { kind: BackupKind::PreRollback, ..opts.backup.clone() },
+        safety: BackupOptions { kind: BackupKind::PreRollback, ..backup.clone() },
     };
     let plan = rollback::plan(&ctx, &ropts).await?;
     let done = rollback::rollback(&ctx, &ropts, plan, progress).await?;
@@ -330,16 +330,9 @@ pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
         record_end(ctx, j.upgrade_id, started, UpgradeStatus::Failed, cause, None, None).await?;
         return Ok(format!("the upgrade to {} was interrupted before anything changed", j.to_version));
     };
-    let opts = UpgradeOptions {
-        package: String::new(),
-        sha256: None,
-        allow_downgrade: false,
-        auto_rollback: true,
-        backup: BackupOptions::for_project(&ctx.project, BackupKind::PreRollback, None, None)?,
-        health_timeout: ctx.timeouts().ready,
-    };
+    let backup = BackupOptions::for_project(&ctx.project, BackupKind::PreRollback, None, None)?;
     let progress: Arc<dyn Progress> = Arc::new(crate::archive::NoProgress);
-    match roll_back(ctx, &opts, backup_id, &j.added, &j.from_version, progress).await {
+    match roll_back(ctx, &backup, backup_id, &j.added, &j.from_version, progress).await {
         Ok(safety) => {
             let cause = Some("interrupted; rolled back by recovery".to_string());
             record_end(ctx, j.upgrade_id, started, UpgradeStatus::RolledBack, cause, None, Some(safety))

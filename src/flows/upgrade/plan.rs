@@ -135,10 +135,14 @@ pub async fn plan(
         };
         files.push(FileStep { src, dest, action, size });
     }
+    // The env compose will read: the project's env file, as the package's changes leave it when
+    // they are aimed at that file (apply writes them to `changes.file` either way).
     let env_text = std::fs::read_to_string(&project.env_file).unwrap_or_default();
     let new_env_text = match &package.manifest.env {
-        Some(changes) => package::apply_env(&env_text, changes),
-        None => env_text,
+        Some(changes) if project.dir.join(&changes.file) == project.env_file => {
+            package::apply_env(&env_text, changes)
+        }
+        _ => env_text,
     };
     let new_env = crate::project::parse_env(&new_env_text);
     let compose_files: Vec<PathBuf> = project
@@ -163,6 +167,8 @@ pub async fn plan(
         }
     }
     let mut images = Vec::new();
+    // Services often share one image: ask the engine once per reference.
+    let mut present: BTreeMap<String, bool> = BTreeMap::new();
     for (service, s) in &services {
         let Some(image) = &s.image else {
             problems.push(format!(
@@ -178,7 +184,14 @@ pub async fn plan(
         let source = if in_package.contains(&normalized) || in_package.contains(image) {
             "package"
         } else if let Some(e) = &engine
-            && e.image_id(image).await.ok().flatten().is_some()
+            && match present.get(image) {
+                Some(p) => *p,
+                None => {
+                    let p = e.image_id(image).await.ok().flatten().is_some();
+                    present.insert(image.clone(), p);
+                    p
+                }
+            }
         {
             "present"
         } else {
