@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Helpers sourced by scripts/demo, scripts/bench and .ci/run: logging, apt
-# installs, the Docker engine, compose v1/v2 detection, waiting for health.
+# installs, the Docker engine, compose v1/v2 detection and the v2 install,
+# waiting for health.
 #
 # Sourcing has no side effects; every function is safe to call more than once.
 
@@ -74,6 +75,103 @@ compose() {
 	local -a cmd
 	read -ra cmd <<<"$(compose_cmd)" || return 1
 	"${cmd[@]}" "$@"
+}
+
+# debian_mirror: print the URI of the system's Debian main archive, read from the
+# apt sources (deb822 `.sources` files, then one-line `.list` files): the entry
+# whose suites name this release's codename and whose components include main.
+# NUWAX_APT_ETC (default /etc/apt) is where the sources are read from.
+debian_mirror() {
+	local codename f uri etc=${NUWAX_APT_ETC:-/etc/apt}
+	codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+	[[ -n $codename ]] || {
+		say "debian_mirror: no VERSION_CODENAME in /etc/os-release"
+		return 1
+	}
+	for f in "$etc"/sources.list.d/*.sources; do
+		[[ -f $f ]] || continue
+		# One stanza per blank-line-separated paragraph.
+		uri=$(awk -v want="$codename" '
+			function flush() {
+				if (types ~ /(^| )deb( |$)/ && enabled != "no" && (" " suites " ") ~ (" " want " ") &&
+					(" " comps " ") ~ / main /) { split(uris, u, " "); print u[1]; found = 1; exit }
+				types = uris = suites = comps = enabled = ""
+			}
+			/^[ \t]*#/ { next }
+			/^[ \t]*$/ { flush(); next }
+			{
+				key = tolower($1); sub(/:$/, "", key); $1 = ""; sub(/^ +/, "")
+				if (key == "types") types = $0; else if (key == "uris") uris = $0
+				else if (key == "suites") suites = $0; else if (key == "components") comps = $0
+				else if (key == "enabled") enabled = tolower($0)
+			}
+			END { if (!found) flush() }' "$f")
+		[[ -n $uri ]] && {
+			echo "$uri"
+			return 0
+		}
+	done
+	for f in "$etc"/sources.list "$etc"/sources.list.d/*.list; do
+		[[ -f $f ]] || continue
+		# deb [options] URI SUITE COMPONENT...
+		uri=$(awk -v want="$codename" '
+			$1 != "deb" { next }
+			{ i = 2; if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ } }
+			$(i + 1) == want { for (j = i + 2; j <= NF; j++) if ($j == "main") { print $i; exit } }' "$f")
+		[[ -n $uri ]] && {
+			echo "$uri"
+			return 0
+		}
+	done
+	say "debian_mirror: no \`deb\` entry for $codename main in $etc/sources.list{,.d/}"
+	return 1
+}
+
+# The directory every docker CLI (Debian's 20.10 and upstream's) searches for plugins.
+NUWAX_CLI_PLUGINS=${NUWAX_CLI_PLUGINS:-/usr/local/lib/docker/cli-plugins}
+
+# ensure_compose_v2: make `docker compose` (compose v2) work. When it does not,
+# takes the docker-compose package of Debian trixie (compose v2 as a CLI plugin;
+# bookworm's docker-compose is v1) through a private apt configuration (its own
+# sources, lists and archives in a temp dir: the system's apt sources and state
+# are not touched) and copies the plugin into $NUWAX_CLI_PLUGINS. Fails loudly.
+ensure_compose_v2() {
+	if docker compose version >/dev/null 2>&1; then
+		return 0
+	fi
+	command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
+		die "compose v2 missing, and no apt-get/dpkg-deb to fetch it: install the docker compose plugin by hand"
+	local mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg d rc=0
+	mirror=$(debian_mirror) || die "compose v2 missing, and no Debian mirror found to fetch it from"
+	say "installing compose v2: docker-compose from Debian trixie ($mirror) into $NUWAX_CLI_PLUGINS"
+	d=$(mktemp -d /tmp/nuwax-compose-v2.XXXXXX) || die "mktemp failed"
+	mkdir -p "$d/etc" "$d/lists/partial" "$d/archives/partial" "$d/deb"
+	printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
+		"$mirror" "$keyring" >"$d/etc/trixie.sources"
+	# apt fetches as the unprivileged _apt user when it can write where the files go.
+	chmod 755 "$d"
+	id _apt >/dev/null 2>&1 && chown _apt "$d/lists/partial" "$d/archives/partial" "$d/deb"
+	local -a opts=(
+		-o "Dir::Etc::sourcelist=/dev/null" -o "Dir::Etc::sourceparts=$d/etc"
+		-o "Dir::State::lists=$d/lists" -o "Dir::Cache::archives=$d/archives"
+		-o "Dir::Cache::pkgcache=$d/pkgcache.bin" -o "Dir::Cache::srcpkgcache=$d/srcpkgcache.bin"
+	)
+	{
+		as_root apt-get -q "${opts[@]}" --error-on=any update >"$d/log" 2>&1 &&
+			(cd "$d/deb" && as_root apt-get -q "${opts[@]}" download docker-compose/trixie) >>"$d/log" 2>&1 &&
+			as_root dpkg-deb -x "$d"/deb/docker-compose_*.deb "$d/root" >>"$d/log" 2>&1 &&
+			as_root install -D -m 755 "$d/root/usr/libexec/docker/cli-plugins/docker-compose" \
+				"$NUWAX_CLI_PLUGINS/docker-compose" >>"$d/log" 2>&1
+	} || rc=$?
+	if [[ $rc -ne 0 ]]; then
+		cat "$d/log" >&2
+		as_root rm -rf "$d"
+		die "installing compose v2 from Debian trixie failed (the log is above)"
+	fi
+	as_root rm -rf "$d"
+	docker compose version >/dev/null 2>&1 ||
+		die "compose v2 was placed in $NUWAX_CLI_PLUGINS, yet \`docker compose version\` still fails"
+	say "compose v2 installed: $(docker compose version 2>&1 | head -n 1)"
 }
 
 # ensure_docker: make sure a Docker engine answers, a compose exists and the
