@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::Error;
+use crate::engine::compose_cli::{ComposeChoice, ComposeCli, ComposeMissing};
 
 /// Compose's own default file names, in its order of preference.
 pub const COMPOSE_FILE_NAMES: [&str; 4] =
@@ -41,6 +42,9 @@ pub struct Settings {
     pub service_version: Option<String>,
     /// `auto` (host when readable, else engine), `host` or `engine`.
     pub volume_access: Option<String>,
+    /// `auto` (v2, else v1), `v2` (`docker compose`) or `v1` (`docker-compose`).
+    /// `NUWAX_COMPOSE` overrides it.
+    pub compose_cli: Option<String>,
     /// When `nuwax schedule run` backs up and prunes: a cron expression, local time.
     pub schedule: Option<String>,
     /// What `nuwax prune` keeps.
@@ -76,15 +80,18 @@ pub struct Project {
     pub declared_volumes: BTreeMap<String, Option<String>>,
     pub storage_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// Which compose CLI to run (`NUWAX_COMPOSE`, else `compose_cli`, else auto).
+    pub compose: ComposeChoice,
 }
 
 impl Project {
     /// Discover the project in `dir`. Environment: `COMPOSE_PROJECT_NAME`, `NUWAX_STORAGE_DIR`,
-    /// `NUWAX_STATE_DIR`.
+    /// `NUWAX_STATE_DIR`, `NUWAX_COMPOSE`.
     pub fn discover(dir: &Path) -> Result<Project> {
         let dir =
             std::fs::canonicalize(dir).with_context(|| format!("project directory {}", dir.display()))?;
         let settings = load_settings(&dir)?;
+        let compose = ComposeChoice::from_env(settings.compose_cli.as_deref()).map_err(Error::Config)?;
         let compose_files = match &settings.compose_files {
             Some(files) => files.iter().map(|f| dir.join(f)).collect(),
             None => default_compose_files(&dir)?,
@@ -143,12 +150,18 @@ impl Project {
             declared_volumes,
             storage_dir,
             state_dir,
+            compose,
         })
     }
 
     /// The version the project runs, as configured (`service_version`), else `0`.
     pub fn service_version(&self) -> String {
         self.settings.service_version.clone().unwrap_or_else(|| "0".into())
+    }
+
+    /// The compose CLI to run, as chosen or detected; see [`ComposeChoice::select`].
+    pub fn compose_cli(&self) -> Result<ComposeCli, ComposeMissing> {
+        self.compose.select()
     }
 
     /// Service → the services it depends on.

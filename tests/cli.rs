@@ -12,6 +12,7 @@ fn nuwax(dir: &std::path::Path) -> Command {
         .env_remove("COMPOSE_PROJECT_NAME")
         .env_remove("NUWAX_STORAGE_DIR")
         .env_remove("NUWAX_STATE_DIR")
+        .env_remove("NUWAX_COMPOSE")
         .stdin(Stdio::null());
     c
 }
@@ -51,6 +52,7 @@ fn init_writes_a_config_that_parses_and_status_works_without_an_engine() {
     let v = json(&out);
     assert_eq!(v["project"], "shop");
     assert!(v["engine_error"].as_str().unwrap().contains("cannot reach the Docker engine"));
+    assert_eq!(v["compose_choice"], serde_json::json!({"want": "auto", "from": "nuwax.toml"}));
 
     // Without the config, the name is the directory's, normalised as compose does.
     std::fs::remove_file(dir.join("nuwax.toml")).unwrap();

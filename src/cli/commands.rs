@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use super::{Cli, Command, context, progress, recover_if_needed, render};
 use crate::archive;
 use crate::catalog::BackupKind;
-use crate::engine::compose_cli::ComposeCli;
 use crate::flows::backup::{BackupOptions, backup};
 use crate::guard::Interrupt;
 use crate::lock::ProjectLock;
@@ -239,7 +238,7 @@ async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
         cli,
         &render::Status {
             project: &ctx.project,
-            compose: ComposeCli::detect(),
+            compose: ctx.project.compose_cli(),
             engine: engine.as_ref().err().cloned(),
             info,
             containers,

@@ -9,7 +9,7 @@ use super::Cli;
 use crate::archive::VerifyReport;
 use crate::archive::manifest::Manifest;
 use crate::catalog::{BackupRecord, Operation};
-use crate::engine::compose_cli::ComposeCli;
+use crate::engine::compose_cli::{ComposeCli, ComposeMissing};
 use crate::engine::{Container, EngineInfo};
 use crate::flows::backup::BackupOutcome;
 use crate::flows::recover::Recovered;
@@ -327,7 +327,7 @@ pub fn init(cli: &Cli, p: &Project, config: &Path, wrote: bool) {
 
 pub struct Status<'a> {
     pub project: &'a Project,
-    pub compose: Option<ComposeCli>,
+    pub compose: Result<ComposeCli, ComposeMissing>,
     pub engine: Option<String>,
     pub info: Option<EngineInfo>,
     pub containers: Option<Vec<Container>>,
@@ -349,7 +349,8 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
             .collect();
         let doc = json!({
             "project": p.name, "dir": p.dir, "compose_files": p.compose_files, "service_version": s.version, "last_upgrade": s.last_upgrade,
-            "compose_cli": s.compose, "engine": s.info.as_ref().map(|i| json!({"host": i.host, "version": i.version, "api_version": i.api_version})),
+            "compose_cli": s.compose.as_ref().ok(), "compose_choice": p.compose,
+            "compose_error": s.compose.as_ref().err().map(ToString::to_string), "engine": s.info.as_ref().map(|i| json!({"host": i.host, "version": i.version, "api_version": i.api_version})),
             "engine_error": s.engine, "services": services, "last_backup": s.last, "unfinished_operations": s.unfinished,
             "running_operation": s.running_operation, "storage_dir": p.storage_dir,
         });
@@ -368,13 +369,10 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
             u.backup_id.map(|b| b.to_string()).unwrap_or_else(|| "-".into())
         );
     }
-    println!(
-        "compose   {}",
-        s.compose
-            .as_ref()
-            .map(|c| c.display())
-            .unwrap_or_else(|| "not found (neither `docker compose` nor `docker-compose`)".into())
-    );
+    match &s.compose {
+        Ok(c) => println!("compose   {}, {}", c.display(), p.compose.how()),
+        Err(e) => println!("compose   not usable: {e}"),
+    }
     match (&s.info, &s.engine) {
         (Some(i), _) => println!("engine    Docker {} (API {}) at {}", i.version, i.api_version, i.host),
         (None, Some(e)) => println!("engine    unreachable: {e}"),
@@ -447,6 +445,11 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # How volume data is read: auto (from the host when readable, else through the engine),
 # host, or engine (remote engines, rootless Docker, Docker Desktop).
 # volume_access = "auto"
+
+# The compose CLI that creates services (rollback, upgrade): auto (`docker compose` when it
+# answers, else `docker-compose`), v2 (`docker compose` only) or v1 (`docker-compose` only).
+# A chosen one that is missing is an error, not a fallback. NUWAX_COMPOSE overrides this.
+# compose_cli = "auto"
 
 # When `nuwax schedule run` makes a backup (kind scheduled) and then prunes: a cron expression
 # in local time (5 fields, or 6 with seconds first). Default: daily at 03:00.
