@@ -65,6 +65,53 @@ fn init_writes_a_config_that_parses_and_status_works_without_an_engine() {
 }
 
 #[test]
+fn a_chosen_compose_cli_that_is_missing_is_an_error_not_a_fallback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shop");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("compose.yaml"), "services: {app: {image: x}}\n").unwrap();
+    // No compose CLI on this PATH at all.
+    let empty = tmp.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut c = nuwax(&dir);
+        c.env("PATH", &empty).args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+
+    let v = json(&run(&[("NUWAX_COMPOSE", "v1")], &["--json", "status"]));
+    assert_eq!(v["compose_choice"], serde_json::json!({"want": "v1", "from": "NUWAX_COMPOSE"}));
+    assert_eq!(v["compose_cli"], serde_json::Value::Null);
+    let err = v["compose_error"].as_str().unwrap();
+    assert!(
+        err.starts_with("NUWAX_COMPOSE=v1 asks for compose v1, and `docker-compose` cannot be run"),
+        "{err}"
+    );
+    let text = stdout(&run(&[("NUWAX_COMPOSE", "v1")], &["status"]));
+    assert!(text.contains("compose   not usable: NUWAX_COMPOSE=v1 asks for compose v1"), "{text}");
+
+    // nuwax.toml chooses too; the environment wins over it.
+    std::fs::write(dir.join("nuwax.toml"), "compose_cli = \"v2\"\n").unwrap();
+    let out = run(&[], &["--json", "doctor"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let compose = json(&out).as_array().unwrap().iter().find(|f| f["check"] == "compose").cloned().unwrap();
+    assert_eq!(compose["ok"], false);
+    let detail = compose["detail"].as_str().unwrap();
+    assert!(detail.starts_with("compose_cli = \"v2\" in nuwax.toml asks for compose v2"), "{detail}");
+    let v = json(&run(&[("NUWAX_COMPOSE", "auto")], &["--json", "status"]));
+    assert_eq!(v["compose_choice"]["want"], "auto");
+    assert!(v["compose_error"].as_str().unwrap().starts_with("neither `docker compose`"), "{v}");
+
+    // A value that names no compose CLI is a project error.
+    let out = run(&[("NUWAX_COMPOSE", "docker-compose")], &["status"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("use auto, v2 or v1"), "{}", stderr(&out));
+}
+
+#[test]
 fn schedule_install_writes_a_systemd_service_and_timer_for_the_project() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("shop");

@@ -6,7 +6,6 @@ use anyhow::{Context, Result, bail};
 
 use super::Ctx;
 use crate::engine::Container;
-use crate::engine::compose_cli::ComposeCli;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Up {
@@ -56,8 +55,7 @@ pub async fn run_up(ctx: &Ctx, mode: Up, services: &[String]) -> Result<bool> {
     if !mode.whole() && services.is_empty() {
         return Ok(false);
     }
-    let cli = ComposeCli::detect()
-        .context("services must be created with the compose CLI, and neither `docker compose` nor `docker-compose` was found")?;
+    let cli = ctx.project.compose_cli().context("services must be created with the compose CLI")?;
     let mut args = match mode {
         Up::All => vec!["up", "-d", "--no-build"],
         Up::AllRemoveOrphans => vec!["up", "-d", "--no-build", "--remove-orphans"],

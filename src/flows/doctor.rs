@@ -10,7 +10,6 @@ use serde::Serialize;
 use crate::archive;
 use crate::catalog::Catalog;
 use crate::engine::Engine;
-use crate::engine::compose_cli::ComposeCli;
 use crate::fsutil;
 use crate::project::Project;
 
@@ -47,12 +46,19 @@ pub async fn doctor(
         },
         Err(err) => out.push(bad("engine", err.clone(), "start dockerd or set DOCKER_HOST")),
     }
-    match ComposeCli::detect() {
-        Some(c) => out.push(ok("compose", format!("{} (compose v{})", c.display(), c.major))),
-        None => out.push(bad(
+    match project.compose_cli() {
+        Ok(c) => out.push(ok(
             "compose",
-            "neither `docker compose` nor `docker-compose` answers".into(),
-            "install the compose plugin (v2) or docker-compose (v1); rollback and upgrade need it",
+            format!("{} (compose v{}), {}", c.display(), c.major, project.compose.how()),
+        )),
+        Err(e) => out.push(bad(
+            "compose",
+            e.to_string(),
+            if project.compose.want == crate::engine::compose_cli::Want::Auto {
+                "install the compose plugin (v2) or docker-compose (v1); rollback and upgrade need it"
+            } else {
+                "install the compose CLI chosen, or set NUWAX_COMPOSE / compose_cli to another (auto detects)"
+            },
         )),
     }
     let storage = &project.storage_dir;

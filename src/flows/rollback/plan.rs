@@ -274,10 +274,8 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     let compose_needed = start_all
         || items.iter().any(|i| i.kind == "config" || i.via_engine)
         || images.iter().any(|i| i.current_id.as_deref() != Some(i.image_id.as_str()));
-    if compose_needed && crate::engine::compose_cli::ComposeCli::detect().is_none() {
-        bail!(
-            "rollback recreates the services with the compose CLI, and neither `docker compose` nor `docker-compose` was found"
-        );
+    if compose_needed && let Err(e) = project.compose_cli() {
+        bail!("rollback recreates the services with the compose CLI: {e}");
     }
 
     let carrier_image = images

@@ -117,9 +117,8 @@ pub async fn plan(
     if engine.is_none() {
         problems.push("upgrade needs the Docker engine".into());
     }
-    let cli = crate::engine::compose_cli::ComposeCli::detect();
-    if cli.is_none() {
-        problems.push("neither `docker compose` nor `docker-compose` was found".into());
+    if let Err(e) = project.compose_cli() {
+        problems.push(e.to_string());
     }
 
     // Files, and the compose files and env the new version will have.
