@@ -379,14 +379,13 @@ fn with_images_an_image_missing_on_this_host_is_loaded_from_the_archive() {
     // The image disappears from this host: no container, no tag keeps it.
     assert!(demo.compose(&["down"]).status.success());
     let kept = format!("nuwax-keep/{}-app:backup-{}", demo.name, v["id"]);
-    for t in [
+    let tags = [
         demo.image.clone(),
         kept,
         format!("nuwax-keep/{}-db:backup-{}", demo.name, v["id"]),
         format!("nuwax-keep/{}-worker:backup-{}", demo.name, v["id"]),
-    ] {
-        let _ = Command::new("docker").args(["image", "rm", &t]).output();
-    }
+    ];
+    crate::support::remove_images(&tags.iter().map(String::as_str).collect::<Vec<_>>(), false);
     let inspect =
         || Command::new("docker").args(["image", "inspect", &unique]).output().unwrap().status.success();
     assert!(!inspect(), "the test failed to remove the image");

@@ -53,6 +53,49 @@ macro_rules! require_docker {
     };
 }
 
+/// Held while images are built or removed. Removing a test's tag also removes the untagged
+/// parent images under it, which are the legacy builder's cache: another test's build that is
+/// reusing them then fails (`No such image: sha256:...` at a `RUN`). A file lock, so that test
+/// runners that put each test in its own process are serialized too.
+pub struct ImageLock(std::fs::File);
+
+impl ImageLock {
+    pub fn acquire() -> ImageLock {
+        let path = std::env::temp_dir().join("nuwax-test-images.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        f.lock().unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+        ImageLock(f)
+    }
+}
+
+/// Builds the demo image as `tag` (of `version`, default 1), under the [`ImageLock`].
+pub fn build_image(dir: &Path, tag: &str, version: Option<&str>) {
+    let _lock = ImageLock::acquire();
+    let out = Command::new(dir.join("build-images")).arg(tag).args(version).output().unwrap();
+    assert!(out.status.success(), "build-images {tag}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `docker image rm [-f] TAG...` under the [`ImageLock`], each tag on its own (one missing tag
+/// must not keep the others); returns whether each went.
+pub fn remove_images(tags: &[&str], force: bool) -> Vec<bool> {
+    let _lock = ImageLock::acquire();
+    tags.iter()
+        .map(|t| {
+            let mut c = Command::new("docker");
+            c.args(["image", "rm"]);
+            if force {
+                c.arg("-f");
+            }
+            c.arg(t).output().is_ok_and(|o| o.status.success())
+        })
+        .collect()
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique, compose-valid name for this test.
@@ -85,8 +128,7 @@ impl Demo {
         let image = format!("nuwax-demo:{name}");
         let repo = format!("nuwax-demo-{name}");
         let demo = Demo { name, image, repo, dir, _tmp: tmp, compose };
-        let out = Command::new(demo.dir.join("build-images")).arg(&demo.image).output().unwrap();
-        assert!(out.status.success(), "build-images failed: {}", String::from_utf8_lossy(&out.stderr));
+        build_image(&demo.dir, &demo.image, None);
         demo
     }
 
@@ -207,20 +249,15 @@ impl Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.compose(&["down", "-v", "--remove-orphans", "--timeout", "2"]);
-        // The tags nuwax kept for rollback, then the test's own image.
+        // The tags nuwax kept for rollback, then the test's own images.
         let kept = Command::new("docker")
             .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &format!("nuwax-keep/{}-*", self.name)])
-            .output();
-        if let Ok(kept) = kept {
-            for tag in String::from_utf8_lossy(&kept.stdout).split_whitespace() {
-                let _ = Command::new("docker").args(["image", "rm", tag]).output();
-            }
-        }
-        let _ = Command::new("docker").args(["image", "rm", "-f", &self.image]).output();
-        for v in ["2", "3"] {
-            let _ =
-                Command::new("docker").args(["image", "rm", "-f", &format!("{}:{v}", self.repo)]).output();
-        }
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        remove_images(&kept.split_whitespace().collect::<Vec<_>>(), false);
+        let upgrades = [format!("{}:2", self.repo), format!("{}:3", self.repo)];
+        remove_images(&[self.image.as_str(), &upgrades[0], &upgrades[1]], true);
         // Whatever a test chmod-ed away, the temp dir must still go.
         let _ = Command::new("chmod").args(["-R", "u+rwX"]).arg(&self.dir).output();
     }
@@ -236,13 +273,11 @@ impl Demo {
         copy_dir(&repo().join(format!("compose/demo/packages/v{version}")), &dir);
         std::fs::create_dir_all(dir.join("images")).unwrap();
         let tag = format!("{}:{n}", self.repo);
-        let out = Command::new(self.dir.join("build-images")).args([&tag, n]).output().unwrap();
-        assert!(out.status.success(), "build-images: {}", String::from_utf8_lossy(&out.stderr));
+        build_image(&self.dir, &tag, Some(n));
         let tar = dir.join(format!("images/nuwax-demo-{n}.tar"));
         let out = Command::new("docker").arg("save").arg("-o").arg(&tar).arg(&tag).output().unwrap();
         assert!(out.status.success(), "docker save: {}", String::from_utf8_lossy(&out.stderr));
-        let out = Command::new("docker").args(["image", "rm", &tag]).output().unwrap();
-        assert!(out.status.success(), "docker image rm: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(remove_images(&[&tag], false), [true], "docker image rm {tag}");
         dir
     }
 
