@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::require_docker;
-use crate::support::{Demo, gnu_untar, json, stderr, tree};
+use crate::support::{ComposeCli, Demo, gnu_untar, json, stderr, tree};
 
 /// Adds the shapes a backup must keep to a directory: nested and empty dirs, a symlink, odd
 /// modes, another owner, a long unicode name.
@@ -38,7 +38,15 @@ fn archive_path(v: &serde_json::Value) -> PathBuf {
 
 #[test]
 fn backup_holds_every_volume_bind_and_config_exactly_and_services_come_back() {
-    let compose = require_docker!();
+    backup_holds_everything(require_docker!());
+}
+
+#[test]
+fn backup_holds_every_volume_bind_and_config_exactly_and_services_come_back_compose_v1() {
+    backup_holds_everything(require_docker!(V1));
+}
+
+fn backup_holds_everything(compose: ComposeCli) {
     let demo = Demo::new(compose);
     demo.up();
     // A service that was stopped stays stopped.

@@ -327,6 +327,12 @@ fn doctor_reports_a_healthy_project_and_each_broken_part() {
 
     let (code, v) = doctor(&demo, None);
     assert_eq!(code, Some(0), "{:?}", failed_checks(&v));
+    let compose = v.as_array().unwrap().iter().find(|f| f["check"] == "compose").unwrap();
+    let detail = compose["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("docker compose (v2.") && detail.ends_with("chosen by NUWAX_COMPOSE=v2"),
+        "{detail}"
+    );
 
     // The engine down.
     let mut c = demo.nuwax();

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::require_docker;
-use crate::support::{Demo, gnu_untar, json, stderr, tree};
+use crate::support::{ComposeCli, Demo, gnu_untar, json, stderr, tree};
 
 fn backup(demo: &Demo) -> (i64, PathBuf) {
     let out = demo.run(&["--json", "backup"]);
@@ -45,7 +45,15 @@ fn bind_in(x: &Path, p: &Path) -> PathBuf {
 
 #[test]
 fn rollback_brings_back_data_config_and_image_exactly_and_can_be_undone() {
-    let compose = require_docker!();
+    rollback_brings_back_everything(require_docker!());
+}
+
+#[test]
+fn rollback_brings_back_data_config_and_image_exactly_and_can_be_undone_compose_v1() {
+    rollback_brings_back_everything(require_docker!(V1));
+}
+
+fn rollback_brings_back_everything(compose: ComposeCli) {
     let demo = Demo::new(compose);
     demo.up();
     let dbdata = demo.volume_path("dbdata");

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::require_docker;
-use crate::support::{Demo, json, stderr, stdout, tree};
+use crate::support::{ComposeCli, Demo, json, stderr, stdout, tree};
 
 fn history(demo: &Demo) -> Vec<serde_json::Value> {
     let out = demo.run(&["--json", "history"]);
@@ -53,7 +53,7 @@ struct V1 {
     v1_image: String,
 }
 
-fn v1_with_package_2(compose: nuwax::engine::compose_cli::ComposeCli) -> V1 {
+fn v1_with_package_2(compose: ComposeCli) -> V1 {
     let demo = Demo::new(compose);
     demo.up();
     let pkg = demo.package("2");
@@ -64,7 +64,15 @@ fn v1_with_package_2(compose: nuwax::engine::compose_cli::ComposeCli) -> V1 {
 
 #[test]
 fn v1_to_v2_upgrades_and_v3_broken_rolls_back_automatically() {
-    let compose = require_docker!();
+    upgrades_and_rolls_back(require_docker!());
+}
+
+#[test]
+fn v1_to_v2_upgrades_and_v3_broken_rolls_back_automatically_compose_v1() {
+    upgrades_and_rolls_back(require_docker!(V1));
+}
+
+fn upgrades_and_rolls_back(compose: ComposeCli) {
     let demo = Demo::new(compose);
     demo.up();
     std::fs::write(demo.volume_path("dbdata").join("customer.txt"), "kept across upgrades").unwrap();
@@ -108,6 +116,13 @@ fn v1_to_v2_upgrades_and_v3_broken_rolls_back_automatically() {
     assert_eq!(pre["kind"], "pre-upgrade");
     let status = stdout(&demo.run(&["status"]));
     assert!(status.contains("version   2") && status.contains("upgraded"), "{status}");
+    let cli = format!(
+        "compose   {} (v{}), chosen by NUWAX_COMPOSE={}",
+        demo.compose.command.join(" "),
+        demo.compose.version,
+        demo.compose_choice()
+    );
+    assert!(status.contains(&cli), "{status}");
 
     // v2 -> v3-broken: the health gate fails and everything comes back as it was on v2.
     let before = snapshot(&demo);

@@ -1,5 +1,9 @@
 //! Test environments: a private copy of the demo stack under its own compose project name, its
 //! own image tag and temp dirs, torn down (`down -v`, image removed) even when the test fails.
+//!
+//! Each Docker test picks its compose CLI: v2 (`docker compose`) unless it asks for v1
+//! (`require_docker!(V1)`, the `..._compose_v1` smoke tests). The demo's own compose calls and
+//! every nuwax it runs (through `NUWAX_COMPOSE`) use that CLI.
 
 #![allow(dead_code)]
 
@@ -14,39 +18,46 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nuwax::engine::compose_cli::ComposeCli;
+pub use nuwax::engine::compose_cli::{ComposeChoice, ComposeCli, Want};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `Some(compose)` when a Docker engine answers. Otherwise prints a loud SKIPPED (straight to
-/// the terminal, past the test harness's capture) and returns `None` — or panics when
-/// NUWAX_REQUIRE_DOCKER=1, as CI sets it.
-pub fn docker(test: &str) -> Option<ComposeCli> {
+/// `Some(compose)` when a Docker engine answers and the compose CLI `want` (v2 or v1) is
+/// there. Otherwise prints a loud SKIPPED (straight to the terminal, past the test harness's
+/// capture) and returns `None` — or panics when NUWAX_REQUIRE_DOCKER=1, as CI sets it.
+pub fn docker(test: &str, want: Want) -> Option<ComposeCli> {
     let ok = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let compose = ok.then(ComposeCli::detect).flatten();
-    if compose.is_none() {
-        let why = if ok { "no compose CLI (docker compose / docker-compose)" } else { "no Docker engine" };
-        if std::env::var("NUWAX_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
-            panic!("{test}: {why}, and NUWAX_REQUIRE_DOCKER=1");
-        }
-        let _ = writeln!(std::io::stderr(), "\n*** {test}: SKIPPED ({why}) ***\n");
+    let compose =
+        if ok { ComposeChoice::forced(want).select().map_err(|e| e.to_string()) } else { Err(String::new()) };
+    let why = match &compose {
+        Ok(c) => return Some(c.clone()),
+        Err(_) if !ok => "no Docker engine".to_string(),
+        Err(e) => format!("no compose {}: {e}", want.as_str()),
+    };
+    if std::env::var("NUWAX_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+        panic!("{test}: {why}, and NUWAX_REQUIRE_DOCKER=1");
     }
-    compose
+    let _ = writeln!(std::io::stderr(), "\n*** {test}: SKIPPED ({why}) ***\n");
+    None
 }
 
-/// Runs the test body only with a Docker engine (see [`docker`]).
+/// Runs the test body only with a Docker engine and the compose CLI asked for (default v2,
+/// `require_docker!(V1)` for v1); see [`docker`].
 #[macro_export]
 macro_rules! require_docker {
     () => {
-        match $crate::support::docker(module_path!()) {
+        $crate::require_docker!(V2)
+    };
+    ($want:ident) => {
+        match $crate::support::docker(module_path!(), $crate::support::Want::$want) {
             Some(c) => c,
             None => return,
         }
@@ -199,11 +210,18 @@ impl Demo {
             .env_remove("NUWAX_STATE_DIR")
             .env_remove("COMPOSE_PROJECT_NAME")
             .env("NUWAX_LOG", "nuwax=info")
+            // The compose CLI this test runs under, never a fallback to the other one.
+            .env("NUWAX_COMPOSE", self.compose_choice())
             // What the operator's shell would hold for the compose file's ${NUWAX_DEMO_IMAGE}.
             .env("NUWAX_DEMO_IMAGE", &self.image)
             .env("NUWAX_DEMO_REPO", &self.repo)
             .stdin(Stdio::null());
         c
+    }
+
+    /// `v2` or `v1`: the `NUWAX_COMPOSE` that makes nuwax run this test's compose CLI.
+    pub fn compose_choice(&self) -> &'static str {
+        if self.compose.major == 1 { "v1" } else { "v2" }
     }
 
     /// Runs nuwax with `args`; returns the output.
