@@ -141,3 +141,19 @@ fn verify_import_and_catalog_rebuild_refuse_bytes_appended_to_an_archive() {
     let out = nuwax(&site).args(["--json", "list"]).output().unwrap();
     assert_eq!(json(&out), serde_json::json!([]));
 }
+
+#[test]
+fn importing_a_truncated_archive_names_the_file_not_a_backup_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = project_with_backups(tmp.path(), "shop", 1);
+    let bytes = std::fs::read(only_archive(&site)).unwrap();
+    let cut = tmp.path().join("cut.tar.zst");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let other = project_with_backups(tmp.path(), "other", 0);
+    let out = nuwax(&other).arg("import").arg(&cut).output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let err = stderr(&out);
+    let named = format!("{} failed verification", std::fs::canonicalize(&cut).unwrap().display());
+    assert!(err.contains(&named), "wants {named:?}: {err}");
+    assert!(!err.contains("backup 0"), "{err}");
+}
