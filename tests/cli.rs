@@ -157,3 +157,43 @@ fn importing_a_truncated_archive_names_the_file_not_a_backup_id() {
     assert!(err.contains(&named), "wants {named:?}: {err}");
     assert!(!err.contains("backup 0"), "{err}");
 }
+
+/// `nuwax list | head`: the reader is gone before nuwax writes. The command ends as it would
+/// have (with its own exit code), quietly: no panic, no "internal error", no recovery pass.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_with_its_own_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = project_with_backups(tmp.path(), "shop", 3);
+    let cases: [(&[&str], i32); 6] = [
+        (&["list"], 0),
+        (&["--json", "list"], 0),
+        (&["show", "1"], 0),
+        (&["status"], 0),
+        (&["verify", "--all"], 0),
+        (&["--json", "show", "42"], 9),
+    ];
+    for (args, code) in cases {
+        let mut child =
+            nuwax(&site).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        for noise in ["panicked", "internal error", "Broken pipe", "recover"] {
+            assert!(!err.contains(noise), "{args:?}: {err}");
+        }
+    }
+}
+
+/// Output that cannot be written for another reason than a closed pipe is an error, said once.
+#[test]
+fn a_full_stdout_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = project_with_backups(tmp.path(), "shop", 1);
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = nuwax(&site).arg("list").stdout(full).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write to stdout: No space left on device"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+}
