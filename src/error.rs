@@ -47,6 +47,9 @@ pub enum Error {
     BackupNotFound { id: i64 },
     #[error("backup {id} failed verification: {detail}")]
     VerifyFailed { id: i64, detail: String },
+    /// An archive file that is not (yet) a backup in the catalog, e.g. one given to `import`.
+    #[error("archive {} failed verification: {detail}", path.display())]
+    ArchiveVerifyFailed { path: PathBuf, detail: String },
     #[error("interrupted by {signal}")]
     Interrupted { signal: &'static str },
     #[error("services did not come back: {detail}")]
@@ -77,7 +80,7 @@ impl Error {
             Error::Findings(_) => exit::FAILED,
             Error::UpgradeNotRolledBack { .. } => exit::UPGRADE_ROLLBACK_FAILED,
             Error::BackupNotFound { .. } => exit::NOT_FOUND,
-            Error::VerifyFailed { .. } => exit::VERIFY_FAILED,
+            Error::VerifyFailed { .. } | Error::ArchiveVerifyFailed { .. } => exit::VERIFY_FAILED,
             Error::Interrupted { signal } => {
                 if *signal == "SIGTERM" {
                     143

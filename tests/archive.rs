@@ -506,6 +506,113 @@ fn verify_rejects_a_tampered_trailer_or_manifest() {
     assert!(matches!(&err, Error::Mismatch { path, .. } if path == "manifest.json"), "{err:?}");
 }
 
+/// A zstd skippable frame (magic 0x184D2A50..5F, a length, that many bytes): decoders skip it.
+fn skippable_frame(data: &[u8]) -> Vec<u8> {
+    let mut frame = 0x184D_2A53_u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&u32::try_from(data.len()).unwrap().to_le_bytes());
+    frame.extend_from_slice(data);
+    frame
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// The same tar stream with `extra` bytes appended before compressing it again, in one frame or
+/// member: the compressed stream is well formed, the tar inside is longer than nuwax writes it.
+fn recompressed_with(bytes: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut tar = decompress(bytes);
+    tar.extend_from_slice(extra);
+    match detect_compression(bytes) {
+        Compression::Zstd => zstd::encode_all(tar.as_slice(), 1).unwrap(),
+        Compression::Gzip => gzip(&tar),
+        Compression::None => tar,
+    }
+}
+
+#[test]
+fn verify_rejects_bytes_after_the_end_of_the_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let zero_blocks = [0u8; 1024];
+    for compression in ALL {
+        let dir = tempfile::tempdir_in(tmp.path()).unwrap();
+        let archive = small_archive(dir.path(), compression);
+        let bytes = fs::read(&archive).unwrap();
+        let appended = |extra: &[u8]| [bytes.as_slice(), extra].concat();
+        let cases: Vec<(&str, Vec<u8>, String)> = match compression {
+            Compression::Zstd => vec![
+                (
+                    "skippable frame",
+                    appended(&skippable_frame(b"hidden")),
+                    "a zstd skippable frame (14 bytes)".into(),
+                ),
+                (
+                    "frame of zero blocks",
+                    appended(&zstd::encode_all(&zero_blocks[..], 1).unwrap()),
+                    "a second zstd frame".into(),
+                ),
+                ("garbage", appended(b"hello"), "5 bytes after the end of the compressed stream".into()),
+                (
+                    "zero blocks in the frame",
+                    recompressed_with(&bytes, &zero_blocks),
+                    "1024 bytes after the end of the archive".into(),
+                ),
+            ],
+            Compression::Gzip => vec![
+                ("member of zero blocks", appended(&gzip(&zero_blocks)), "a second gzip member".into()),
+                ("garbage", appended(b"hello"), "5 bytes after the end of the compressed stream".into()),
+                (
+                    "zero blocks in the member",
+                    recompressed_with(&bytes, &zero_blocks),
+                    "1024 bytes after the end of the archive".into(),
+                ),
+            ],
+            Compression::None => vec![
+                ("zero blocks", appended(&zero_blocks), "1024 bytes after the end of the archive".into()),
+                ("a zero byte", appended(&[0]), "1 byte after the end of the archive".into()),
+                ("garbage", appended(b"hello"), "5 bytes after the end of the archive".into()),
+            ],
+        };
+        for (what, damaged_bytes, names) in cases {
+            let err = damaged(dir.path(), &damaged_bytes).unwrap_err();
+            assert!(
+                matches!(&err, Error::Corrupt { detail } if detail.contains(&names)),
+                "{compression}, {what}: want an error naming {names:?}, got {err:?}"
+            );
+            // Extraction reads the same pass: it refuses too, and leaves nothing behind.
+            let path = dir.path().join("damaged.tar");
+            let dest = dir.path().join("restored");
+            let targets = [nuwax::archive::Target { prefix: "vol".into(), dest: dest.clone() }];
+            let err = nuwax::archive::extract(&path, &targets, &Cancel::default(), &NoProgress).unwrap_err();
+            assert!(matches!(&err, Error::Corrupt { .. }), "{compression}, {what}, extract: {err:?}");
+            assert!(!dest.exists(), "{compression}, {what}: extract left {}", dest.display());
+        }
+        // What was written still verifies.
+        check(&archive).unwrap();
+    }
+}
+
+/// zstd with many workers and more data than one job: the writer must still produce one frame,
+/// which the reader accepts.
+#[test]
+fn a_large_archive_compressed_by_many_zstd_workers_is_one_frame_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("src");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("noise.bin"), noise(12 << 20, 7)).unwrap();
+    fs::write(root.join("zeros.bin"), vec![0u8; 8 << 20]).unwrap();
+    let out = tmp.path().join("large.tar.zst");
+    let opts = WriteOptions { threads: 8, ..opts(Compression::Zstd) };
+    archive_tree("vol", &root, &out, &opts);
+    let bytes = fs::read(&out).unwrap();
+    let first_frame = zstd::zstd_safe::find_frame_compressed_size(&bytes).unwrap();
+    assert_eq!(first_frame, bytes.len(), "the writer emitted more than one zstd frame");
+    let report = check(&out).unwrap();
+    assert_eq!(report.content_bytes, 20 << 20);
+}
+
 #[test]
 fn read_manifest_rejects_foreign_files_and_newer_formats() {
     let tmp = tempfile::tempdir().unwrap();

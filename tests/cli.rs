@@ -1,5 +1,6 @@
 //! The command line without Docker: project discovery, init, exit codes, JSON.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::support::{json, stderr, stdout};
@@ -134,4 +135,114 @@ fn schedule_install_writes_a_systemd_service_and_timer_for_the_project() {
     let out = nuwax(&dir).args(["schedule", "install", "--print", "--cron", "0 3 1 * 1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("schedule run"), "{}", stderr(&out));
+}
+
+/// A compose project named `name` in `parent`, with `backups` file-only backups (no engine).
+fn project_with_backups(parent: &Path, name: &str, backups: usize) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("compose.yaml"), "services:\n  web:\n    image: x\n").unwrap();
+    for _ in 0..backups {
+        let out = nuwax(&dir).args(["-q", "backup", "--no-docker"]).output().unwrap();
+        assert!(out.status.success(), "backup: {}", stderr(&out));
+    }
+    dir
+}
+
+/// The archive of this project's only backup.
+fn only_archive(dir: &Path) -> PathBuf {
+    let mut archives: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("backups")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(archives.len(), 1, "{archives:?}");
+    archives.pop().unwrap()
+}
+
+#[test]
+fn verify_import_and_catalog_rebuild_refuse_bytes_appended_to_an_archive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = project_with_backups(tmp.path(), "shop", 1);
+    let archive = only_archive(&site);
+    // A zstd skippable frame: zstd decoders read past it without a word.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    bytes.extend_from_slice(&0x184D_2A50_u32.to_le_bytes());
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(b"hey");
+    std::fs::write(&archive, &bytes).unwrap();
+    let named = "a zstd skippable frame (11 bytes) after the end of the compressed stream";
+
+    let other = project_with_backups(tmp.path(), "other", 0);
+    let out = nuwax(&other).arg("import").arg(&archive).output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains(named), "{}", stderr(&out));
+    let out = nuwax(&other).args(["--json", "list"]).output().unwrap();
+    assert_eq!(json(&out), serde_json::json!([]));
+
+    // The catalog's digest of the file differs too, but the error names what was added.
+    let out = nuwax(&site).args(["verify", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains(named), "{}", stderr(&out));
+
+    // The catalog lost, rebuilt from the archives alone: the tampered one is left out.
+    std::fs::remove_dir_all(site.join(".nuwax")).unwrap();
+    let out = nuwax(&site).args(["catalog", "rebuild"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(named), "{}", stdout(&out));
+    let out = nuwax(&site).args(["--json", "list"]).output().unwrap();
+    assert_eq!(json(&out), serde_json::json!([]));
+}
+
+#[test]
+fn importing_a_truncated_archive_names_the_file_not_a_backup_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = project_with_backups(tmp.path(), "shop", 1);
+    let bytes = std::fs::read(only_archive(&site)).unwrap();
+    let cut = tmp.path().join("cut.tar.zst");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let other = project_with_backups(tmp.path(), "other", 0);
+    let out = nuwax(&other).arg("import").arg(&cut).output().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let err = stderr(&out);
+    let named = format!("{} failed verification", std::fs::canonicalize(&cut).unwrap().display());
+    assert!(err.contains(&named), "wants {named:?}: {err}");
+    assert!(!err.contains("backup 0"), "{err}");
+}
+
+/// `nuwax list | head`: the reader is gone before nuwax writes. The command ends as it would
+/// have (with its own exit code), quietly: no panic, no "internal error", no recovery pass.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_with_its_own_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = project_with_backups(tmp.path(), "shop", 3);
+    let cases: [(&[&str], i32); 6] = [
+        (&["list"], 0),
+        (&["--json", "list"], 0),
+        (&["show", "1"], 0),
+        (&["status"], 0),
+        (&["verify", "--all"], 0),
+        (&["--json", "show", "42"], 9),
+    ];
+    for (args, code) in cases {
+        let mut child =
+            nuwax(&site).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        for noise in ["panicked", "internal error", "Broken pipe", "recover"] {
+            assert!(!err.contains(noise), "{args:?}: {err}");
+        }
+    }
+}
+
+/// Output that cannot be written for another reason than a closed pipe is an error, said once.
+#[test]
+fn a_full_stdout_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let site = project_with_backups(tmp.path(), "shop", 1);
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = nuwax(&site).arg("list").stdout(full).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write to stdout: No space left on device"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
 }

@@ -175,7 +175,7 @@ pub(super) fn walk(
         break end;
     };
 
-    let raw = check_end(path, archive.into_inner(), compression, trailer_end, &mut buf)?;
+    let raw = check_end(path, archive.into_inner(), compression, trailer_end, &mut buf, cancel)?;
     Ok(Walked { entries: next as u64, content_bytes, raw, manifest })
 }
 
@@ -207,34 +207,88 @@ fn read_content<R: Read>(
     Ok(hasher.finalize().into())
 }
 
-/// After the trailer: the rest of the tar must be the end-of-archive marker (two zero blocks,
-/// proving the stream was not cut short), and nothing may follow the compressed stream.
-/// Drains the file so the returned reader holds the digest of all of it.
+/// Size of the end-of-archive marker the writer puts after the trailer: two zero blocks, and
+/// nothing after them (no padding to a record size).
+const END_MARKER: u64 = 1024;
+
+/// After the trailer the tar stream must hold the end-of-archive marker and nothing more
+/// (proving it was not cut short, nor added to), and the file must end with the compressed
+/// stream: one zstd frame (the multithreaded encoder writes its jobs as blocks of one frame),
+/// one gzip member. A decoder would read past a skippable frame or into a second frame and a
+/// tar reader stops at the marker, so without these checks bytes could be appended to an
+/// archive unnoticed. Drains the file (checking `cancel`; memory stays at `buf`) so the
+/// returned reader holds the digest of all of it.
 fn check_end(
     path: &Path,
     mut stream: Stream,
     compression: Compression,
     trailer_end: u64,
     buf: &mut [u8],
+    cancel: &Cancel,
 ) -> Result<RawReader> {
+    let end = trailer_end + END_MARKER;
     loop {
+        cancel.check()?;
+        let before = stream.count;
         let n = stream.read(buf).map_err(read_error(path))?;
         if n == 0 {
             break;
         }
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Err(Error::corrupt("data after the end-of-archive marker"));
+        let in_marker = usize::try_from(end.saturating_sub(before)).unwrap_or(usize::MAX).min(n);
+        if buf[..in_marker].iter().any(|&b| b != 0) {
+            return Err(Error::corrupt("the end-of-archive marker is damaged"));
         }
     }
-    if stream.count < trailer_end + 1024 {
+    if stream.count < end {
         return Err(Error::corrupt("the end-of-archive marker is missing or cut short"));
     }
+    if stream.count > end {
+        return Err(Error::corrupt(format!("{} after the end of the archive", bytes(stream.count - end))));
+    }
     let mut raw = stream.inner.into_inner();
-    // gzip stops after one member: whatever follows it is foreign data.
-    if compression != Compression::None && !raw.fill_buf().map_err(read_error(path))?.is_empty() {
-        return Err(Error::corrupt("data after the end of the compressed stream"));
+    if let Some(what) = after_stream(path, &mut raw, compression, buf, cancel)? {
+        return Err(Error::corrupt(format!("{what} after the end of the compressed stream")));
     }
     Ok(raw.into_inner())
+}
+
+/// What follows the compressed stream in `raw`, if anything, read to the end and named.
+fn after_stream(
+    path: &Path,
+    raw: &mut BufReader<RawReader>,
+    compression: Compression,
+    buf: &mut [u8],
+    cancel: &Cancel,
+) -> Result<Option<String>> {
+    let mut head = Vec::with_capacity(4);
+    raw.take(4).read_to_end(&mut head).map_err(read_error(path))?;
+    if head.is_empty() {
+        return Ok(None);
+    }
+    let mut len = head.len() as u64;
+    loop {
+        cancel.check()?;
+        match raw.read(buf).map_err(read_error(path))? {
+            0 => break,
+            n => len += n as u64,
+        }
+    }
+    let same_format = detect_compression(&head) == compression;
+    Ok(Some(match compression {
+        Compression::Zstd if same_format => format!("a second zstd frame ({})", bytes(len)),
+        Compression::Zstd if is_skippable_frame(&head) => format!("a zstd skippable frame ({})", bytes(len)),
+        Compression::Gzip if same_format => format!("a second gzip member ({})", bytes(len)),
+        _ => bytes(len),
+    }))
+}
+
+/// zstd's skippable frames start with a magic number from 0x184D2A50 to 0x184D2A5F.
+fn is_skippable_frame(head: &[u8]) -> bool {
+    matches!(head, [b0, 0x2A, 0x4D, 0x18] if b0 & 0xF0 == 0x50)
+}
+
+fn bytes(n: u64) -> String {
+    if n == 1 { "1 byte".into() } else { format!("{n} bytes") }
 }
 
 /// Hex sha256 of a whole file.
@@ -260,9 +314,10 @@ fn open(path: &Path) -> Result<(Stream, Compression)> {
     let mut raw = BufReader::with_capacity(BUF_SIZE, RawReader::new(file));
     let compression = detect_compression(raw.fill_buf().map_err(read_error(path))?);
     let decoder = match compression {
-        Compression::Zstd => {
-            Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw).map_err(Error::io(path))?)
-        }
+        // One frame: by default the decoder would go on into any frame that follows.
+        Compression::Zstd => Decoder::Zstd(
+            zstd::stream::read::Decoder::with_buffer(raw).map_err(Error::io(path))?.single_frame(),
+        ),
         Compression::Gzip => Decoder::Gzip(Box::new(flate2::bufread::GzDecoder::new(raw))),
         Compression::None => Decoder::Plain(raw),
     };

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use super::out::outln;
 use super::{Cli, PruneArgs, ScheduleCommand, context, progress, recover_if_needed, render};
 use crate::catalog::BackupKind;
 use crate::flows::Ctx;
@@ -43,7 +44,7 @@ pub async fn prune(cli: &Cli, args: &PruneArgs, interrupt: Interrupt) -> Result<
 
 fn render_prune(cli: &Cli, o: &crate::flows::prune::PruneOutcome) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
         return;
     }
     let mut t = render::table(&["id", "kind", "status", "created", "size", "", "why"]);
@@ -58,17 +59,17 @@ fn render_prune(cli: &Cli, o: &crate::flows::prune::PruneOutcome) {
             i.reasons.join(", "),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     if o.dry_run {
-        println!("dry run: nothing was deleted");
+        outln!("dry run: nothing was deleted");
         return;
     }
     if let Some(v) = o.verified {
-        println!("backup {v} (the newest complete one) verified first");
+        outln!("backup {v} (the newest complete one) verified first");
     }
-    println!("removed {} backup(s), {} freed", o.removed.len(), human_bytes(o.freed_bytes));
+    outln!("removed {} backup(s), {} freed", o.removed.len(), human_bytes(o.freed_bytes));
     for l in &o.leftovers_removed {
-        println!("removed leftover {}", l.display());
+        outln!("removed leftover {}", l.display());
     }
 }
 
@@ -85,15 +86,15 @@ pub async fn schedule(cli: &Cli, c: &ScheduleCommand, interrupt: Interrupt) -> R
         let units = crate::schedule::systemd_units(&exe, &ctx.project.dir, &ctx.project.name, &sched)
             .map_err(crate::Error::Config)?;
         if print {
-            println!("# {}\n{}\n# {}\n{}", units.service_name, units.service, units.timer_name, units.timer);
+            outln!("# {}\n{}\n# {}\n{}", units.service_name, units.service, units.timer_name, units.timer);
             return Ok(());
         }
         let written = crate::schedule::write_units(&units, dir)
             .with_context(|| format!("writing the units into {}", dir.display()))?;
         for p in &written {
-            println!("wrote {}", p.display());
+            outln!("wrote {}", p.display());
         }
-        println!("enable with: systemctl daemon-reload && systemctl enable --now {}", units.timer_name);
+        outln!("enable with: systemctl daemon-reload && systemctl enable --now {}", units.timer_name);
         return Ok(());
     }
     drop(ctx);
@@ -164,9 +165,9 @@ pub async fn migrate(cli: &Cli, new_dir: &std::path::Path, interrupt: Interrupt)
     bar.done();
     let out = out?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!(
+        outln!(
             "moved {} archive(s) ({}) from {} to {}; storage_dir set in {}",
             out.moved,
             human_bytes(out.bytes),
@@ -175,7 +176,7 @@ pub async fn migrate(cli: &Cli, new_dir: &std::path::Path, interrupt: Interrupt)
             out.config.display()
         );
         for w in &out.warnings {
-            println!("warning: {w}");
+            outln!("warning: {w}");
         }
     }
     Ok(())
@@ -187,22 +188,22 @@ pub async fn rebuild(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     recover_if_needed(&mut ctx, Some(&lock)).await?;
     let out = crate::flows::rebuild::rebuild(&ctx).await?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     for (id, p) in &out.added {
-        println!("recorded backup {id} from {}", p.display());
+        outln!("recorded backup {id} from {}", p.display());
     }
     for id in &out.marked_missing {
-        println!("backup {id}: archive missing");
+        outln!("backup {id}: archive missing");
     }
     for id in &out.found_again {
-        println!("backup {id}: archive found again");
+        outln!("backup {id}: archive found again");
     }
     for (p, why) in &out.skipped {
-        println!("skipped {}: {why}", p.display());
+        outln!("skipped {}: {why}", p.display());
     }
-    println!(
+    outln!(
         "{} archive(s) recorded, {} already known, {} marked missing",
         out.added.len(),
         out.known,
@@ -221,12 +222,12 @@ pub async fn doctor(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     let findings = crate::flows::doctor::doctor(&ctx.project, &ctx.catalog, engine, running_now).await?;
     drop(lock);
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&findings)?);
+        outln!("{}", serde_json::to_string_pretty(&findings)?);
     } else {
         for f in &findings {
-            println!("{} {:<11} {}", if f.ok { "ok  " } else { "FAIL" }, f.check, f.detail);
+            outln!("{} {:<11} {}", if f.ok { "ok  " } else { "FAIL" }, f.check, f.detail);
             if let Some(h) = &f.hint {
-                println!("     {:<11} hint: {h}", "");
+                outln!("     {:<11} hint: {h}", "");
             }
         }
     }

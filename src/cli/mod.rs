@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod lifecycle;
+mod out;
 mod progress;
 mod render;
 mod upgrade;
@@ -18,6 +19,8 @@ pub use args::{
     BackupArgs, CatalogCommand, Cli, Command, PackageCommand, PruneArgs, RollbackArgs, ScheduleCommand,
     StorageCommand, UpgradeArgs,
 };
+
+use out::{errln, outln};
 
 use crate::catalog::Catalog;
 use crate::engine::{DockerEngine, Engine, EngineError};
@@ -34,7 +37,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("nuwax: error: cannot start the async runtime: {e}");
+            errln!("nuwax: error: cannot start the async runtime: {e}");
             return ExitCode::from(exit::FAILED);
         }
     };
@@ -45,9 +48,9 @@ pub fn main(cli: Cli) -> ExitCode {
         match tokio::spawn(commands::run(cli)).await {
             Ok(r) => r,
             Err(join) => {
-                eprintln!("nuwax: internal error: {join}; starting any stopped services again");
+                errln!("nuwax: internal error: {join}; starting any stopped services again");
                 if let Err(e) = recover_after_panic(dir).await {
-                    eprintln!("nuwax: recovery after the internal error failed: {e:#}");
+                    errln!("nuwax: recovery after the internal error failed: {e:#}");
                 }
                 Err(anyhow::anyhow!("internal error: {join}"))
             }
@@ -55,21 +58,24 @@ pub fn main(cli: Cli) -> ExitCode {
     });
     // Do not wait for blocking tasks a cancelled command may have left (they stop on their own).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // A closed stdout is no error (see out.rs); a failed one is, once the command is done.
+    let result =
+        result.and_then(|()| out::finish().map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}")));
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             let code = exit_code(&e);
-            eprintln!("nuwax: error: {e:#}");
+            errln!("nuwax: error: {e:#}");
             if let Some(hint) =
                 e.chain().find_map(|c| c.downcast_ref::<crate::Error>()).and_then(|e| e.hint())
             {
-                eprintln!("hint: {hint}");
+                errln!("hint: {hint}");
             }
             let reported = matches!(e.downcast_ref::<crate::Error>(), Some(crate::Error::Findings(_)));
             if json && !reported {
                 let doc =
                     serde_json::json!({ "status": "failed", "error": format!("{e:#}"), "exit_code": code });
-                println!("{doc}");
+                outln!("{doc}");
             }
             ExitCode::from(code)
         }

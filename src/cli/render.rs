@@ -6,6 +6,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::json;
 
 use super::Cli;
+use super::out::{errln, outln};
 use crate::archive::VerifyReport;
 use crate::archive::manifest::Manifest;
 use crate::catalog::{BackupRecord, Operation};
@@ -28,19 +29,19 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 
 pub fn backup(cli: &Cli, o: &BackupOutcome) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
         return;
     }
-    println!("backup {} complete: {}", o.id, o.path.display());
+    outln!("backup {} complete: {}", o.id, o.path.display());
     let ratio = if o.size_bytes > 0 { o.content_bytes as f64 / o.size_bytes as f64 } else { 1.0 };
-    println!(
+    outln!(
         "  size {} ({} of data in {} files, ratio {ratio:.2}x, {})",
         human_bytes(o.size_bytes),
         human_bytes(o.content_bytes),
         o.file_count,
         o.compression
     );
-    println!(
+    outln!(
         "  duration {} (archive {}, sync {}, verify {}), downtime {}",
         human_ms(o.duration_ms),
         human_ms(o.archive_ms),
@@ -49,21 +50,21 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
         o.downtime_ms.map(human_ms).unwrap_or_else(|| "none (services not stopped)".into())
     );
     if !o.services_stopped.is_empty() {
-        println!("  services stopped and started again: {}", o.services_stopped.join(", "));
+        outln!("  services stopped and started again: {}", o.services_stopped.join(", "));
     }
     for s in &o.skipped {
-        println!("  skipped {}: {}", s.path, s.reason);
+        outln!("  skipped {}: {}", s.path, s.reason);
     }
 }
 
 pub fn rollback_plan(cli: &Cli, p: &crate::flows::rollback::Plan) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(p).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(p).unwrap_or_default());
         return;
     }
-    println!("rollback to backup {} ({}), {}", p.backup_id, p.created_at, p.archive.display());
-    println!("  a pre-rollback safety backup is made first");
-    println!(
+    outln!("rollback to backup {} ({}), {}", p.backup_id, p.created_at, p.archive.display());
+    outln!("  a pre-rollback safety backup is made first");
+    outln!(
         "  services to stop: {}",
         if p.services_to_stop.is_empty() { "none".to_string() } else { p.services_to_stop.join(", ") }
     );
@@ -82,40 +83,40 @@ pub fn rollback_plan(cli: &Cli, p: &crate::flows::rollback::Plan) {
             i.file_count.to_string(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     if let Some(images) = &p.load_images {
-        println!("  load the backup's images from {images} (some are missing on this host)");
+        outln!("  load the backup's images from {images} (some are missing on this host)");
     }
     for i in &p.images {
         if i.current_id.as_deref() == Some(i.image_id.as_str()) {
-            println!("  image {} ({}): unchanged", i.image, i.service);
+            outln!("  image {} ({}): unchanged", i.image, i.service);
         } else {
-            println!("  image {} ({}): re-tag to {}", i.image, i.service, i.image_id);
+            outln!("  image {} ({}): re-tag to {}", i.image, i.service, i.image_id);
         }
     }
     if p.start_all {
-        println!("  the project has no containers: compose creates and starts them all afterwards");
+        outln!("  the project has no containers: compose creates and starts them all afterwards");
     }
     for w in &p.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
-    println!("dry run: nothing was changed");
+    outln!("dry run: nothing was changed");
 }
 
 pub fn rollback(cli: &Cli, o: &crate::flows::rollback::RollbackOutcome) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
         return;
     }
-    println!("rolled back to backup {}", o.backup_id);
-    println!("  safety backup {}: {}", o.safety_backup_id, o.safety_backup_path.display());
+    outln!("rolled back to backup {}", o.backup_id);
+    outln!("  safety backup {}: {}", o.safety_backup_id, o.safety_backup_path.display());
     for i in &o.restored {
-        println!("  restored {} {} ({}, {} files)", i.kind, i.name, human_bytes(i.size), i.file_count);
+        outln!("  restored {} {} ({}, {} files)", i.kind, i.name, human_bytes(i.size), i.file_count);
     }
     for i in &o.images_retagged {
-        println!("  image {} of {} points at {} again", i.image, i.service, i.image_id);
+        outln!("  image {} of {} points at {} again", i.image, i.service, i.image_id);
     }
-    println!(
+    outln!(
         "  duration {}, downtime {}",
         human_ms(o.duration_ms),
         o.downtime_ms.map(human_ms).unwrap_or_else(|| "none".into())
@@ -124,11 +125,11 @@ pub fn rollback(cli: &Cli, o: &crate::flows::rollback::RollbackOutcome) {
 
 pub fn imported(cli: &Cli, i: &crate::flows::import::Imported) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(i).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(i).unwrap_or_default());
         return;
     }
-    println!("imported as backup {}: {}", i.id, i.path.display());
-    println!(
+    outln!("imported as backup {}: {}", i.id, i.path.display());
+    outln!(
         "  from {} (backup {} of project {}), {}, verified",
         i.source.display(),
         i.from_backup_id,
@@ -139,11 +140,11 @@ pub fn imported(cli: &Cli, i: &crate::flows::import::Imported) {
 
 pub fn list(cli: &Cli, records: &[BackupRecord]) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(records).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(records).unwrap_or_default());
         return;
     }
     if records.is_empty() {
-        println!("no backups yet (nuwax backup makes one)");
+        outln!("no backups yet (nuwax backup makes one)");
         return;
     }
     let mut t =
@@ -163,7 +164,7 @@ pub fn list(cli: &Cli, records: &[BackupRecord]) {
             last,
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
 }
 
 fn file_name(p: &str) -> String {
@@ -179,26 +180,26 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
                 "skipped": m.skipped, "entries": m.entries.len(), "services_stopped": m.services_stopped,
             })
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "record": r, "manifest": summary })).unwrap_or_default()
         );
         return;
     }
-    println!("backup {} ({}, {})", r.id, r.kind, r.status);
-    println!("  project      {} (version {})", r.project, r.service_version);
-    println!("  created      {}", r.created_at);
-    println!("  archive      {}", opt(r.path.clone()));
-    println!("  size         {}", opt(r.size_bytes.map(|s| human_bytes(s as u64))));
-    println!("  sha256       {}", opt(r.checksum.clone()));
-    println!("  files        {}", opt(r.file_count));
-    println!("  duration     {}", opt(r.duration_ms.map(|d| human_ms(d as u64))));
-    println!("  downtime     {}", opt(r.downtime_ms.map(|d| human_ms(d as u64))));
+    outln!("backup {} ({}, {})", r.id, r.kind, r.status);
+    outln!("  project      {} (version {})", r.project, r.service_version);
+    outln!("  created      {}", r.created_at);
+    outln!("  archive      {}", opt(r.path.clone()));
+    outln!("  size         {}", opt(r.size_bytes.map(|s| human_bytes(s as u64))));
+    outln!("  sha256       {}", opt(r.checksum.clone()));
+    outln!("  files        {}", opt(r.file_count));
+    outln!("  duration     {}", opt(r.duration_ms.map(|d| human_ms(d as u64))));
+    outln!("  downtime     {}", opt(r.downtime_ms.map(|d| human_ms(d as u64))));
     if let Some(n) = &r.note {
-        println!("  note         {n}");
+        outln!("  note         {n}");
     }
     if let Some(e) = &r.error {
-        println!("  error        {e}");
+        outln!("  error        {e}");
     }
     let Some(m) = m else { return };
     let mut t = table(&["service", "image", "image id", "was running"]);
@@ -210,7 +211,7 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
             s.running.to_string(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     let mut t = table(&["kind", "name / source", "used by", "size", "files", "read via"]);
     for x in &m.mounts {
         t.add_row(vec![
@@ -232,9 +233,9 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
             "host".into(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     for s in &m.skipped {
-        println!("  skipped {}: {}", s.path, s.reason);
+        outln!("  skipped {}: {}", s.path, s.reason);
     }
 }
 
@@ -247,35 +248,35 @@ pub fn verify(cli: &Cli, results: &[(&BackupRecord, Result<VerifyReport, String>
                 Err(e) => json!({ "id": r.id, "ok": false, "error": e }),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&docs).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&docs).unwrap_or_default());
         return;
     }
     if results.is_empty() {
-        println!("no complete backups to verify");
+        outln!("no complete backups to verify");
     }
     for (r, res) in results {
         match res {
-            Ok(v) => println!(
+            Ok(v) => outln!(
                 "backup {}: OK ({} entries, {} of data, sha256 matches)",
                 r.id,
                 v.entries,
                 human_bytes(v.content_bytes)
             ),
-            Err(e) => println!("backup {}: FAILED: {e}", r.id),
+            Err(e) => outln!("backup {}: FAILED: {e}", r.id),
         }
     }
 }
 
 pub fn deleted(cli: &Cli, r: &BackupRecord) {
     if cli.json {
-        println!("{}", json!({ "deleted": r.id, "path": r.path }));
+        outln!("{}", json!({ "deleted": r.id, "path": r.path }));
     } else {
-        println!("deleted backup {} ({})", r.id, opt(r.path.clone()));
+        outln!("deleted backup {} ({})", r.id, opt(r.path.clone()));
     }
 }
 
 pub fn recovered(r: &Recovered) {
-    eprintln!(
+    errln!(
         "nuwax: recovered an unfinished {} (operation {}, pid {}, started {}): {}{}{}",
         r.kind,
         r.operation,
@@ -290,17 +291,17 @@ pub fn recovered(r: &Recovered) {
         r.temp_removed.as_ref().map(|t| format!("; removed {t}")).unwrap_or_default(),
     );
     if let Some(n) = &r.note {
-        eprintln!("nuwax: {n}");
+        errln!("nuwax: {n}");
     }
 }
 
 pub fn recover(cli: &Cli, done: &[Recovered]) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(done).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(done).unwrap_or_default());
         return;
     }
     if done.is_empty() {
-        println!("nothing to recover");
+        outln!("nothing to recover");
     }
     for r in done {
         recovered(r);
@@ -309,20 +310,20 @@ pub fn recover(cli: &Cli, done: &[Recovered]) {
 
 pub fn init(cli: &Cli, p: &Project, config: &Path, wrote: bool) {
     if cli.json {
-        println!(
+        outln!(
             "{}",
             json!({ "project": p.name, "config": config, "config_written": wrote, "storage_dir": p.storage_dir, "state_dir": p.state_dir })
         );
         return;
     }
     if wrote {
-        println!("wrote {}", config.display());
+        outln!("wrote {}", config.display());
     } else {
-        println!("{} already exists; left as it is", config.display());
+        outln!("{} already exists; left as it is", config.display());
     }
-    println!("project {} ({})", p.name, p.dir.display());
-    println!("backups go to {}", p.storage_dir.display());
-    println!("catalog in {}", p.state_dir.display());
+    outln!("project {} ({})", p.name, p.dir.display());
+    outln!("backups go to {}", p.storage_dir.display());
+    outln!("catalog in {}", p.state_dir.display());
 }
 
 pub struct Status<'a> {
@@ -354,13 +355,13 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
             "engine_error": s.engine, "services": services, "last_backup": s.last, "unfinished_operations": s.unfinished,
             "running_operation": s.running_operation, "storage_dir": p.storage_dir,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
-    println!("project   {} ({})", p.name, p.dir.display());
-    println!("version   {}", s.version.as_deref().unwrap_or("unknown (set service_version in nuwax.toml)"));
+    outln!("project   {} ({})", p.name, p.dir.display());
+    outln!("version   {}", s.version.as_deref().unwrap_or("unknown (set service_version in nuwax.toml)"));
     if let Some(u) = &s.last_upgrade {
-        println!(
+        outln!(
             "last upgrade  {} {} -> {}: {} (backup {})",
             u.id,
             u.from_version,
@@ -370,24 +371,24 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
         );
     }
     match &s.compose {
-        Ok(c) => println!("compose   {}, {}", c.display(), p.compose.how()),
-        Err(e) => println!("compose   not usable: {e}"),
+        Ok(c) => outln!("compose   {}, {}", c.display(), p.compose.how()),
+        Err(e) => outln!("compose   not usable: {e}"),
     }
     match (&s.info, &s.engine) {
-        (Some(i), _) => println!("engine    Docker {} (API {}) at {}", i.version, i.api_version, i.host),
-        (None, Some(e)) => println!("engine    unreachable: {e}"),
-        _ => println!("engine    unknown"),
+        (Some(i), _) => outln!("engine    Docker {} (API {}) at {}", i.version, i.api_version, i.host),
+        (None, Some(e)) => outln!("engine    unreachable: {e}"),
+        _ => outln!("engine    unknown"),
     }
-    println!("storage   {}", p.storage_dir.display());
+    outln!("storage   {}", p.storage_dir.display());
     match &s.last {
-        Some(r) => println!("last backup  {} ({}, {}) {}", r.id, r.kind, r.created_at, opt(r.path.clone())),
-        None => println!("last backup  none"),
+        Some(r) => outln!("last backup  {} ({}, {}) {}", r.id, r.kind, r.created_at, opt(r.path.clone())),
+        None => outln!("last backup  none"),
     }
     if let Some(op) = &s.running_operation {
-        println!("running   {op}");
+        outln!("running   {op}");
     }
     for op in &s.unfinished {
-        println!("unfinished  {} operation {} (pid {}, started {})", op.kind, op.id, op.pid, op.started_at);
+        outln!("unfinished  {} operation {} (pid {}, started {})", op.kind, op.id, op.pid, op.started_at);
     }
     match &s.containers {
         Some(cs) if !cs.is_empty() => {
@@ -401,9 +402,9 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
                     c.image.clone(),
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
         }
-        Some(_) => println!("no containers of this project (compose up has not run?)"),
+        Some(_) => outln!("no containers of this project (compose up has not run?)"),
         None => {}
     }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 
+use super::out::outln;
 use super::{Cli, UpgradeArgs, context, progress, recover_if_needed, render};
 use crate::catalog::{BackupKind, UpgradeRecord};
 use crate::flows::backup::BackupOptions;
@@ -50,11 +51,11 @@ pub async fn history(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     recover_if_needed(&mut ctx, None).await?;
     let upgrades = ctx.catalog.upgrades(&ctx.project.name).await?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&upgrades)?);
+        outln!("{}", serde_json::to_string_pretty(&upgrades)?);
         return Ok(());
     }
     if upgrades.is_empty() {
-        println!("no upgrades yet");
+        outln!("no upgrades yet");
         return Ok(());
     }
     let mut t =
@@ -62,7 +63,7 @@ pub async fn history(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     for u in &upgrades {
         t.add_row(history_row(u));
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -85,74 +86,77 @@ fn history_row(u: &UpgradeRecord) -> Vec<String> {
 pub fn package_build(cli: &Cli, dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let built = crate::package::build(dir, out)?;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"path": built.path, "sha256": built.sha256, "size_bytes": built.size})
         );
     } else {
-        println!("{}  {} ({})", built.sha256, built.path.display(), human_bytes(built.size));
+        outln!("{}  {} ({})", built.sha256, built.path.display(), human_bytes(built.size));
     }
     Ok(())
 }
 
 fn render_plan(cli: &Cli, p: &Plan) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(p).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(p).unwrap_or_default());
         return;
     }
-    println!("upgrade {} {} -> {} ({})", p.package_name, p.from_version, p.to_version, p.package_source);
+    outln!("upgrade {} {} -> {} ({})", p.package_name, p.from_version, p.to_version, p.package_source);
     if let Some(sha) = &p.package_sha256 {
-        println!("  package sha256 {sha}");
+        outln!("  package sha256 {sha}");
     }
-    println!("  first: {}", p.backup);
-    println!(
+    outln!("  first: {}", p.backup);
+    outln!(
         "  services to stop: {}",
         if p.services_to_stop.is_empty() { "none".into() } else { p.services_to_stop.join(", ") }
     );
     for a in &p.images_to_load {
-        println!("  load images from {a}");
+        outln!("  load images from {a}");
     }
     for f in &p.files {
-        println!("  {} {} ({})", f.action, f.dest.display(), human_bytes(f.size));
+        outln!("  {} {} ({})", f.action, f.dest.display(), human_bytes(f.size));
     }
     if let Some(env) = &p.env {
         for (k, v) in &env.set {
-            println!("  set {k}={v} in {}", env.file);
+            outln!("  set {k}={v} in {}", env.file);
         }
         for k in &env.unset {
-            println!("  unset {k} in {}", env.file);
+            outln!("  unset {k} in {}", env.file);
         }
     }
     for i in &p.images {
-        println!("  service {} runs {} ({})", i.service, i.image, i.source);
+        outln!("  service {} runs {} ({})", i.service, i.image, i.source);
     }
-    println!("  then: compose up -d (services {}), recreating what changed", p.services.join(", "));
+    outln!("  then: compose up -d (services {}), recreating what changed", p.services.join(", "));
     for h in &p.hooks {
-        println!("  hook {:?} in {}: {}", h.name, h.service, h.command.join(" "));
+        outln!("  hook {:?} in {}: {}", h.name, h.service, h.command.join(" "));
     }
     for pr in &p.probes {
-        println!("  probe {:?}: GET {} expects {}", pr.name, pr.url, pr.expect_status);
+        outln!("  probe {:?}: GET {} expects {}", pr.name, pr.url, pr.expect_status);
     }
     for w in &p.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
-    println!("dry run: nothing was changed");
+    outln!("dry run: nothing was changed");
 }
 
 fn render_outcome(cli: &Cli, o: &UpgradeOutcome) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
         return;
     }
-    println!(
+    outln!(
         "upgraded {} -> {} (upgrade {}, pre-upgrade backup {})",
-        o.from_version, o.to_version, o.upgrade_id, o.backup_id
+        o.from_version,
+        o.to_version,
+        o.upgrade_id,
+        o.backup_id
     );
     if !o.hooks_run.is_empty() {
-        println!("  hooks run: {}", o.hooks_run.join(", "));
+        outln!("  hooks run: {}", o.hooks_run.join(", "));
     }
-    println!("  services healthy: {}", o.services.join(", "));
+    outln!("  services healthy: {}", o.services.join(", "));
     let downtime =
         o.downtime_ms.map(|d| format!("{:.1} s", d as f64 / 1000.0)).unwrap_or_else(|| "none".into());
-    println!("  took {:.1} s, downtime {downtime}", o.duration_ms as f64 / 1000.0);
+    outln!("  took {:.1} s, downtime {downtime}", o.duration_ms as f64 / 1000.0);
 }

@@ -28,7 +28,10 @@ pub async fn import(ctx: &Ctx, source: &Path) -> Result<Imported> {
     let (s, cancel) = (source.clone(), ctx.interrupt.cancel().clone());
     let report = tokio::task::spawn_blocking(move || archive::verify(&s, None, &cancel, &NoProgress))
         .await?
-        .map_err(|e| crate::Error::VerifyFailed { id: 0, detail: format!("{:#}", anyhow::Error::from(e)) })?;
+        .map_err(|e| crate::Error::ArchiveVerifyFailed {
+            path: source.clone(),
+            detail: format!("{:#}", anyhow::Error::from(e)),
+        })?;
     let m = &report.manifest;
     let kind = match m.kind.as_str() {
         "pre-upgrade" => BackupKind::PreUpgrade,
