@@ -21,6 +21,40 @@ pub fn make_private(path: &Path) {
     let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
 }
 
+/// Replaces `path` with `bytes`: a temp file beside it, synced, renamed over it, the directory
+/// synced, so `path` is the old or the new content, never half of one. The file keeps the mode
+/// and owner of the one it replaces; a new file gets mode 0644.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically(path, bytes, 0o644)
+}
+
+/// [`replace_file`], with `new_mode` for a file that does not exist yet.
+pub fn write_atomically(path: &Path, bytes: &[u8], new_mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let old = fs::metadata(path).ok();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".nuwax-new-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
+    let mode = old.as_ref().map(|m| m.mode() & 0o7777).unwrap_or(new_mode);
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))?;
+    if let Some(m) = &old {
+        // Only root can give a file away; as anyone else the file is ours already.
+        let (uid, gid) = (rustix::fs::Uid::from_raw(m.uid()), rustix::fs::Gid::from_raw(m.gid()));
+        if let Err(e) = rustix::fs::fchown(tmp.as_file(), Some(uid), Some(gid)) {
+            tracing::debug!("keeping the owner of {}: {e}", path.display());
+        }
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("replacing {}", path.display()))?;
+    let _ = fsync_dir(dir);
+    Ok(())
+}
+
 /// Makes a rename or a new file in `dir` durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

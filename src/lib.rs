@@ -2,21 +2,24 @@
 //!
 //! The code is split by what it talks to: [`engine`] (the Docker engine and the compose CLI),
 //! [`archive`] (the archive format), [`catalog`] (SQLite), [`project`] (compose files and
-//! `nuwax.toml`), and the [`flows`] that combine them. [`guard`] is the stop → work → always
-//! start guard every flow that stops services goes through.
+//! `nuwax.toml`), and the [`flows`] that combine them. [`runner`] is the shape every flow takes:
+//! a typed journal written first, one stop scope that always starts what it stopped, recovery
+//! per operation kind.
 
 pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod flows;
 pub mod fsutil;
-pub mod guard;
+pub mod interrupt;
 pub mod lock;
 pub mod package;
 pub mod project;
 pub mod retention;
+pub mod runner;
 pub mod schedule;
 
 pub use error::Error;

@@ -171,8 +171,12 @@ impl Project {
 }
 
 fn load_settings(dir: &Path) -> Result<Settings> {
-    let path = dir.join(CONFIG_FILE);
-    match std::fs::read_to_string(&path) {
+    read_settings(&dir.join(CONFIG_FILE))
+}
+
+/// Reads a nuwax.toml; a missing file is the defaults.
+pub fn read_settings(path: &Path) -> Result<Settings> {
+    match std::fs::read_to_string(path) {
         Ok(text) => {
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())).into())
         }
@@ -364,32 +368,35 @@ pub fn interpolate(s: &str, env_file: &BTreeMap<String, String>) -> String {
 }
 
 /// Sets `storage_dir` in the nuwax.toml at `path` (created when missing), keeping every other
-/// line: the key is replaced where it is, else added before the first table. Atomic.
-pub fn set_storage_dir(path: &Path, dir: &Path) -> Result<()> {
+/// line: the key is replaced where it is, else added before the first table; `None` removes
+/// it. Keeps the file's mode. Atomic.
+pub fn set_storage_dir(path: &Path, dir: Option<&Path>) -> Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     };
-    let line = format!("storage_dir = {}", toml::Value::String(dir.to_string_lossy().into_owned()));
+    let line =
+        dir.map(|d| format!("storage_dir = {}", toml::Value::String(d.to_string_lossy().into_owned())));
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let first_table = lines.iter().position(|l| l.trim_start().starts_with('[')).unwrap_or(lines.len());
     let existing = lines[..first_table].iter().position(|l| {
         let t = l.trim_start();
         t.starts_with("storage_dir") && t["storage_dir".len()..].trim_start().starts_with('=')
     });
-    match existing {
-        Some(i) => lines[i] = line,
-        None => lines.insert(first_table, line),
+    match (existing, line) {
+        (Some(i), Some(line)) => lines[i] = line,
+        (Some(i), None) => {
+            lines.remove(i);
+        }
+        (None, Some(line)) => lines.insert(first_table, line),
+        (None, None) => {}
     }
     let mut out = lines.join("\n");
     out.push('\n');
     // The result must still be a valid nuwax.toml.
     toml::from_str::<Settings>(&out).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    let tmp = path.with_extension("toml.nuwax-new");
-    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    crate::fsutil::replace_file(path, out.as_bytes())
 }
 
 enum VolumeRef {

@@ -32,6 +32,14 @@ pub struct Manifest {
     pub compression: String,
     /// Whether the services were stopped while their data was read.
     pub services_stopped: bool,
+    /// The data was copied while services ran (`backup --no-stop`, `--no-docker`): it is not
+    /// one point in time, and a rollback to it needs `--accept-live`.
+    #[serde(default)]
+    pub live: bool,
+    /// Services the engine SIGKILLed because they did not stop within their stop timeout:
+    /// their data was copied after an unclean shutdown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_killed: Vec<String>,
     pub services: Vec<ServiceRecord>,
     /// Named volumes and bind mounts, each once.
     pub mounts: Vec<MountRecord>,

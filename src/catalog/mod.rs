@@ -89,7 +89,8 @@ impl Catalog {
     pub async fn complete(&self, id: i64, done: &Completed) -> Result<()> {
         sqlx::query(
             "UPDATE backups SET status = 'complete', path = ?, size_bytes = ?, checksum = ?, file_count = ?,
-             finished_at = ?, duration_ms = ?, downtime_ms = ?, error = NULL WHERE id = ?",
+             finished_at = ?, duration_ms = ?, downtime_ms = ?, live = ?, stop_killed = ?, error = NULL
+             WHERE id = ?",
         )
         .bind(done.path.to_string_lossy().as_ref())
         .bind(done.size_bytes as i64)
@@ -98,6 +99,11 @@ impl Catalog {
         .bind(done.finished_at.to_rfc3339())
         .bind(done.duration_ms as i64)
         .bind(done.downtime_ms.map(|d| d as i64))
+        .bind(done.live as i64)
+        .bind(match done.stop_killed.is_empty() {
+            true => None,
+            false => Some(serde_json::to_string(&done.stop_killed)?),
+        })
         .bind(id)
         .execute(&self.pool)
         .await
@@ -177,23 +183,23 @@ impl Catalog {
         Ok(())
     }
 
-    /// Opens a journal entry for an operation of this process.
+    /// Opens a journal entry for an operation of this process, holding its journal.
     pub async fn begin_operation(
         &self,
-        kind: &str,
+        kind: OperationKind,
         project: &str,
         backup_id: Option<i64>,
-        temp_path: Option<&Path>,
+        detail: &serde_json::Value,
     ) -> Result<i64> {
         let r = sqlx::query(
-            "INSERT INTO operations (kind, project, pid, backup_id, state, temp_path, started_at)
+            "INSERT INTO operations (kind, project, pid, backup_id, state, detail, started_at)
              VALUES (?, ?, ?, ?, 'running', ?, ?)",
         )
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(project)
         .bind(std::process::id() as i64)
         .bind(backup_id)
-        .bind(temp_path.map(|p| p.to_string_lossy().into_owned()))
+        .bind(detail.to_string())
         .bind(chrono::Utc::now().to_rfc3339())
         .execute(&self.pool)
         .await
@@ -201,10 +207,11 @@ impl Catalog {
         Ok(r.last_insert_rowid())
     }
 
-    /// Writes down the services about to be stopped. Called before the first stop.
-    pub async fn record_stopped(&self, op: i64, services: &[StoppedService]) -> Result<()> {
-        sqlx::query("UPDATE operations SET stopped_services = ? WHERE id = ?")
-            .bind(serde_json::to_string(services)?)
+    /// Writes an operation's stop scope (JSON). Called before the first stop and before each
+    /// change of what the end of the scope must do.
+    pub async fn set_scope(&self, op: i64, scope: &impl serde::Serialize) -> Result<()> {
+        sqlx::query("UPDATE operations SET scope = ? WHERE id = ?")
+            .bind(serde_json::to_string(scope)?)
             .bind(op)
             .execute(&self.pool)
             .await
@@ -223,15 +230,6 @@ impl Catalog {
         Ok(())
     }
 
-    pub async fn set_temp_path(&self, op: i64, temp: &Path) -> Result<()> {
-        sqlx::query("UPDATE operations SET temp_path = ? WHERE id = ?")
-            .bind(temp.to_string_lossy().as_ref())
-            .bind(op)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     pub async fn finish_operation(&self, op: i64, state: OperationState, note: Option<&str>) -> Result<()> {
         sqlx::query(
             "UPDATE operations SET state = ?, finished_at = ?, note = COALESCE(?, note) WHERE id = ?",
@@ -246,6 +244,21 @@ impl Catalog {
         Ok(())
     }
 
+    /// The journal of operation `id` (running or not).
+    pub async fn operation_detail(&self, id: i64) -> Result<Option<serde_json::Value>> {
+        let row = sqlx::query("SELECT detail FROM operations WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the operations journal")?;
+        Ok(match row {
+            Some(r) => {
+                r.try_get::<Option<String>, _>("detail")?.map(|d| serde_json::from_str(&d)).transpose()?
+            }
+            None => None,
+        })
+    }
+
     /// Operations of the project still marked running.
     pub async fn unfinished(&self, project: &str) -> Result<Vec<Operation>> {
         let rows =
@@ -256,9 +269,15 @@ impl Catalog {
                 .context("reading the operations journal")?;
         rows.iter()
             .map(|r| {
+                let kind: String = r.try_get("kind")?;
                 Ok(Operation {
                     id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
+                    kind: OperationKind::parse(&kind).with_context(|| {
+                        format!(
+                            "operation {}: unknown kind {kind:?}",
+                            r.try_get::<i64, _>("id").unwrap_or_default()
+                        )
+                    })?,
                     pid: r.try_get("pid")?,
                     backup_id: r.try_get("backup_id")?,
                     stopped_services: serde_json::from_str(r.try_get::<&str, _>("stopped_services")?)?,
@@ -266,6 +285,10 @@ impl Catalog {
                     started_at: r.try_get("started_at")?,
                     detail: r
                         .try_get::<Option<String>, _>("detail")?
+                        .map(|d| serde_json::from_str(&d))
+                        .transpose()?,
+                    scope: r
+                        .try_get::<Option<String>, _>("scope")?
                         .map(|d| serde_json::from_str(&d))
                         .transpose()?,
                 })

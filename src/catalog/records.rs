@@ -45,6 +45,10 @@ pub struct Completed {
     pub finished_at: DateTime<Utc>,
     pub duration_ms: u64,
     pub downtime_ms: Option<u64>,
+    /// The data was copied while services ran.
+    pub live: bool,
+    /// Services killed at their stop timeout.
+    pub stop_killed: Vec<String>,
 }
 
 /// A row of `backups`, as `list`, `show` and `--json` present it.
@@ -68,6 +72,10 @@ pub struct BackupRecord {
     pub error: Option<String>,
     /// When the archive was found gone (then `status` reads `missing`).
     pub missing_at: Option<String>,
+    /// The data was copied while services ran (`--no-stop`): not one point in time.
+    pub live: bool,
+    /// Services the engine killed because they did not stop within their stop timeout.
+    pub stop_killed: Vec<String>,
 }
 
 impl BackupRecord {
@@ -90,6 +98,12 @@ impl BackupRecord {
             note: r.try_get("note")?,
             error: r.try_get("error")?,
             missing_at: r.try_get("missing_at")?,
+            live: r.try_get::<i64, _>("live")? != 0,
+            stop_killed: r
+                .try_get::<Option<String>, _>("stop_killed")?
+                .map(|s| serde_json::from_str(&s))
+                .transpose()?
+                .unwrap_or_default(),
         })
         .map(|mut b: BackupRecord| {
             if b.missing_at.is_some() && b.status == "complete" {
@@ -110,6 +124,47 @@ pub struct StoppedService {
     pub id: String,
 }
 
+/// The kinds of operation the journal holds; recovery dispatches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperationKind {
+    Backup,
+    Rollback,
+    Upgrade,
+    Prune,
+    StorageMigrate,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Backup => "backup",
+            OperationKind::Rollback => "rollback",
+            OperationKind::Upgrade => "upgrade",
+            OperationKind::Prune => "prune",
+            OperationKind::StorageMigrate => "storage-migrate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OperationKind> {
+        [
+            OperationKind::Backup,
+            OperationKind::Rollback,
+            OperationKind::Upgrade,
+            OperationKind::Prune,
+            OperationKind::StorageMigrate,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for OperationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum OperationState {
     Done,
@@ -128,11 +183,15 @@ impl OperationState {
 #[derive(Debug, Clone, Serialize)]
 pub struct Operation {
     pub id: i64,
-    pub kind: String,
+    pub kind: OperationKind,
     pub pid: i64,
     pub backup_id: Option<i64>,
     pub stopped_services: Vec<StoppedService>,
     pub temp_path: Option<PathBuf>,
     pub started_at: String,
+    /// The kind's journal ([`crate::runner::Journal`]); `None` in rows of older versions.
     pub detail: Option<serde_json::Value>,
+    /// The stop scope ([`crate::runner::ScopeJournal`]); `None` in rows of older versions,
+    /// which kept only `stopped_services`.
+    pub scope: Option<serde_json::Value>,
 }

@@ -181,6 +181,10 @@ pub struct RollbackArgs {
     /// Restore compose files, .env and other configs only, not data.
     #[arg(long)]
     pub config_only: bool,
+    /// Restore a backup whose data was copied while services ran (`backup --no-stop`): it is
+    /// not one point in time, and a database in it may need its own crash recovery.
+    #[arg(long)]
+    pub accept_live: bool,
 }
 
 #[derive(Debug, Clone, Args)]

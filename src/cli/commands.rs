@@ -6,12 +6,11 @@ use super::{Cli, Command, context, progress, recover_if_needed, render};
 use crate::archive;
 use crate::catalog::BackupKind;
 use crate::flows::backup::{BackupOptions, backup};
-use crate::guard::Interrupt;
+use crate::interrupt::Interrupt;
 use crate::lock::ProjectLock;
 use crate::project::Project;
 
-pub async fn run(cli: Cli) -> Result<()> {
-    let interrupt = Interrupt::install().context("installing signal handlers")?;
+pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
     match &cli.command {
         Command::Init => init(&cli),
         Command::Status => status(&cli, interrupt).await,
@@ -122,6 +121,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let _lock = ProjectLock::acquire(&ctx.project.state_dir)?;
             if !ctx.catalog.unfinished(&ctx.project.name).await?.is_empty() {
                 ctx.engine = Some(super::connect().await?);
+                ctx.compose = super::compose_of(&ctx.project);
             }
             let done = crate::flows::recover::recover(&ctx).await?;
             render::recover(&cli, &done);
@@ -140,6 +140,8 @@ async fn rollback(cli: &Cli, args: &crate::cli::RollbackArgs, interrupt: Interru
         data: !args.config_only,
         config: !args.data_only,
         safety: BackupOptions::for_project(&ctx.project, BackupKind::PreRollback, None, None)?,
+        note: None,
+        accept_live: args.accept_live,
     };
     let plan = plan(&ctx, &opts).await?;
     if args.dry_run {

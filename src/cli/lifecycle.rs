@@ -11,7 +11,7 @@ use crate::catalog::BackupKind;
 use crate::flows::Ctx;
 use crate::flows::backup::{BackupOptions, backup};
 use crate::fsutil::human_bytes;
-use crate::guard::Interrupt;
+use crate::interrupt::Interrupt;
 use crate::lock::ProjectLock;
 use crate::retention::Policy;
 use crate::schedule::{DEFAULT_CRON, Schedule};

@@ -23,10 +23,11 @@ pub use args::{
 use out::{errln, outln};
 
 use crate::catalog::Catalog;
+use crate::engine::compose::{Compose, ComposeCliRunner};
 use crate::engine::{DockerEngine, Engine, EngineError};
 use crate::error::exit;
 use crate::flows::Ctx;
-use crate::guard::Interrupt;
+use crate::interrupt::Interrupt;
 use crate::lock::ProjectLock;
 use crate::project::Project;
 
@@ -41,11 +42,15 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
-    let result = runtime.block_on(async move {
+    let (result, signal) = runtime.block_on(async move {
         let dir = cli.project_dir.clone();
+        let interrupt = match Interrupt::install() {
+            Ok(i) => i,
+            Err(e) => return (Err(anyhow::anyhow!("installing signal handlers: {e}")), None),
+        };
         // The command runs in its own task so that a panic anywhere in it is caught here, and
         // the services it may have stopped are started again through the journal.
-        match tokio::spawn(commands::run(cli)).await {
+        let r = match tokio::spawn(commands::run(cli, interrupt.clone())).await {
             Ok(r) => r,
             Err(join) => {
                 errln!("nuwax: internal error: {join}; starting any stopped services again");
@@ -54,7 +59,8 @@ pub fn main(cli: Cli) -> ExitCode {
                 }
                 Err(anyhow::anyhow!("internal error: {join}"))
             }
-        }
+        };
+        (r, interrupt.received())
     });
     // Do not wait for blocking tasks a cancelled command may have left (they stop on their own).
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -64,7 +70,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
-            let code = exit_code(&e);
+            let (code, e) = interrupted(exit_code(&e), e, signal);
             errln!("nuwax: error: {e:#}");
             if let Some(hint) =
                 e.chain().find_map(|c| c.downcast_ref::<crate::Error>()).and_then(|e| e.hint())
@@ -80,6 +86,23 @@ pub fn main(cli: Cli) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// A command that failed after a signal exits 130 (SIGINT) or 143 (SIGTERM), whatever error
+/// the signal caused on the way (a cancelled verification, a compose child that died with it),
+/// and says so; an upgrade's own outcome (rolled back or not) says more and keeps its code.
+fn interrupted(code: u8, e: anyhow::Error, signal: Option<&'static str>) -> (u8, anyhow::Error) {
+    let Some(signal) = signal else { return (code, e) };
+    if matches!(code, exit::UPGRADE_ROLLED_BACK | exit::UPGRADE_ROLLBACK_FAILED) {
+        return (code, e);
+    }
+    let named =
+        e.chain().any(|c| matches!(c.downcast_ref::<crate::Error>(), Some(crate::Error::Interrupted { .. })));
+    let e = match named {
+        true => e,
+        false => e.context(crate::Error::Interrupted { signal }),
+    };
+    (crate::Error::Interrupted { signal }.exit_code(), e)
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -130,7 +153,15 @@ async fn context(cli: &Cli, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
     let project = Project::discover(&dir)?;
     let catalog = Catalog::open(&project.state_dir).await?;
     let engine = if engine { Some(connect().await?) } else { None };
-    Ok(Ctx { project, catalog, engine, interrupt })
+    let compose = engine.as_ref().and_then(|_| compose_of(&project));
+    Ok(Ctx { project, catalog, engine, compose, interrupt })
+}
+
+/// The compose CLI chosen or detected, once per command, before anything is touched; `None`
+/// when there is none (flows that need it say so with the reason).
+fn compose_of(project: &Project) -> Option<Arc<dyn Compose>> {
+    let cli = project.compose_cli().ok()?;
+    Some(Arc::new(ComposeCliRunner { cli }))
 }
 
 /// Before any command: if a previous nuwax died mid-operation, finish its recovery now. Only
@@ -154,6 +185,9 @@ async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<
             )
         })?);
     }
+    if ctx.compose.is_none() {
+        ctx.compose = compose_of(&ctx.project);
+    }
     for r in crate::flows::recover::recover(ctx).await? {
         render::recovered(&r);
     }
@@ -163,6 +197,6 @@ async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<
 async fn recover_after_panic(dir: Option<std::path::PathBuf>) -> Result<()> {
     let project = Project::discover(&dir.unwrap_or_else(|| ".".into()))?;
     let catalog = Catalog::open(&project.state_dir).await?;
-    let mut ctx = Ctx { project, catalog, engine: None, interrupt: Interrupt::none() };
+    let mut ctx = Ctx { project, catalog, engine: None, compose: None, interrupt: Interrupt::none() };
     recover_if_needed(&mut ctx, None).await
 }

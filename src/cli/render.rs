@@ -277,7 +277,7 @@ pub fn deleted(cli: &Cli, r: &BackupRecord) {
 
 pub fn recovered(r: &Recovered) {
     errln!(
-        "nuwax: recovered an unfinished {} (operation {}, pid {}, started {}): {}{}{}",
+        "nuwax: recovered an unfinished {} (operation {}, pid {}, started {}): {}",
         r.kind,
         r.operation,
         r.pid,
@@ -287,8 +287,6 @@ pub fn recovered(r: &Recovered) {
         } else {
             format!("started {}", r.services_started.join(", "))
         },
-        r.backup_id.map(|id| format!("; backup {id} marked failed")).unwrap_or_default(),
-        r.temp_removed.as_ref().map(|t| format!("; removed {t}")).unwrap_or_default(),
     );
     if let Some(n) = &r.note {
         errln!("nuwax: {n}");

@@ -8,7 +8,7 @@ use crate::catalog::{BackupKind, UpgradeRecord};
 use crate::flows::backup::BackupOptions;
 use crate::flows::upgrade::{Plan, UpgradeOptions, UpgradeOutcome, plan, upgrade};
 use crate::fsutil::human_bytes;
-use crate::guard::Interrupt;
+use crate::interrupt::Interrupt;
 use crate::lock::ProjectLock;
 
 pub async fn run_upgrade(cli: &Cli, args: &UpgradeArgs, interrupt: Interrupt) -> Result<()> {

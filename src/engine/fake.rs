@@ -271,3 +271,66 @@ impl Engine for FakeEngine {
         Ok(ExecOutput { exit_code, output: String::new() })
     }
 }
+
+/// Compose over the fake engine: `up` replaces a service's containers with new ones (a new id,
+/// as compose recreating them), created or running; `run` answers like `exec`.
+pub struct FakeCompose {
+    engine: std::sync::Arc<FakeEngine>,
+}
+
+impl FakeCompose {
+    pub fn new(engine: std::sync::Arc<FakeEngine>) -> Self {
+        FakeCompose { engine }
+    }
+
+    fn recreate(&self, service: &str, running: bool) {
+        let mut inner = self.engine.inner.lock().unwrap();
+        let n = inner.containers.len();
+        let old = inner.containers.iter().find(|c| c.service == service).cloned();
+        inner.containers.retain(|c| c.service != service);
+        inner.calls.push(format!("compose {} {service}", if running { "up" } else { "create" }));
+        let c = old.unwrap_or_else(|| FakeEngine::container(service));
+        inner.containers.push(Container {
+            id: format!("id-{service}-{n}-new"),
+            state: if running { State::Running } else { State::Created },
+            ..c
+        });
+    }
+}
+
+#[async_trait]
+impl super::compose::Compose for FakeCompose {
+    fn describe(&self) -> String {
+        "fake compose".into()
+    }
+
+    async fn up(
+        &self,
+        project: &crate::project::Project,
+        mode: super::compose::Up,
+        services: &[String],
+    ) -> std::result::Result<(), super::compose::ComposeError> {
+        use super::compose::Up;
+        let all: Vec<String> = project.services.keys().cloned().collect();
+        match mode {
+            Up::CreateAll => all.iter().for_each(|s| self.recreate(s, false)),
+            Up::Create => services.iter().for_each(|s| self.recreate(s, false)),
+            Up::Start => services.iter().for_each(|s| self.recreate(s, true)),
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        _project: &crate::project::Project,
+        service: &str,
+        cmd: &[String],
+        _user: Option<&str>,
+        _timeout: std::time::Duration,
+    ) -> std::result::Result<ExecOutput, super::compose::ComposeError> {
+        let mut inner = self.engine.inner.lock().unwrap();
+        inner.calls.push(format!("compose run {service} {}", cmd.join(" ")));
+        let exit_code = inner.exec_exit.get(service).copied().unwrap_or(0);
+        Ok(ExecOutput { exit_code, output: String::new() })
+    }
+}

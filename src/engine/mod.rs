@@ -1,9 +1,11 @@
 //! The container engine behind a narrow trait of our own, so flows run against the real Docker
 //! engine (bollard, [`docker`]) and against a [`fake`] in unit tests with the same code.
 
+pub mod compose;
 pub mod compose_cli;
 pub mod docker;
 pub mod fake;
+mod image_ref;
 pub mod order;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,6 +15,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 
 pub use docker::DockerEngine;
+pub use image_ref::ImageRef;
 
 /// Label compose puts on every container and volume of a project.
 pub const LABEL_PROJECT: &str = "com.docker.compose.project";

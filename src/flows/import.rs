@@ -97,6 +97,8 @@ pub async fn import(ctx: &Ctx, source: &Path) -> Result<Imported> {
                     finished_at: Utc::now(),
                     duration_ms: 0,
                     downtime_ms: None,
+                    live: m.live,
+                    stop_killed: m.stop_killed.clone(),
                 },
             )
             .await

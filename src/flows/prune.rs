@@ -8,13 +8,29 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::Ctx;
 use crate::archive::{self, NoProgress};
-use crate::catalog::{BackupRecord, OperationState};
+use crate::catalog::BackupRecord;
+use crate::faults::{self, Crash};
 use crate::retention::{Candidate, Decision, Policy, decide};
+use crate::runner::{self, Operation, OperationKind};
+
+/// What a prune journals before each deletion.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Journal {
+    /// The backup being deleted: its file may be gone already, its row not yet.
+    pub deleting: Option<i64>,
+    pub path: Option<String>,
+    /// Its services whose images are kept by tag: once the file is gone only this says so.
+    #[serde(default)]
+    pub kept: Vec<String>,
+}
+
+impl runner::Journal for Journal {
+    const KIND: OperationKind = OperationKind::Prune;
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
@@ -123,25 +139,36 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
         out.verified = Some(n.id);
     }
 
-    let op = ctx.catalog.begin_operation("prune", project, None, None).await?;
+    let mut op = Operation::begin(ctx, Journal::default()).await?;
+    let deleted = delete_all(&mut op, &doomed, &mut out).await;
+    op.close(deleted.as_ref().err().map(|_| "failed")).await?;
+    deleted?;
+    out.leftovers_removed = remove_leftovers(&ctx.project.storage_dir);
+    Ok(out)
+}
+
+/// Deletes each doomed backup: journaled first, then its file, its row, its image tags.
+async fn delete_all(
+    op: &mut Operation<'_, Journal>,
+    doomed: &[&BackupRecord],
+    out: &mut PruneOutcome,
+) -> Result<()> {
+    let ctx = op.ctx();
     for r in doomed {
         ctx.interrupt.check()?;
         // Journaled: once the file is gone, only this says which image tags to release.
         let kept = super::delete::kept_services(r);
-        ctx.catalog.set_detail(op, &json!({ "deleting": r.id, "path": r.path, "kept": kept })).await?;
-        if std::env::var("NUWAX_TEST_CRASH").as_deref() == Ok("prune-after-file") {
-            // Test hook: die between the file and the row, as a power loss would.
-            if let Some(p) = &r.path {
-                let _ = std::fs::remove_file(p);
-            }
-            std::process::abort();
+        op.advance(|j| *j = Journal { deleting: Some(r.id), path: r.path.clone(), kept: kept.clone() })
+            .await?;
+        if let Some(p) = r.path.as_ref().filter(|_| faults::crash_armed(Crash::PruneAfterFile)) {
+            // Die between the file and the row, as a power loss would.
+            let _ = std::fs::remove_file(p);
+            faults::crash(Crash::PruneAfterFile);
         }
         out.freed_bytes += super::delete::delete_backup(ctx, r, &kept).await?;
         out.removed.push(r.id);
     }
-    out.leftovers_removed = remove_leftovers(&ctx.project.storage_dir);
-    ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
-    Ok(out)
+    Ok(())
 }
 
 fn candidate(r: &BackupRecord) -> Result<Candidate> {
@@ -195,15 +222,13 @@ fn remove_leftovers(storage: &std::path::Path) -> Vec<PathBuf> {
 }
 
 /// Recovery of a prune that died between removing a file and its row: the row goes too.
-pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
-    let Some(id) = detail.get("deleting").and_then(|v| v.as_i64()) else {
+pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<String> {
+    let Some(id) = j.deleting else {
         return Ok("the prune had not started deleting".into());
     };
     match ctx.catalog.get(id).await? {
         Some(r) => {
-            let kept: Vec<String> =
-                serde_json::from_value(detail.get("kept").cloned().unwrap_or_default()).unwrap_or_default();
-            super::delete::delete_backup(ctx, &r, &kept).await?;
+            super::delete::delete_backup(ctx, &r, &j.kept).await?;
             Ok(format!("the prune's deletion of backup {id} was finished"))
         }
         None => Ok(format!("backup {id} was already deleted")),

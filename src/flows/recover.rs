@@ -1,15 +1,15 @@
-//! Finishing what a dead nuwax left behind: start the services it had stopped, mark its backup
-//! failed, remove its temp file. Runs at the start of every command that can take the project
-//! lock, and on demand as `nuwax recover`.
+//! Finishing what a dead nuwax left behind. Every open operation, newest first (so a nested
+//! rollback is finished before the upgrade that ran it): its kind's own `recover`, chosen by
+//! [`OperationKind`], then its stop scope brought back with [`ensure_running`]. Runs at the
+//! start of every command that can take the project lock, and on demand as `nuwax recover`.
 
-use std::collections::BTreeSet;
-
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::Ctx;
-use crate::catalog::OperationState;
-use crate::guard::start_and_wait;
+use crate::catalog::{Operation, OperationKind, OperationState};
+use crate::runner::{Recovery, ScopeJournal, ensure_running};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovered {
@@ -19,8 +19,7 @@ pub struct Recovered {
     pub started_at: String,
     pub backup_id: Option<i64>,
     pub services_started: Vec<String>,
-    pub temp_removed: Option<String>,
-    /// What recovery did to the data, for rollbacks.
+    /// What recovery did to the data.
     pub note: Option<String>,
 }
 
@@ -29,89 +28,47 @@ pub struct Recovered {
 pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
     for op in ctx.catalog.unfinished(&ctx.project.name).await? {
-        let mut services_started = Vec::new();
-        let finished = match (op.kind.as_str(), op.detail.clone()) {
-            ("rollback", Some(detail)) => super::rollback::recover(ctx, &detail).await.map(Some),
-            ("upgrade", Some(detail)) => super::upgrade::recover(ctx, &detail).await.map(Some),
-            ("storage-migrate", Some(detail)) => super::storage::recover(ctx, &detail).map(Some),
-            ("prune", Some(detail)) => super::prune::recover(ctx, &detail).await.map(Some),
-            _ => Ok(None),
+        let scope = scope_of(&op);
+        let done = match scope.ended {
+            true => Ok(Recovery::note("its own work had ended; its services were still down")),
+            false => recover_kind(ctx, &op).await,
         };
         // A recovery that cannot finish must not block every later command (including the
         // rollback that would fix things): it is reported, the services are started, and the
         // operation is closed.
-        let compose_owned = finished.is_ok()
-            && op.kind == "rollback"
-            && op.detail.as_ref().is_some_and(super::rollback::compose_owns_services);
-        let note = match finished {
-            Ok(n) => n,
+        let (note, handled) = match done {
+            Ok(r) => (r.note, r.services_handled),
             Err(e) => {
                 tracing::error!("operation {} ({}) could not be finished: {e:#}", op.id, op.kind);
-                Some(format!(
+                let note = format!(
                     "could not be finished ({e:#}); the project may be between two states: \
                      `nuwax list` shows the backups, `nuwax rollback <id>` restores a known one"
-                ))
+                );
+                (note, false)
             }
         };
-        if !op.stopped_services.is_empty() && !compose_owned {
-            let engine = ctx.engine.as_ref().ok_or_else(|| {
-                anyhow::anyhow!(
+        let mut services_started = Vec::new();
+        if !handled && !scope.services.is_empty() {
+            if ctx.engine.is_none() {
+                anyhow::bail!(
                     "operation {} (pid {}) left services stopped ({}); the Docker engine is needed to start them",
                     op.id,
                     op.pid,
-                    op.stopped_services.iter().map(|s| s.service.as_str()).collect::<Vec<_>>().join(", ")
-                )
-            })?;
-            let wanted: BTreeSet<&str> = op.stopped_services.iter().map(|s| s.id.as_str()).collect();
-            let containers: Vec<_> = engine
-                .project_containers(&ctx.project.name)
-                .await?
-                .into_iter()
-                .filter(|c| wanted.contains(c.id.as_str()))
-                .collect();
-            start_and_wait(&**engine, &containers, &ctx.project.dependencies(), ctx.timeouts().ready).await?;
-            services_started = containers.iter().map(|c| c.service.clone()).collect();
-            // Containers removed on the way (a volume recreated through the engine) come back
-            // from the compose files, as the services ran before.
-            let mut gone: Vec<String> = op
-                .stopped_services
-                .iter()
-                .filter(|s| !containers.iter().any(|c| c.id == s.id))
-                .map(|s| s.service.clone())
-                .collect();
-            gone.sort();
-            gone.dedup();
-            gone.retain(|s| !services_started.contains(s));
-            if !gone.is_empty() {
-                tracing::warn!("recreating {} with compose: their containers are gone", gone.join(", "));
-                super::compose::up(ctx, super::compose::Up::Services, &gone).await?;
-                services_started.extend(gone);
+                    scope.services.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
             }
-        }
-        let mut temp_removed = None;
-        if let Some(temp) = &op.temp_path
-            && std::fs::remove_file(temp).is_ok()
-        {
-            temp_removed = Some(temp.display().to_string());
-        }
-        if let Some(id) = op.backup_id {
-            let msg = format!(
-                "interrupted: nuwax (pid {}) ended before the backup finished; recovered by pid {}",
-                op.pid,
-                std::process::id()
-            );
-            ctx.catalog.fail(id, &msg, None).await?;
+            ensure_running(ctx, &scope).await?;
+            services_started = scope.services.iter().cloned().collect();
         }
         ctx.catalog.finish_operation(op.id, OperationState::Recovered, Some("recovered")).await?;
         out.push(Recovered {
             operation: op.id,
-            kind: op.kind,
+            kind: op.kind.as_str().to_string(),
             pid: op.pid,
             started_at: op.started_at,
             backup_id: op.backup_id,
             services_started,
-            temp_removed,
-            note,
+            note: Some(note),
         });
     }
     let orphans = ctx.catalog.fail_orphaned_pending(&ctx.project.name).await?;
@@ -123,15 +80,71 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
     Ok(out)
 }
 
+/// The dispatch: each kind's own recovery with its own journal.
+async fn recover_kind(ctx: &Ctx, op: &Operation) -> Result<Recovery> {
+    Ok(match op.kind {
+        OperationKind::Backup => {
+            let j = match &op.detail {
+                Some(d) => parse(d)?,
+                // Rows of older versions kept only the backup id and the temp path.
+                None => super::backup::Journal {
+                    backup_id: op.backup_id.context("a backup operation without its backup")?,
+                    temp_path: op.temp_path.clone().unwrap_or_default(),
+                    tagged: Vec::new(),
+                },
+            };
+            Recovery::note(super::backup::recover(ctx, &j, op.pid).await?)
+        }
+        OperationKind::Rollback => Recovery::note(super::rollback::recover(ctx, &journal(op)?).await?),
+        OperationKind::Upgrade => super::upgrade::recover(ctx, &journal(op)?).await?,
+        OperationKind::Prune => Recovery::note(super::prune::recover(ctx, &journal(op)?).await?),
+        OperationKind::StorageMigrate => Recovery::note(super::storage::recover(ctx, &journal(op)?)?),
+    })
+}
+
+fn journal<J: DeserializeOwned + Default>(op: &Operation) -> Result<J> {
+    match &op.detail {
+        Some(d) => parse(d),
+        None => Ok(J::default()),
+    }
+}
+
+fn parse<J: DeserializeOwned>(d: &serde_json::Value) -> Result<J> {
+    serde_json::from_value(d.clone()).context("reading the operation's journal")
+}
+
+/// The operation's stop scope; rows of older versions kept only the containers they stopped.
+fn scope_of(op: &Operation) -> ScopeJournal {
+    if let Some(s) = op.scope.as_ref().and_then(|s| serde_json::from_value(s.clone()).ok()) {
+        return s;
+    }
+    let mut s = ScopeJournal {
+        stopped: op.stopped_services.clone(),
+        services: op.stopped_services.iter().map(|s| s.service.clone()).collect(),
+        ..ScopeJournal::default()
+    };
+    // An older rollback that had begun its swap: its services must be created again from the
+    // restored files, never started as the containers they were.
+    let swapping =
+        op.kind == OperationKind::Rollback
+            && op.detail.as_ref().and_then(super::rollback::phase_of).is_some_and(|p| {
+                matches!(p, super::rollback::Phase::Swapping | super::rollback::Phase::Swapped)
+            });
+    if swapping {
+        s.compose = s.services.clone();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::catalog::{BackupKind, Catalog, NewBackup};
+    use crate::catalog::{BackupKind, Catalog, NewBackup, StoppedService};
     use crate::engine::Engine;
-    use crate::engine::fake::FakeEngine;
-    use crate::guard::{Interrupt, ServiceGuard, Timeouts};
+    use crate::engine::fake::{FakeCompose, FakeEngine};
+    use crate::interrupt::Interrupt;
 
     async fn pending(catalog: &Catalog, project: &str) -> i64 {
         let new = NewBackup {
@@ -159,21 +172,32 @@ mod tests {
         engine.add("db", true, &[], vec![]);
         engine.add("app", true, &[], vec![]);
         engine.add("cron", false, &[], vec![]);
+        let compose = Arc::new(FakeCompose::new(engine.clone()));
+        let ctx = Ctx {
+            project,
+            catalog,
+            engine: Some(engine.clone()),
+            compose: Some(compose),
+            interrupt: Interrupt::none(),
+        };
         // A backup that stopped its services and then "died" (never restarted them).
-        let id = pending(&catalog, &project.name).await;
+        let id = pending(&ctx.catalog, &ctx.project.name).await;
         let temp = dir.path().join("partial.tmp");
         std::fs::write(&temp, b"half an archive").unwrap();
-        let op = catalog.begin_operation("backup", &project.name, Some(id), Some(&temp)).await.unwrap();
-        let containers = engine.project_containers("x").await.unwrap();
-        ServiceGuard::new(engine.clone(), project.dependencies(), Timeouts::default())
-            .stop(&catalog, op, &containers)
-            .await
-            .unwrap();
+        let j = crate::flows::backup::Journal { backup_id: id, temp_path: temp.clone(), tagged: vec![] };
+        let op = crate::runner::Operation::begin(&ctx, j).await.unwrap();
+        let mut scope = ScopeJournal::default();
+        for c in engine.project_containers("x").await.unwrap().iter().filter(|c| c.is_running()) {
+            scope.stopped.push(StoppedService { service: c.service.clone(), id: c.id.clone() });
+            scope.services.insert(c.service.clone());
+            engine.stop(&c.id, 1).await.unwrap();
+        }
+        ctx.catalog.set_scope(op.id(), &scope).await.unwrap();
+        drop(op);
         assert!(engine.running().is_empty());
 
         // And one whose process died before it journaled anything.
-        let orphan = pending(&catalog, &project.name).await;
-        let ctx = Ctx { project, catalog, engine: Some(engine.clone()), interrupt: Interrupt::none() };
+        let orphan = pending(&ctx.catalog, &ctx.project.name).await;
         let done = recover(&ctx).await.unwrap();
         assert_eq!(done.len(), 1);
         assert_eq!(engine.calls()[2..], ["start db".to_string(), "start app".to_string()]);

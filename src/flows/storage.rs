@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Ctx;
 use crate::archive::{self, Progress};
-use crate::catalog::OperationState;
 use crate::fsutil;
+use crate::runner::{self, Operation, OperationKind};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Move {
@@ -29,10 +29,19 @@ pub struct Move {
     pub preexisting: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Copies are being made; the catalog points at the originals. Undone after a crash.
+    #[default]
+    Copying,
+    /// The catalog points at the copies. Finished after a crash.
+    Switched,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Journal {
-    /// `copying`, `switched`.
-    pub phase: String,
+    pub phase: Phase,
     pub from_dir: PathBuf,
     pub to_dir: PathBuf,
     pub moves: Vec<Move>,
@@ -79,29 +88,33 @@ pub async fn plan(ctx: &Ctx, to: &Path) -> Result<Journal> {
             dir: to_dir
         });
     }
-    Ok(Journal { phase: "copying".into(), from_dir, to_dir, moves })
+    Ok(Journal { phase: Phase::Copying, from_dir, to_dir, moves })
 }
 
-pub async fn migrate(ctx: &Ctx, mut j: Journal, progress: Arc<dyn Progress>) -> Result<MigrateOutcome> {
-    let op = ctx.catalog.begin_operation("storage-migrate", &ctx.project.name, None, None).await?;
-    ctx.catalog.set_detail(op, &serde_json::to_value(&j)?).await?;
-    progress.set_total(j.moves.iter().map(|m| m.size).sum());
+impl runner::Journal for Journal {
+    const KIND: OperationKind = OperationKind::StorageMigrate;
+}
+
+pub async fn migrate(ctx: &Ctx, j: Journal, progress: Arc<dyn Progress>) -> Result<MigrateOutcome> {
+    let mut op = Operation::begin(ctx, j).await?;
+    progress.set_total(op.journal.moves.iter().map(|m| m.size).sum());
     let copied = {
-        let (moves, cancel, p) = (j.moves.clone(), ctx.interrupt.cancel().clone(), progress.clone());
+        let (moves, cancel, p) = (op.journal.moves.clone(), ctx.interrupt.cancel().clone(), progress.clone());
         tokio::task::spawn_blocking(move || copy_all(&moves, &cancel, &*p)).await?
     };
     if let Err(e) = copied {
-        undo(&j);
-        ctx.catalog.finish_operation(op, OperationState::Done, Some("failed, undone")).await?;
+        undo(&op.journal);
+        op.close(Some("failed, undone")).await?;
         return Err(e.context("storage migration failed; the archives stay where they were"));
     }
     // One transaction: every path, and the journal's phase with them.
-    j.phase = "switched".into();
+    op.journal.phase = Phase::Switched;
     let paths: Vec<(i64, String)> =
-        j.moves.iter().map(|m| (m.id, m.to.to_string_lossy().into_owned())).collect();
-    ctx.catalog.switch_paths(&paths, op, &serde_json::to_value(&j)?).await?;
-    let (config, warnings) = finish(ctx, &j)?;
-    ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
+        op.journal.moves.iter().map(|m| (m.id, m.to.to_string_lossy().into_owned())).collect();
+    ctx.catalog.switch_paths(&paths, op.id(), &serde_json::to_value(&op.journal)?).await?;
+    let (config, warnings) = finish(ctx, &op.journal)?;
+    let j = op.journal.clone();
+    op.close(None).await?;
     Ok(MigrateOutcome {
         from_dir: j.from_dir.clone(),
         to_dir: j.to_dir.clone(),
@@ -152,7 +165,7 @@ fn copy_file(from: &Path, to: &Path, cancel: &archive::Cancel, progress: &dyn Pr
     fsutil::make_private(to);
     let mut buf = vec![0u8; 1 << 20];
     // Test hook (`NUWAX_RATE_LIMIT`, bytes/s): makes "killed while copying" reproducible.
-    let rate: Option<u64> = std::env::var("NUWAX_RATE_LIMIT").ok().and_then(|v| v.parse().ok());
+    let rate = crate::faults::rate_limit();
     let (started, mut done) = (std::time::Instant::now(), 0u64);
     loop {
         cancel.check()?;
@@ -187,7 +200,7 @@ fn undo(j: &Journal) {
 /// After the switch: nuwax.toml names the new directory, the originals go.
 fn finish(ctx: &Ctx, j: &Journal) -> Result<(PathBuf, Vec<String>)> {
     let config = ctx.project.dir.join(crate::project::CONFIG_FILE);
-    crate::project::set_storage_dir(&config, &j.to_dir)?;
+    crate::project::set_storage_dir(&config, Some(&j.to_dir))?;
     let mut warnings = Vec::new();
     if std::env::var_os("NUWAX_STORAGE_DIR").is_some_and(|v| !v.is_empty()) {
         warnings.push(format!(
@@ -208,13 +221,12 @@ fn finish(ctx: &Ctx, j: &Journal) -> Result<(PathBuf, Vec<String>)> {
 }
 
 /// Recovery of a migration a dead nuwax left.
-pub fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
-    let j: Journal = serde_json::from_value(detail.clone()).unwrap_or_default();
-    if j.phase == "switched" {
-        finish(ctx, &j)?;
+pub fn recover(ctx: &Ctx, j: &Journal) -> Result<String> {
+    if j.phase == Phase::Switched {
+        finish(ctx, j)?;
         return Ok(format!("the storage migration to {} was finished", j.to_dir.display()));
     }
-    undo(&j);
+    undo(j);
     Ok(format!(
         "the storage migration to {} was undone: the archives stay in {}",
         j.to_dir.display(),

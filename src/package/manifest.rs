@@ -64,7 +64,20 @@ impl Default for EnvChanges {
     }
 }
 
-/// A command run in a running service container after `compose up -d`.
+/// When a hook runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum When {
+    /// In a running container of the service, once the new version is up.
+    #[default]
+    AfterStart,
+    /// In a one-off container of the service's new image, with its volumes and env, after the
+    /// new version's containers are created and before any of them starts (migrations).
+    BeforeStart,
+}
+
+/// A command run for a service of the new version: in its running container after the new
+/// version started, or (`when = "before-start"`) in a one-off container before it starts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hook {
@@ -79,6 +92,8 @@ pub struct Hook {
     pub timeout: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(default)]
+    pub when: When,
 }
 
 /// An HTTP check of the health gate. The URL's host may be a compose service name.

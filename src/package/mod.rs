@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use build::{Built, build, image_refs};
 pub use env::apply_env;
-pub use manifest::{EnvChanges, FileEntry, Hook, PackageManifest, Probe};
+pub use manifest::{EnvChanges, FileEntry, Hook, PackageManifest, Probe, When};
 pub use open::{OpenOptions, open};
 pub use version::{Version, VersionError};
 
@@ -48,6 +48,12 @@ impl Package {
     /// `rel` (a manifest path) below the package root.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
+    }
+
+    /// The unpacked copy below the storage dir (`.nuwax-pkg-*`), removed when the package is
+    /// dropped; `None` for a directory package.
+    pub fn unpacked(&self) -> Option<&std::path::Path> {
+        self._unpacked.as_ref().map(|t| t.path())
     }
 
     /// The version the package upgrades to.

@@ -403,6 +403,8 @@ pub fn manifest(backup_id: i64, entries: Vec<EntryMeta>, compression: Compressio
         created_at: "2024-05-01T12:00:00Z".into(),
         compression: compression.as_str().into(),
         services_stopped: true,
+        live: false,
+        stop_killed: vec![],
         services: vec![],
         mounts: vec![],
         configs: vec![],

@@ -1,18 +1,35 @@
-//! `nuwax backup`: preflight → record pending → journal + stop → scan → archive → start →
-//! verify → rename → record complete. Services are started again on every path out.
+//! `nuwax backup`, as named steps: sources (nothing stopped) → room → record pending + journal →
+//! keep images → [stop] → write → [start] → seal (sync, verify, rename, record complete).
+//! The stop and start are the runner's scope. A backup made inside another operation's scope
+//! ([`backup_in`]: the pre-upgrade backup, a rollback's safety backup) is the same steps
+//! without a scope of its own. Any failure abandons the backup: temp file and image tags go,
+//! the row is marked failed; recovery does the same after a crash.
 
-use std::path::{Path, PathBuf};
+mod images;
+mod plan;
+mod write;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-mod plan;
+pub use images::release_images;
 pub(crate) use plan::check_storage;
 
-use plan::{ManifestParts, build_excludes, build_manifest, preflight, sanitize};
+use super::Ctx;
+use super::sources::{self, VolumeAccess};
+use crate::archive::manifest::{ServiceRecord, Skipped};
+use crate::archive::{Compression, Progress};
+use crate::catalog::{BackupKind, NewBackup};
+use crate::engine::Container;
+use crate::runner::{self, Operation, OperationKind, Scope, ScopeReport};
+use images::{ImageSpool, keep_images};
+use plan::{build_excludes, preflight, sanitize};
+use write::{Moment, Sources, Written, seal, write};
 
 /// `backup_{kind}_v{version}_{YYYY-MM-DD_HH-MM-SS}_{id}.tar.zst` (or `.tar.gz`, `.tar`).
 pub fn archive_name(
@@ -32,15 +49,6 @@ pub fn archive_name(
     )
 }
 
-use super::Ctx;
-use super::sources::{self, Origin, Source, VolumeAccess};
-use crate::archive::manifest::{Manifest, ServiceRecord, Skipped};
-use crate::archive::{self, ArchiveWriter, Compression, Progress, WriteOptions};
-use crate::catalog::{BackupKind, Completed, NewBackup, OperationState};
-use crate::engine::{Container, Engine, keep_tag};
-use crate::fsutil;
-use crate::guard::ServiceGuard;
-
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     pub kind: BackupKind,
@@ -54,15 +62,11 @@ pub struct BackupOptions {
     pub rate_limit: Option<u64>,
     /// Also store the services' images (`docker save` format) for restores on another machine.
     pub with_images: bool,
-    /// The caller (a rollback, an upgrade) has already stopped the services, journaled, and will
-    /// start them: these are the containers as they were before it stopped them. The caller has
-    /// also checked, before stopping, that the backup fits ([`estimate`]).
-    pub stopped_by_caller: Option<Vec<Container>>,
 }
 
 impl BackupOptions {
-    /// The project's settings (nuwax.toml, `NUWAX_VOLUME_ACCESS`, `NUWAX_RATE_LIMIT`), with
-    /// `compression` and `level` overriding them when given.
+    /// The project's settings (nuwax.toml, `NUWAX_VOLUME_ACCESS`), with `compression` and
+    /// `level` overriding them when given.
     pub fn for_project(
         project: &crate::project::Project,
         kind: BackupKind,
@@ -94,9 +98,8 @@ impl BackupOptions {
             level,
             stop: true,
             volume_access,
-            rate_limit: std::env::var("NUWAX_RATE_LIMIT").ok().and_then(|v| v.parse().ok()),
+            rate_limit: crate::faults::rate_limit(),
             with_images: false,
-            stopped_by_caller: None,
         })
     }
 }
@@ -108,6 +111,8 @@ pub struct BackupOutcome {
     pub path: PathBuf,
     pub status: &'static str,
     pub kind: &'static str,
+    /// The version of the configs the backup holds.
+    pub service_version: String,
     pub size_bytes: u64,
     pub content_bytes: u64,
     pub file_count: u64,
@@ -123,12 +128,43 @@ pub struct BackupOutcome {
     pub downtime_ms: Option<u64>,
     pub services_stopped: Vec<String>,
     pub services_touched: bool,
+    /// The data was copied while services ran: not one point in time.
+    pub live: bool,
+    /// Services the engine killed because they did not stop within their stop timeout.
+    pub stop_killed: Vec<String>,
     pub skipped: Vec<Skipped>,
+}
+
+/// What a backup operation journals: enough to abandon it after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Journal {
+    pub backup_id: i64,
+    pub temp_path: PathBuf,
+    /// Services whose images were tagged to keep them: released when the backup fails.
+    #[serde(default)]
+    pub tagged: Vec<String>,
+}
+
+impl runner::Journal for Journal {
+    const KIND: OperationKind = OperationKind::Backup;
+
+    fn backup_id(&self) -> Option<i64> {
+        Some(self.backup_id)
+    }
+}
+
+/// The backup row and its paths, recorded before anything is written.
+pub(super) struct Pending {
+    pub id: i64,
+    pub version: String,
+    pub created_at: chrono::DateTime<Utc>,
+    pub temp_path: PathBuf,
+    pub final_path: PathBuf,
 }
 
 /// Roughly how many bytes a backup of the project would hold now (sizes of what this host can
 /// read; nothing is stopped): for preflights of flows that make a backup later.
-pub async fn estimate(ctx: &Ctx, containers: &[crate::engine::Container]) -> Result<u64> {
+pub async fn estimate(ctx: &Ctx, containers: &[Container]) -> Result<u64> {
     let project = &ctx.project;
     let mut skipped = Vec::new();
     let mut plan = sources::config_sources(project, &mut skipped);
@@ -142,53 +178,119 @@ pub async fn estimate(ctx: &Ctx, containers: &[crate::engine::Container]) -> Res
     Ok(tokio::task::spawn_blocking(move || plan::estimate(&plan, &excludes, &skip_dirs)).await?)
 }
 
+/// `nuwax backup`: stops the running services for the copy (unless `--no-stop`) and starts
+/// them again before the archive is verified.
 pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>) -> Result<BackupOutcome> {
     let started = Instant::now();
-    let project = &ctx.project;
-    let mut skipped = Vec::new();
-
-    // Everything that can be known without stopping anything.
-    let mut containers = match (&opts.stopped_by_caller, &ctx.engine) {
-        (Some(before), _) => before.clone(),
-        (None, Some(engine)) => engine.project_containers(&project.name).await?,
-        (None, None) => Vec::new(),
+    let containers = match &ctx.engine {
+        Some(engine) => engine.project_containers(&ctx.project.name).await?,
+        None => Vec::new(),
     };
-    // Compose v1 keeps stop_grace_period to itself; the compose file still says it.
-    for c in containers.iter_mut().filter(|c| c.stop_timeout.is_none()) {
-        c.stop_timeout = project.services.get(&c.service).and_then(|s| s.stop_grace_period);
-    }
     if ctx.engine.is_some() && containers.is_empty() {
         tracing::warn!(
             "no containers of compose project {:?} found; backing up files and labelled volumes only",
-            project.name
+            ctx.project.name
         );
     }
+    let (sources, _spool) = find_sources(ctx, opts, &containers).await?;
+    preflight(&ctx.project.storage_dir, &sources.plan, &sources.excludes, &sources.skip_dirs)?;
+    ctx.interrupt.check()?;
+    let stop = opts.stop && ctx.engine.is_some();
+    let live = !stop && (ctx.engine.is_none() || containers.iter().any(Container::is_running));
+    let services = service_records(&containers, |c| c.is_running());
+    let (mut op, pending, services) = begin(ctx, opts, services).await?;
+    let written = match stop {
+        true => {
+            let (pending, sources) = (&pending, &sources);
+            op.with_stopped(&containers, |_, scope| {
+                Box::pin(async move {
+                    let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
+                    write(ctx, opts, pending, sources, services, moment, progress).await
+                })
+            })
+            .await
+        }
+        false => {
+            let moment = Moment { stopped: false, live, killed: Vec::new() };
+            write(ctx, opts, &pending, &sources, services, moment, progress).await
+        }
+    };
+    let report = op.scope().cloned().unwrap_or_default();
+    finish(op, &pending, written, report, started).await
+}
+
+/// A backup inside another operation's scope: the services that scope stopped stay stopped
+/// (and count as running for what the backup records); starting them is the scope's. The
+/// caller checked the room before its stop.
+pub async fn backup_in(
+    ctx: &Ctx,
+    opts: &BackupOptions,
+    scope: &Scope<'_>,
+    progress: Arc<dyn Progress>,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
+    let (sources, _spool) = find_sources(ctx, opts, &containers).await?;
+    ctx.interrupt.check()?;
+    let services = service_records(&containers, |c| scope.keeps_running(&c.service));
+    let (op, pending, services) = begin(ctx, opts, services).await?;
+    let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
+    let written = write(ctx, opts, &pending, &sources, services, moment, progress).await;
+    finish(op, &pending, written, ScopeReport::default(), started).await
+}
+
+/// Config files and every mount of `containers`; the images spooled when asked for.
+async fn find_sources(
+    ctx: &Ctx,
+    opts: &BackupOptions,
+    containers: &[Container],
+) -> Result<(Sources, Option<ImageSpool>)> {
+    let project = &ctx.project;
+    let mut skipped = Vec::new();
     let mut plan = sources::config_sources(project, &mut skipped);
     plan.extend(match &ctx.engine {
         Some(engine) => {
-            sources::mount_sources(project, &**engine, &containers, opts.volume_access, &mut skipped).await?
+            sources::mount_sources(project, &**engine, containers, opts.volume_access, &mut skipped).await?
         }
         None => sources::compose_bind_sources(project, &mut skipped),
     });
     check_storage(&project.storage_dir)?;
-    // Images do not change while the services run: saved before anything stops, into a spool
-    // file in the storage dir that the archive then takes in like any other file.
-    let spool = ImageSpool(project.storage_dir.join(format!(".nuwax-images-{}", std::process::id())));
+    let mut spool = None;
     if opts.with_images {
         let engine = ctx.engine.as_ref().context("--with-images needs the Docker engine")?;
-        plan.push(spool.save(&**engine, &containers).await?);
+        let s = ImageSpool(project.storage_dir.join(format!(".nuwax-images-{}", std::process::id())));
+        plan.push(s.save(&**engine, containers).await?);
+        spool = Some(s);
     }
     let excludes = build_excludes(&project.settings.exclude)?;
     let skip_dirs = vec![project.storage_dir.clone(), project.state_dir.clone()];
-    // A caller that stopped the services already checked the room in its own plan, before the
-    // stop (rollback, upgrade): walking the data again here would only lengthen the downtime.
-    if opts.stopped_by_caller.is_none() {
-        preflight(project.storage_dir.as_path(), &plan, &excludes, &skip_dirs)?;
-    }
-    ctx.interrupt.check()?;
+    Ok((Sources { plan, skipped, excludes, skip_dirs }, spool))
+}
 
+/// Each container as the manifest records it; `running` says which the project runs.
+fn service_records(containers: &[Container], running: impl Fn(&Container) -> bool) -> Vec<ServiceRecord> {
+    containers
+        .iter()
+        .map(|c| ServiceRecord {
+            service: c.service.clone(),
+            container: c.name.clone(),
+            image: c.image.clone(),
+            image_id: c.image_id.clone(),
+            running: running(c),
+            keep_tag: None,
+        })
+        .collect()
+}
+
+/// Records the pending backup and opens its operation, then tags the images it keeps.
+async fn begin<'c>(
+    ctx: &'c Ctx,
+    opts: &BackupOptions,
+    mut services: Vec<ServiceRecord>,
+) -> Result<(Operation<'c, Journal>, Pending, Vec<ServiceRecord>)> {
+    let project = &ctx.project;
     let created_at = Utc::now();
-    let version = ctx.current_version().await?.unwrap_or_else(|| project.service_version());
+    let version = ctx.version().await?;
     let id = ctx
         .catalog
         .insert_pending(&NewBackup {
@@ -200,394 +302,101 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             note: opts.note.as_deref(),
         })
         .await?;
-    let final_path =
-        project.storage_dir.join(archive_name(opts.kind, &version, created_at, id, opts.compression));
-    let temp_path = project.storage_dir.join(format!(".nuwax-partial-{id}.tmp"));
-    let op = ctx.catalog.begin_operation("backup", &project.name, Some(id), Some(&temp_path)).await?;
-    tracing::info!(id, path = %final_path.display(), "backup started");
-
-    let mut guard = match opts.stopped_by_caller {
-        Some(_) => None,
-        None => {
-            ctx.engine.as_ref().map(|e| ServiceGuard::new(e.clone(), project.dependencies(), ctx.timeouts()))
-        }
+    let pending = Pending {
+        id,
+        final_path: project.storage_dir.join(archive_name(
+            opts.kind,
+            &version,
+            created_at,
+            id,
+            opts.compression,
+        )),
+        temp_path: project.storage_dir.join(format!(".nuwax-partial-{id}.tmp")),
+        version,
+        created_at,
     };
-    let services: Vec<ServiceRecord> = containers
-        .iter()
-        .map(|c| ServiceRecord {
-            service: c.service.clone(),
-            container: c.name.clone(),
-            image: c.image.clone(),
-            image_id: c.image_id.clone(),
-            running: c.is_running(),
-            keep_tag: None,
-        })
-        .collect();
-    let mut services = services;
+    let tagged: Vec<String> =
+        services.iter().filter(|s| !s.image_id.is_empty()).map(|s| s.service.clone()).collect();
+    let op = Operation::begin(ctx, Journal { backup_id: id, temp_path: pending.temp_path.clone(), tagged })
+        .await?;
+    tracing::info!(id, path = %pending.final_path.display(), "backup started");
     if let Some(engine) = &ctx.engine {
         keep_images(&**engine, &project.name, id, &mut services).await;
     }
+    Ok((op, pending, services))
+}
 
-    let work = Work {
-        ctx,
-        opts,
-        id,
-        op,
-        created_at,
-        plan: &plan,
-        containers: &containers,
-        services,
-        skipped,
-        excludes,
-        skip_dirs,
-        temp_path: &temp_path,
-        progress,
-    };
-    let result = work.run(guard.as_mut()).await;
-
-    // Always: start what was stopped, whatever happened above.
-    let stopped_names: Vec<String> =
-        guard.as_ref().map(|g| g.stopped().iter().map(|c| c.service.clone()).collect()).unwrap_or_default();
-    let restart = match guard.as_mut() {
-        Some(g) if !g.stopped().is_empty() => Some(g.restart().await),
-        _ => None,
-    };
-    let downtime_ms = guard.as_ref().and_then(|g| g.elapsed_ms());
-    let restart_failed = matches!(restart, Some(Err(_)));
-
-    let result = match (result, restart) {
-        (Ok(w), None | Some(Ok(_))) => {
-            finish(ctx, id, &temp_path, &final_path, w, started, downtime_ms).await
+/// Seals what was written, or abandons the backup; closes the operation either way.
+async fn finish(
+    mut op: Operation<'_, Journal>,
+    pending: &Pending,
+    written: Result<Written>,
+    report: ScopeReport,
+    started: Instant,
+) -> Result<BackupOutcome> {
+    let ctx = op.ctx();
+    let sealed = match written {
+        Ok(w) => {
+            let duration = started.elapsed().as_millis() as u64;
+            seal(ctx, pending, &w, duration, report.downtime_ms).await.map(|s| (w, s))
         }
-        // Services left down outrank the first error: it decides the exit code and the hint.
-        (Err(e), Some(Err(r))) => {
-            Err(r.context(format!("{e:#}; and then starting the services again failed")))
-        }
-        (Ok(_), Some(Err(r))) => Err(r),
-        (Err(e), _) => Err(e),
+        Err(e) => Err(e),
     };
-    match result {
-        Ok(mut outcome) => {
-            ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
-            outcome.services_stopped = stopped_names;
-            outcome.duration_ms = started.elapsed().as_millis() as u64;
-            Ok(outcome)
+    match sealed {
+        Ok((w, s)) => {
+            op.close(None).await?;
+            Ok(BackupOutcome {
+                id: pending.id,
+                path: pending.final_path.clone(),
+                status: "complete",
+                kind: kind_str(&w.manifest.kind),
+                service_version: pending.version.clone(),
+                size_bytes: s.archive_bytes,
+                content_bytes: s.content_bytes,
+                file_count: s.file_count,
+                compression: match w.manifest.compression.as_str() {
+                    "zstd" => "zstd",
+                    "gzip" => "gzip",
+                    _ => "none",
+                },
+                checksum: s.checksum,
+                duration_ms: started.elapsed().as_millis() as u64,
+                archive_ms: w.archive_ms,
+                sync_ms: s.sync_ms,
+                verify_ms: s.verify_ms,
+                downtime_ms: report.downtime_ms,
+                services_stopped: report.stopped,
+                services_touched: w.manifest.services_stopped,
+                live: w.manifest.live,
+                stop_killed: w.manifest.stop_killed,
+                skipped: w.manifest.skipped,
+            })
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&temp_path);
-            if let Some(engine) = &ctx.engine {
-                release_images(&**engine, &project.name, id, containers.iter().map(|c| c.service.as_str()))
-                    .await;
-            }
-            let msg = format!("{e:#}");
-            ctx.catalog.fail(id, &msg, downtime_ms).await?;
-            // With services still down the journal stays open: the next nuwax run (or
-            // `nuwax recover`) tries to start them again.
-            if !restart_failed {
-                ctx.catalog.finish_operation(op, OperationState::Done, Some("failed")).await?;
-            }
-            Err(e.context(format!("backup {id} failed")))
+            abandon(ctx, &op.journal, &format!("{e:#}"), report.downtime_ms).await?;
+            op.close(Some("failed")).await?;
+            Err(e.context(format!("backup {} failed", pending.id)))
         }
     }
 }
 
-struct Work<'a> {
-    ctx: &'a Ctx,
-    opts: &'a BackupOptions,
-    id: i64,
-    op: i64,
-    created_at: chrono::DateTime<Utc>,
-    plan: &'a [Source],
-    containers: &'a [Container],
-    services: Vec<ServiceRecord>,
-    skipped: Vec<Skipped>,
-    excludes: globset::GlobSet,
-    skip_dirs: Vec<PathBuf>,
-    temp_path: &'a Path,
-    progress: Arc<dyn Progress>,
-}
-
-struct Written {
-    summary: archive::WriteSummary,
-    manifest: Manifest,
-    archive_ms: u64,
-}
-
-impl Work<'_> {
-    /// Stop (unless `--no-stop`), scan, archive. Services are restarted by the caller.
-    async fn run(self, guard: Option<&mut ServiceGuard>) -> Result<Written> {
-        let ctx = self.ctx;
-        let stopping = (self.opts.stop && guard.is_some()) || self.opts.stopped_by_caller.is_some();
-        ctx.interrupt.check()?;
-        if let (true, Some(guard)) = (self.opts.stop, guard) {
-            guard.stop(&ctx.catalog, self.op, self.containers).await?;
-        }
-        ctx.interrupt.check()?;
-        let archive_started = Instant::now();
-
-        let engine = ctx.engine.clone();
-        let handle = tokio::runtime::Handle::current();
-        let cancel = ctx.interrupt.cancel().clone();
-        let Work {
-            opts,
-            id,
-            created_at,
-            plan,
-            services,
-            mut skipped,
-            excludes,
-            skip_dirs,
-            temp_path,
-            progress,
-            ..
-        } = self;
-        let plan = plan.to_vec();
-        let temp_path = temp_path.to_path_buf();
-        let project = ctx.project.name.clone();
-        let project_dir = ctx.project.dir.to_string_lossy().into_owned();
-        let version = ctx.project.service_version();
-        let wopts = WriteOptions {
-            compression: opts.compression,
-            level: opts.level,
-            threads: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-            rate_limit: opts.rate_limit,
-            // The file is read back and verified once the services run again; that pass gives
-            // the whole-file digest, so hashing the output while they are down is wasted time.
-            hash_output: false,
-        };
-        let kind = opts.kind.as_str().to_string();
-        let written = tokio::task::spawn_blocking(move || -> Result<(archive::WriteSummary, Manifest)> {
-            let mut scans = Vec::with_capacity(plan.len());
-            for s in &plan {
-                if cancel.is_cancelled() {
-                    return Err(archive::Error::Cancelled.into());
-                }
-                let scan = match &s.origin {
-                    Origin::Host(root) => archive::scan_host(&s.prefix, root, &excludes, &skip_dirs)
-                        .with_context(|| format!("reading {}", root.display()))?,
-                    Origin::Engine { container, path } => {
-                        let stream = export(&handle, engine.as_deref(), container, path)?;
-                        archive::scan_tar_stream(&s.prefix, stream)
-                            .with_context(|| format!("reading {path} through the engine"))?
-                    }
-                };
-                skipped.extend(scan.skipped.iter().cloned());
-                scans.push(scan);
-            }
-            let manifest = build_manifest(ManifestParts {
-                id,
-                kind,
-                project,
-                project_dir,
-                version,
-                created_at,
-                compression: wopts.compression,
-                stopped: stopping,
-                services,
-                plan: &plan,
-                scans: &scans,
-                skipped,
-            });
-            progress.set_total(scans.iter().map(|s| s.size).sum());
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode_private()
-                .open(&temp_path)
-                .with_context(|| format!("creating {}", temp_path.display()))?;
-            let mut w = ArchiveWriter::new(
-                std::io::BufWriter::with_capacity(1 << 20, &file),
-                &wopts,
-                cancel.clone(),
-                progress.clone(),
-            )?;
-            w.write_manifest(&manifest)?;
-            for (s, scan) in plan.iter().zip(&scans) {
-                match &s.origin {
-                    Origin::Host(root) => w
-                        .append_host(&s.prefix, root, &scan.entries)
-                        .with_context(|| format!("archiving {}", root.display()))?,
-                    Origin::Engine { container, path } => {
-                        let stream = export(&handle, engine.as_deref(), container, path)?;
-                        w.append_tar_stream(&s.prefix, stream, &scan.entries)
-                            .with_context(|| format!("archiving {path} through the engine"))?
-                    }
-                }
-            }
-            // Not synced here: the data is read, so the services can start again first; `finish`
-            // syncs before the archive is verified, renamed and recorded.
-            let summary = w.finish()?;
-            Ok((summary, manifest))
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("archiving panicked: {e}"))?;
-        let (summary, manifest) = match written {
-            Err(e)
-                if e.downcast_ref::<archive::Error>()
-                    .is_some_and(|a| matches!(a, archive::Error::Cancelled)) =>
-            {
-                ctx.interrupt.check()?;
-                return Err(e);
-            }
-            other => other?,
-        };
-        Ok(Written { summary, manifest, archive_ms: archive_started.elapsed().as_millis() as u64 })
+/// A backup that will not complete: its temp file and image tags go, its row is marked failed.
+async fn abandon(ctx: &Ctx, j: &Journal, error: &str, downtime_ms: Option<u64>) -> Result<()> {
+    let _ = std::fs::remove_file(&j.temp_path);
+    if let Some(engine) = &ctx.engine {
+        release_images(&**engine, &ctx.project.name, j.backup_id, j.tagged.iter().map(String::as_str)).await;
     }
+    ctx.catalog.fail(j.backup_id, error, downtime_ms).await
 }
 
-/// The directory `docker save` output is spooled into; removed when the backup ends.
-struct ImageSpool(PathBuf);
-
-impl ImageSpool {
-    async fn save(&self, engine: &dyn Engine, containers: &[Container]) -> Result<Source> {
-        let mut ids: Vec<String> =
-            containers.iter().map(|c| c.image_id.clone()).filter(|i| !i.is_empty()).collect();
-        ids.sort();
-        ids.dedup();
-        let _ = std::fs::remove_dir_all(&self.0);
-        fsutil::create_private_dir(&self.0)?;
-        let file = self.0.join("images.tar");
-        let mut out =
-            tokio::fs::File::create(&file).await.with_context(|| format!("creating {}", file.display()))?;
-        let mut stream = engine.save_images(&ids).await?;
-        tokio::io::copy(&mut stream, &mut out).await.context("saving the services' images")?;
-        out.sync_all().await?;
-        Ok(Source {
-            prefix: "images/images.tar".into(),
-            origin: Origin::Host(file),
-            role: sources::Role::Images,
-        })
-    }
-}
-
-impl Drop for ImageSpool {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Tags each service's image with [`keep_tag`] so a rollback to this backup finds it. A failure
-/// is a warning: the backup itself is still good, only the image may be pruned later.
-async fn keep_images(engine: &dyn Engine, project: &str, id: i64, services: &mut [ServiceRecord]) {
-    for s in services.iter_mut().filter(|s| !s.image_id.is_empty()) {
-        let (repo, tag) = keep_tag(project, &s.service, id);
-        match engine.tag_image(&s.image_id, &repo, &tag).await {
-            Ok(()) => s.keep_tag = Some(format!("{repo}:{tag}")),
-            Err(e) => tracing::warn!("could not tag the image of {} to keep it for rollback: {e}", s.service),
-        }
-    }
-}
-
-/// Removes the tags [`keep_images`] made for backup `id`.
-pub async fn release_images<'a>(
-    engine: &dyn Engine,
-    project: &str,
-    id: i64,
-    services: impl IntoIterator<Item = &'a str>,
-) {
-    let services: std::collections::BTreeSet<&str> = services.into_iter().collect();
-    for service in services {
-        let (repo, tag) = keep_tag(project, service, id);
-        if let Err(e) = engine.untag_image(&format!("{repo}:{tag}")).await {
-            tracing::warn!("could not remove the image tag {repo}:{tag}: {e}");
-        }
-    }
-}
-
-fn export(
-    handle: &tokio::runtime::Handle,
-    engine: Option<&dyn Engine>,
-    container: &str,
-    path: &str,
-) -> Result<impl std::io::Read + use<>> {
-    let engine = engine.context("the engine is needed to read this volume")?;
-    let stream = handle.block_on(engine.export_path(container, path))?;
-    Ok(tokio_util::io::SyncIoBridge::new_with_handle(stream, handle.clone()))
-}
-
-/// After the services are back: verify the temp file, rename it into place, record it complete.
-async fn finish(
-    ctx: &Ctx,
-    id: i64,
-    temp: &Path,
-    final_path: &Path,
-    w: Written,
-    started: Instant,
-    downtime_ms: Option<u64>,
-) -> Result<BackupOutcome> {
-    ctx.interrupt.check()?;
-    let sync_started = Instant::now();
-    let t = temp.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&t).and_then(|f| f.sync_all()))
-        .await?
-        .with_context(|| format!("syncing {}", temp.display()))?;
-    let sync_ms = sync_started.elapsed().as_millis() as u64;
-    let verify_started = Instant::now();
-    let (t, sha, cancel) =
-        (temp.to_path_buf(), w.summary.archive_sha256.clone(), ctx.interrupt.cancel().clone());
-    // Every entry against the manifest and trailer, and the bytes on disk are what was written
-    // (the size, and the digest when the writer hashed). The digest recorded is of this file.
-    let report = tokio::task::spawn_blocking(move || {
-        archive::verify(&t, sha.as_deref(), &cancel, &archive::NoProgress)
-    })
-    .await?
-    .map_err(|e| crate::Error::VerifyFailed { id, detail: format!("{:#}", anyhow::Error::from(e)) })?;
-    let verify_ms = verify_started.elapsed().as_millis() as u64;
-    if report.archive_bytes != w.summary.archive_bytes {
-        anyhow::bail!(crate::Error::VerifyFailed {
-            id,
-            detail: format!(
-                "{} bytes were written, {} read back",
-                w.summary.archive_bytes, report.archive_bytes
-            ),
-        });
-    }
-    ctx.interrupt.check()?;
-    std::fs::rename(temp, final_path)
-        .with_context(|| format!("renaming {} to {}", temp.display(), final_path.display()))?;
-    let dir = final_path.parent().unwrap_or(Path::new("."));
-    fsutil::fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
-    let file_count =
-        w.manifest.entries.iter().filter(|e| e.kind == archive::manifest::EntryKind::File).count() as u64;
-    let duration_ms = started.elapsed().as_millis() as u64;
-    ctx.catalog
-        .complete(
-            id,
-            &Completed {
-                path: final_path.to_path_buf(),
-                size_bytes: w.summary.archive_bytes,
-                checksum: report.archive_sha256.clone(),
-                file_count,
-                finished_at: Utc::now(),
-                duration_ms,
-                downtime_ms,
-            },
-        )
-        .await?;
-    let compression = match w.manifest.compression.as_str() {
-        "zstd" => "zstd",
-        "gzip" => "gzip",
-        _ => "none",
-    };
-    Ok(BackupOutcome {
-        id,
-        path: final_path.to_path_buf(),
-        status: "complete",
-        kind: kind_str(&w.manifest.kind),
-        size_bytes: report.archive_bytes,
-        content_bytes: report.content_bytes,
-        file_count,
-        compression,
-        checksum: report.archive_sha256.clone(),
-        duration_ms,
-        archive_ms: w.archive_ms,
-        sync_ms,
-        verify_ms,
-        downtime_ms,
-        services_stopped: Vec::new(),
-        services_touched: w.manifest.services_stopped,
-        skipped: w.manifest.skipped,
-    })
+/// Recovery of a backup a dead nuwax (pid `pid`) left: abandoned.
+pub async fn recover(ctx: &Ctx, j: &Journal, pid: i64) -> Result<String> {
+    let msg = format!(
+        "interrupted: nuwax (pid {pid}) ended before the backup finished; recovered by pid {}",
+        std::process::id()
+    );
+    abandon(ctx, j, &msg, None).await?;
+    Ok(format!("backup {} was abandoned (marked failed, its partial file removed)", j.backup_id))
 }
 
 fn kind_str(k: &str) -> &'static str {
@@ -596,16 +405,6 @@ fn kind_str(k: &str) -> &'static str {
         "pre-rollback" => "pre-rollback",
         "scheduled" => "scheduled",
         _ => "manual",
-    }
-}
-
-trait PrivateMode {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateMode for std::fs::OpenOptions {
-    fn mode_private(&mut self) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
     }
 }
 

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::archive::NoProgress;
+use crate::archive::{self, NoProgress};
 use crate::catalog::Catalog;
-use crate::engine::fake::FakeEngine;
+use crate::engine::fake::{FakeCompose, FakeEngine};
 use crate::engine::{Mount, MountType};
-use crate::guard::Interrupt;
+use crate::interrupt::Interrupt;
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -45,7 +45,9 @@ async fn fixture() -> Fixture {
     engine.add_volume("shop_data", volume.clone());
     let project = crate::project::Project::discover(&dir).unwrap();
     let catalog = Catalog::open(&project.state_dir).await.unwrap();
-    let ctx = Ctx { project, catalog, engine: Some(engine.clone()), interrupt: Interrupt::none() };
+    let compose =
+        Some(Arc::new(FakeCompose::new(engine.clone())) as Arc<dyn crate::engine::compose::Compose>);
+    let ctx = Ctx { project, catalog, engine: Some(engine.clone()), compose, interrupt: Interrupt::none() };
     Fixture { _tmp: tmp, ctx, engine, volume }
 }
 
@@ -59,7 +61,6 @@ fn opts() -> BackupOptions {
         volume_access: VolumeAccess::Auto,
         rate_limit: None,
         with_images: false,
-        stopped_by_caller: None,
     }
 }
 

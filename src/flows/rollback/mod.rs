@@ -2,32 +2,32 @@
 //! mounts and the images the services ran — or change nothing.
 //!
 //! plan (verify the archive, check every target, image and byte of room; nothing touched) →
-//! journal + stop → safety backup (`pre-rollback`) → stage (extract beside each host target, a
-//! tar per volume restored through the engine) → swap (journaled) → point image references back
-//! → start, with compose creating the containers whose config, image or volume changed → wait
-//! healthy. A failure after the stop puts the previous state back; a crash is finished (from
-//! the swap on) or undone (before it) by the next command.
+//! [stop] → [`restore`]: safety backup → stage → swap (journaled) → create with compose →
+//! [start: the scope brings the services back, through compose where their configs, images or
+//! volumes changed]. A failure before the swap changes nothing; after it, the way back is
+//! journaled and taken. A crash is undone (before the swap) or finished (from it on) by the
+//! next command. An upgrade's automatic rollback runs [`restore`] inside the upgrade's scope.
 
 pub mod engine;
 mod plan;
+mod steps;
 pub mod swap;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::Ctx;
-use super::backup::{BackupOptions, backup};
-use super::compose::{Up, up};
-use crate::archive::{self, NoProgress, Progress, Target};
-use crate::catalog::{BackupKind, OperationState};
+use super::backup::BackupOutcome;
+use crate::archive::Progress;
 use crate::engine::Container;
-use crate::guard::ServiceGuard;
+use crate::runner::{self, Operation, OperationKind};
 use engine::EngineSlot;
 pub use plan::{ImageStep, Item, Plan, RollbackOptions, plan};
+pub use steps::{load_images, restore};
 use swap::Slot;
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,13 +42,33 @@ pub struct RollbackOutcome {
     pub downtime_ms: Option<u64>,
 }
 
+/// Where a rollback is; what recovery does from there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Safety backup and staging: nothing replaced yet. Recovery removes the staging.
+    #[default]
+    Staging,
+    /// Targets being replaced. Recovery finishes the swap.
+    Swapping,
+    /// Everything replaced. Recovery finishes what follows (compose creates the services).
+    Swapped,
+    /// A failure after the swap began, being put back. Recovery puts it back again.
+    Undoing,
+    /// Put back: the project is as before the rollback.
+    Undone,
+}
+
 /// What a rollback has left to do, written to the operations journal before each phase: enough
 /// for the next nuwax to finish it (from the swap on) or undo it (before) after a crash.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Journal {
-    /// `staging`, `swapping` or `swapped`.
-    pub phase: String,
+    pub phase: Phase,
     pub backup_id: i64,
+    /// The version of the backup's configs: the project's once they are back (`None` when the
+    /// rollback leaves the configs as they are).
+    #[serde(default)]
+    pub version: Option<String>,
     pub safety_backup_id: Option<i64>,
     /// Host targets: volumes reachable here, bind mounts, configs.
     #[serde(default)]
@@ -59,29 +79,37 @@ pub struct Journal {
     /// Image references to point back at the backup's ids.
     #[serde(default)]
     pub retag: Vec<ImageStep>,
-    /// Services compose creates again (or just starts) and starts: `up -d --no-deps`.
+    /// Services that come back through compose: their configs, image or volume changed.
     #[serde(default)]
     pub recreate: Vec<String>,
     /// Services compose creates and leaves stopped (they were not running before).
     #[serde(default)]
     pub create_only: Vec<String>,
-    /// No containers existed: `up -d` of the whole project.
+    /// No containers existed: compose creates every service.
     #[serde(default)]
     pub start_all: bool,
     /// Configs were restored: compose creates every service of the restored files (removing
-    /// containers of services they do not define) before starting `recreate`.
+    /// containers of services they do not define).
     #[serde(default)]
     pub remove_orphans: bool,
-    /// While undoing a failed rollback (`undoing`): how many engine volumes and image tags the
-    /// failed run had replaced, so recovery can undo exactly those.
+    /// The services that ran when the backup was made: with its configs back (or on a project
+    /// with no containers), they are the ones that run afterwards.
+    #[serde(default)]
+    pub backup_running: Vec<String>,
+    /// While undoing a failed rollback: how many engine volumes and image tags the failed run
+    /// had replaced, so recovery can undo exactly those.
     #[serde(default)]
     pub engine_touched: usize,
     #[serde(default)]
     pub retagged: usize,
 }
 
+impl runner::Journal for Journal {
+    const KIND: OperationKind = OperationKind::Rollback;
+}
+
 impl Journal {
-    fn new(ctx: &Ctx, plan: &Plan) -> Journal {
+    pub fn new(ctx: &Ctx, plan: &Plan) -> Journal {
         let storage = &ctx.project.storage_dir;
         let slots = plan.items.iter().filter(|i| !i.via_engine).map(|i| Slot::new(&i.dest, plan.backup_id));
         let engine = plan.items.iter().filter(|i| i.via_engine).map(|i| {
@@ -106,22 +134,22 @@ impl Journal {
                 .any(|c| c.service == i.service && c.image_id != i.image_id && c.is_running())
         });
         let configs = plan.items.iter().any(|i| i.kind == "config");
-        // With the configs back, the services are those of the backup, running as they ran then.
         let mut backup_running = plan.backup_running.clone();
         backup_running.sort();
         backup_running.dedup();
-        let recreate = if plan.start_all {
-            Vec::new()
-        } else if configs {
-            backup_running
+        // With the configs back (or nothing there yet), the services are those of the backup,
+        // running as they ran then.
+        let recreate = if plan.start_all || configs {
+            backup_running.clone()
         } else if stale {
             running
         } else {
             users(true)
         };
         Journal {
-            phase: "staging".into(),
+            phase: Phase::Staging,
             backup_id: plan.backup_id,
+            version: configs.then(|| plan.service_version.clone()),
             safety_backup_id: None,
             slots: slots.collect(),
             engine: engine.collect(),
@@ -135,9 +163,15 @@ impl Journal {
             create_only: if configs { Vec::new() } else { users(false) },
             start_all: plan.start_all,
             remove_orphans: configs && !plan.start_all,
+            backup_running,
             engine_touched: 0,
             retagged: 0,
         }
+    }
+
+    /// The services run as the backup ran them (configs restored, or nothing there before).
+    fn runs_as_backup(&self) -> bool {
+        self.start_all || self.remove_orphans
     }
 }
 
@@ -148,9 +182,8 @@ fn services<'a>(containers: impl Iterator<Item = &'a Container>) -> Vec<String> 
     s
 }
 
-/// Executes `plan`. If anything fails after the first stop, the previous state is put back
-/// (swapped host trees renamed back, volumes replaced through the engine restored from the
-/// safety backup, image references pointed back), the services are started, and the error
+/// `nuwax rollback`: executes `plan` in a stop scope of its own. If anything fails after the
+/// first stop, the previous state is put back and the services are started again; the error
 /// says what state things are in.
 pub async fn rollback(
     ctx: &Ctx,
@@ -159,397 +192,151 @@ pub async fn rollback(
     progress: Arc<dyn Progress>,
 ) -> Result<RollbackOutcome> {
     let started = Instant::now();
-    let engine = ctx.engine.clone().context("rollback needs the Docker engine")?;
+    ctx.engine()?;
     ctx.interrupt.check()?;
-
-    // 0. Images the backup ran that this host lacks come out of the archive (services untouched).
+    // Images the backup ran that this host lacks come out of the archive (services untouched).
     if let Some(prefix) = &plan.load_images {
         load_images(ctx, &plan, prefix).await?;
     }
-
-    // 1. Journal what is about to happen, then stop — once, for the safety backup and the restore.
-    let mut journal = Journal::new(ctx, &plan);
-    let op = ctx.catalog.begin_operation("rollback", &ctx.project.name, None, None).await?;
-    ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-    let containers = plan.containers.clone();
-    let mut guard = ServiceGuard::new(engine.clone(), ctx.project.dependencies(), ctx.timeouts());
-    let mut safety = None;
-    // How far the swap got: engine slots replaced (or being replaced), images re-tagged.
-    let (mut engine_touched, mut retagged) = (0usize, 0usize);
-    let mut removed: Vec<Container> = Vec::new();
-    let result = async {
-        guard.stop(&ctx.catalog, op, &containers).await?;
-        ctx.interrupt.check()?;
-        // 2. A safety backup of the current state (services already stopped by this guard), so
-        // this rollback can itself be rolled back.
-        let safety_opts = BackupOptions {
-            kind: BackupKind::PreRollback,
-            note: Some(format!("before rollback to {}", plan.backup_id)),
-            stopped_by_caller: Some(containers.clone()),
-            ..opts.safety.clone()
-        };
-        let made = backup(ctx, &safety_opts, progress.clone())
-            .await
-            .context("the safety backup failed; nothing was changed")?;
-        tracing::warn!("safety backup {} made: {}", made.id, made.path.display());
-        journal.safety_backup_id = Some(made.id);
-        safety = Some(made);
-        ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-        ctx.interrupt.check()?;
-        // 3. Stage: host targets beside themselves, engine volumes as tars.
-        stage(ctx, opts, &plan, &journal, progress.clone()).await?;
-        ctx.interrupt.check()?;
-        // 4. Swap. From here on a crash is finished forward by recovery.
-        journal.phase = "swapping".into();
-        ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-        // The old versions stay beside their targets until the end, so a failure can put them
-        // back.
-        let s2 = journal.slots.clone();
-        tokio::task::spawn_blocking(move || swap::swap_in(&s2)).await??;
-        for s in &journal.engine {
-            engine_touched += 1;
-            engine::replace(&*engine, &ctx.project.name, s, &s.tar, &mut removed).await?;
-            let _ = std::fs::remove_file(&s.tar);
-        }
-        // 5. Image references back to the backup's ids.
-        for i in &journal.retag {
-            let (repo, tag) = split_reference(&i.image);
-            engine.tag_image(&i.image_id, &repo, &tag).await?;
-            retagged += 1;
-        }
-        if std::env::var("NUWAX_TEST_FAIL").as_deref() == Ok("rollback-after-swap") {
-            // Test hook: a failure after everything was replaced, to prove the way back.
-            bail!("injected failure after the swap (NUWAX_TEST_FAIL)");
-        }
-        journal.phase = "swapped".into();
-        ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-        anyhow::Ok(())
-    }
-    .await;
-    guard.forget(&removed);
-
-    if let Err(e) = result {
-        // Before the swap began nothing was replaced: only staging goes. From then on the way
-        // back is journaled first, so a crash while undoing is undone again, never finished.
-        let state = if journal.phase == "staging" {
-            let s2 = journal.slots.clone();
-            engine::clear(&journal.engine);
-            tokio::task::spawn_blocking(move || swap::clear_staging(&s2)).await?
-        } else {
-            journal.phase = "undoing".into();
-            (journal.engine_touched, journal.retagged) = (engine_touched, retagged);
-            ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-            if std::env::var("NUWAX_TEST_CRASH").as_deref() == Ok("rollback-while-undoing") {
-                // Test hook: die with the way back journaled but not taken.
-                std::process::abort();
-            }
-            let undone = undo(ctx, &journal, safety.as_ref().map(|s| s.path.as_path())).await;
-            if undone.is_ok() {
-                journal.phase = "undone".into();
-                ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-            }
-            undone
-        };
-        let restart = async {
-            guard.restart().await?;
-            // Containers removed to recreate a volume come back from the previous compose files,
-            // running if they ran before the stop.
-            let ran = |c: &&Container| containers.iter().any(|b| b.id == c.id && b.is_running());
-            up(ctx, Up::Services, &services(removed.iter().filter(ran))).await?;
-            up(ctx, Up::CreateOnly, &services(removed.iter().filter(|c| !ran(c)))).await?;
-            anyhow::Ok(())
-        }
+    let mut op = Operation::begin(ctx, Journal::new(ctx, &plan)).await?;
+    let (result, started_again) = op
+        .with_stopped_apart(&plan.containers, |op, scope| Box::pin(restore(op, scope, opts, &plan, progress)))
         .await;
-        let safety_id = safety.as_ref().map(|b| b.id.to_string()).unwrap_or_else(|| "<id>".into());
-        let state = match (&state, &restart) {
-            (Ok(()), Ok(())) => "the project is as it was before the rollback, services running".to_string(),
-            (Err(u), _) => format!(
-                "putting the previous state back failed ({u:#}); restore it with `nuwax rollback {safety_id}` (the safety backup)"
-            ),
-            (Ok(()), Err(r)) => format!("data is as before, but services did not all start: {r:#}"),
-        };
-        if state.starts_with("the project is as it was") {
-            ctx.catalog.finish_operation(op, OperationState::Done, Some("failed, undone")).await?;
-        }
-        return Err(e.context(format!("rollback to backup {} failed; {state}", plan.backup_id)));
-    }
-
-    // The swap stands: the old versions go (a leftover is only disk space, not a failure).
-    let s2 = journal.slots.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || swap::cleanup(&s2)).await? {
-        tracing::warn!("removing the replaced versions: {e:#}");
-    }
-
-    // 6. Start again. Where configs were restored, an image differs or a volume was recreated,
-    // compose creates the containers from the restored compose files; the old containers are
-    // never started on the restored data, so nothing runs the new code on the old data.
-    let started_services = match start(ctx, &journal, &mut guard).await {
-        Ok(s) => s,
-        Err(e) => {
-            // Whatever can run, runs; the journal stays open for `nuwax recover`.
-            if let Err(r) = guard.restart().await {
-                tracing::warn!("starting the remaining services: {r:#}");
-            }
+    let report = op.scope().cloned().unwrap_or_default();
+    let phase = op.journal.phase;
+    let safety_id = op.journal.safety_backup_id.map(|i| i.to_string()).unwrap_or_else(|| "<id>".into());
+    let retagged = op.journal.retag.clone();
+    close(&mut op, &result).await?;
+    let id = plan.backup_id;
+    let restored = match (result, started_again) {
+        (Ok(r), Ok(())) => r,
+        (Err(e), Ok(())) if phase == Phase::Undone => {
             return Err(e.context(format!(
-                "the data of backup {} is in place, but starting the services failed; \
-                 `nuwax recover` tries again, `nuwax rollback {}` goes back to the state before",
-                plan.backup_id,
-                safety.as_ref().map(|b| b.id).unwrap_or_default()
+                "rollback to backup {id} failed; the project is as it was before the rollback, services running"
+            )));
+        }
+        (Err(e), Err(s)) if phase == Phase::Undone => {
+            return Err(s.context(format!(
+                "rollback to backup {id} failed ({e:#}); the data is as it was before, but services did not all start"
+            )));
+        }
+        (Err(e), Ok(())) if matches!(phase, Phase::Staging | Phase::Undoing) => {
+            return Err(e.context(format!("rollback to backup {id} failed")));
+        }
+        (Err(e), Err(s)) if matches!(phase, Phase::Staging | Phase::Undoing) => {
+            return Err(s.context(format!(
+                "rollback to backup {id} failed ({e:#}); and then starting the services again failed"
+            )));
+        }
+        // From the swap on: the backup's data is in place.
+        (r, s) => {
+            let e = match (r, s) {
+                (Err(e), Ok(())) => e,
+                (Ok(_), Err(s)) => s,
+                (Err(e), Err(s)) => s.context(format!("{e:#}")),
+                (Ok(_), Ok(())) => unreachable!(),
+            };
+            return Err(e.context(format!(
+                "the data of backup {id} is in place, but starting the services failed; \
+                 `nuwax recover` tries again, `nuwax rollback {safety_id}` goes back to the state before"
             )));
         }
     };
-    let downtime = guard.elapsed_ms();
-    if plan.items.iter().any(|i| i.kind == "config") {
-        // The configs are the backup's again, and so is the version.
-        let reason = format!("rollback to backup {}", plan.backup_id);
-        ctx.catalog.set_version(&ctx.project.name, &plan.service_version, &reason).await?;
+    if let Some(signal) = ctx.interrupt.received() {
+        // From the swap on a rollback is finished, never left half done: say so, as interrupted.
+        return Err(anyhow::Error::new(crate::Error::Interrupted { signal }).context(format!(
+            "the rollback to backup {} had replaced the data when the signal came, so it was finished: \
+             the backup's data, configs and images are in place and the services run; \
+             `nuwax rollback {}` goes back to the state before",
+            plan.backup_id, restored.safety.id
+        )));
     }
-    ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
-    let safety = safety.context("the safety backup is missing")?;
     Ok(RollbackOutcome {
         backup_id: plan.backup_id,
-        safety_backup_id: safety.id,
-        safety_backup_path: safety.path,
+        safety_backup_id: restored.safety.id,
+        safety_backup_path: restored.safety.path,
         restored: plan.items,
-        images_retagged: journal.retag,
-        services_started: started_services,
+        images_retagged: retagged,
+        services_started: restored.services,
         duration_ms: started.elapsed().as_millis() as u64,
-        downtime_ms: downtime,
+        downtime_ms: report.downtime_ms,
     })
 }
 
-async fn load_images(ctx: &Ctx, plan: &Plan, prefix: &str) -> Result<()> {
-    let engine = ctx.engine.as_ref().context("no engine")?;
-    let dir = tempfile::Builder::new()
-        .prefix(".nuwax-load-")
-        .tempdir_in(&ctx.project.storage_dir)
-        .context("creating a directory to load images from")?;
-    let file = dir.path().join("images.tar");
-    let targets = vec![Target { prefix: prefix.to_string(), dest: file.clone() }];
-    let (a, cancel) = (plan.archive.clone(), ctx.interrupt.cancel().clone());
-    tokio::task::spawn_blocking(move || archive::extract(&a, &targets, &cancel, &NoProgress)).await??;
-    engine.load_images(&file).await.context("loading the backup's images")?;
-    for i in &plan.images {
-        if engine.image_id(&i.image_id).await?.is_none() {
-            bail!("image {} of {} is not in the backup's images either", i.image_id, i.service);
-        }
-    }
-    Ok(())
+/// What [`restore`] leaves.
+pub struct Restored {
+    pub safety: BackupOutcome,
+    /// The services the scope keeps running from now on.
+    pub services: Vec<String>,
 }
 
-/// Extracts every host target into its staging path and every engine volume into its tar.
-async fn stage(
-    ctx: &Ctx,
-    opts: &RollbackOptions,
-    plan: &Plan,
-    journal: &Journal,
-    progress: Arc<dyn Progress>,
-) -> Result<()> {
-    swap::clear_staging(&journal.slots)?;
-    // Replaced versions an earlier rollback could not remove: not ours to put back, ever.
-    swap::cleanup(&journal.slots)?;
-    engine::clear(&journal.engine);
-    for s in &journal.slots {
-        if let Some(parent) = s.dest.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-    }
-    let host: Vec<&Item> = plan.items.iter().filter(|i| !i.via_engine).collect();
-    let targets: Vec<Target> = host
-        .iter()
-        .zip(&journal.slots)
-        .map(|(i, s)| Target { prefix: i.prefix.clone(), dest: s.staging.clone() })
-        .collect();
-    let p: Arc<dyn Progress> = match opts.safety.rate_limit {
-        Some(rate) if rate > 0 => Arc::new(Throttled::new(progress.clone(), rate)),
-        _ => progress.clone(),
-    };
-    let via_engine: Vec<(String, PathBuf)> = plan
-        .items
-        .iter()
-        .filter(|i| i.via_engine)
-        .zip(&journal.engine)
-        .map(|(i, s)| (i.prefix.clone(), s.tar.clone()))
-        .collect();
-    let (a, cancel) = (plan.archive.clone(), ctx.interrupt.cancel().clone());
-    tokio::task::spawn_blocking(move || {
-        if !targets.is_empty() {
-            archive::extract(&a, &targets, &cancel, &*p)?;
-        }
-        for (prefix, tar) in &via_engine {
-            engine::stage(&a, prefix, tar, &cancel, &*p)?;
-        }
-        // The staged trees must be on disk before they replace anything.
-        rustix::fs::sync();
-        anyhow::Ok(())
-    })
-    .await?
-}
-
-/// Puts back what a failed rollback changed: staging removed, swapped host trees renamed back,
-/// volumes replaced through the engine restored from the safety backup, image references
-/// pointed at what they named before.
-async fn undo(ctx: &Ctx, journal: &Journal, safety: Option<&std::path::Path>) -> Result<()> {
-    let engine = ctx.engine.as_ref().context("no engine")?;
-    let s = journal.slots.clone();
-    tokio::task::spawn_blocking(move || swap::undo(&s)).await??;
-    engine::clear(&journal.engine);
-    let (engine_touched, retagged) =
-        (journal.engine_touched.min(journal.engine.len()), journal.retagged.min(journal.retag.len()));
-    for slot in &journal.engine[..engine_touched] {
-        let safety = safety.context("no safety backup to restore the volumes from")?;
-        engine::undo(&**engine, &ctx.project.name, slot, safety, ctx.interrupt.cancel()).await?;
-    }
-    for i in &journal.retag[..retagged] {
-        let (repo, tag) = split_reference(&i.image);
-        match &i.current_id {
-            Some(id) => engine.tag_image(id, &repo, &tag).await?,
-            None => {
-                engine.untag_image(&i.image).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Starts the project after the swap: compose for what must be created, the engine for the
-/// rest. Returns the services started.
-async fn start(ctx: &Ctx, journal: &Journal, guard: &mut ServiceGuard) -> Result<Vec<String>> {
-    if journal.start_all {
-        let started = up(ctx, Up::All, &[]).await?;
-        return Ok(services(started.iter()));
-    }
-    if journal.remove_orphans {
-        // Compose owns every container from here: the restored files say what exists.
-        let ctx = ctx.rediscover()?;
-        up(&ctx, Up::CreateAll, &[]).await?;
-        let started = up(&ctx, Up::Services, &journal.recreate).await?;
-        guard.disarm();
-        return Ok(services(started.iter()));
-    }
-    let mut started = services(guard.stopped().iter());
-    let recreated = up(ctx, Up::Services, &journal.recreate).await?;
-    up(ctx, Up::CreateOnly, &journal.create_only).await?;
-    // What compose did not just start is started as it was.
-    guard.forget(
-        &guard
-            .stopped()
-            .iter()
-            .filter(|c| journal.recreate.contains(&c.service))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    guard.restart().await?;
-    started.extend(services(recreated.iter()));
-    started.sort();
-    started.dedup();
-    Ok(started)
-}
-
-/// Slows extraction down to `rate` bytes/s by sleeping in the progress callback: the test hook
-/// (`NUWAX_RATE_LIMIT`) that makes "killed during the restore" reproducible.
-struct Throttled {
-    inner: Arc<dyn Progress>,
-    rate: u64,
-    start: Instant,
-    done: std::sync::atomic::AtomicU64,
-}
-
-impl Throttled {
-    fn new(inner: Arc<dyn Progress>, rate: u64) -> Self {
-        Throttled { inner, rate, start: Instant::now(), done: Default::default() }
+/// Closes a rollback's operation as `result` left it; an undo that did not finish stays open,
+/// so that the next command puts things back.
+pub async fn close(op: &mut Operation<'_, Journal>, result: &Result<Restored>) -> Result<()> {
+    match op.journal.phase {
+        Phase::Undoing => Ok(()),
+        _ => op.close(result.as_ref().err().map(|_| "failed")).await,
     }
 }
 
-impl Progress for Throttled {
-    fn set_total(&self, bytes: u64) {
-        self.inner.set_total(bytes);
-    }
-
-    fn inc(&self, bytes: u64) {
-        self.inner.inc(bytes);
-        let done = self.done.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
-        let due = std::time::Duration::from_secs_f64(done as f64 / self.rate as f64);
-        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
-            std::thread::sleep(wait);
-        }
-    }
-}
-
-/// `repo:tag` → (repo, tag); `repo` alone → (repo, latest). A registry port is not a tag.
-pub(crate) fn split_reference(r: &str) -> (String, String) {
-    match r.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
-        _ => (r.to_string(), "latest".to_string()),
-    }
-}
-
-/// Whether finishing this rollback hands every service to compose (configs restored, or no
-/// containers before): then the containers it had stopped are not started again as they were.
-pub fn compose_owns_services(detail: &serde_json::Value) -> bool {
-    let j: Journal = serde_json::from_value(detail.clone()).unwrap_or_default();
-    matches!(j.phase.as_str(), "swapping" | "swapped") && (j.remove_orphans || j.start_all)
-}
-
-/// Recovery of a rollback a dead nuwax left. Before the swap: its staging is removed and the
-/// project is as before (the caller starts the services it had stopped). From the swap on: the
-/// swap is finished, image references point at the backup's ids and compose creates what the
-/// rollback would have.
-pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
-    let journal: Journal = serde_json::from_value(detail.clone()).unwrap_or_default();
-    match journal.phase.as_str() {
-        "undone" => return Ok("the failed rollback had been undone: the project is as before it".into()),
-        "undoing" => {
-            let safety = match journal.safety_backup_id {
+/// Recovery of a rollback a dead nuwax left. Before the swap: its staging goes and the project
+/// is as before. From the swap on: the swap is finished, image references point at the
+/// backup's ids, the version is the backup's, and compose creates what the rollback would have;
+/// starting the services is the scope's (journaled with the handover to compose before the
+/// swap). While undoing: undone again.
+pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<String> {
+    match j.phase {
+        Phase::Undone => Ok("the failed rollback had been undone: the project is as before it".into()),
+        Phase::Undoing => {
+            let safety = match j.safety_backup_id {
                 Some(id) => ctx.catalog.get(id).await?.and_then(|r| r.path).map(PathBuf::from),
                 None => None,
             };
-            undo(ctx, &journal, safety.as_deref()).await?;
-            return Ok("the failed rollback was undone: the project is as before it".into());
+            steps::undo(ctx, j, safety.as_deref()).await?;
+            Ok("the failed rollback was undone: the project is as before it".into())
         }
-        _ => {}
-    }
-    if journal.phase == "staging" || journal.phase.is_empty() {
-        let s = journal.slots.clone();
-        tokio::task::spawn_blocking(move || swap::clear_staging(&s)).await??;
-        engine::clear(&journal.engine);
-        return Ok("the rollback had not replaced anything: the project is as before it".into());
-    }
-    let s = journal.slots.clone();
-    tokio::task::spawn_blocking(move || swap::complete(&s)).await??;
-    let engine = ctx.engine.as_ref().context("finishing the rollback needs the Docker engine")?;
-    engine::complete(&**engine, &ctx.project.name, &journal.engine).await?;
-    for i in &journal.retag {
-        let (repo, tag) = split_reference(&i.image);
-        engine.tag_image(&i.image_id, &repo, &tag).await?;
-    }
-    let ctx = &ctx.rediscover()?;
-    match journal.start_all {
-        true => {
-            up(ctx, Up::All, &[]).await?;
+        Phase::Staging => {
+            let s = j.slots.clone();
+            tokio::task::spawn_blocking(move || swap::clear_staging(&s)).await??;
+            engine::clear(&j.engine);
+            Ok("the rollback had not replaced anything: the project is as before it".into())
         }
-        false => {
-            if journal.remove_orphans {
-                up(ctx, Up::CreateAll, &[]).await?;
-            }
-            up(ctx, Up::Services, &journal.recreate).await?;
-            up(ctx, Up::CreateOnly, &journal.create_only).await?;
+        Phase::Swapping | Phase::Swapped => {
+            steps::finish_swap(ctx, j).await?;
+            steps::create(ctx, j).await?;
+            Ok(format!(
+                "the rollback to backup {} was finished: the project holds the backup's data",
+                j.backup_id
+            ))
         }
     }
-    Ok(format!(
-        "the rollback to backup {} was finished: the project holds the backup's data",
-        journal.backup_id
-    ))
+}
+
+/// The phase recorded in a rollback journal, for callers that check how a nested rollback
+/// ended ([`crate::flows::upgrade`]'s recovery).
+pub fn phase_of(detail: &serde_json::Value) -> Option<Phase> {
+    serde_json::from_value::<Journal>(detail.clone()).ok().map(|j| j.phase)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::split_reference;
+    use crate::engine::ImageRef;
 
     #[test]
     fn references_split_into_repo_and_tag() {
-        assert_eq!(split_reference("nuwax-demo:1"), ("nuwax-demo".into(), "1".into()));
-        assert_eq!(split_reference("registry:5000/app"), ("registry:5000/app".into(), "latest".into()));
-        assert_eq!(split_reference("registry:5000/app:2"), ("registry:5000/app".into(), "2".into()));
+        let r = |s: &str| {
+            let r = ImageRef::parse(s);
+            (r.repository().to_string(), r.tag().to_string())
+        };
+        assert_eq!(r("nuwax-demo:1"), ("nuwax-demo".into(), "1".into()));
+        assert_eq!(r("registry:5000/app"), ("registry:5000/app".into(), "latest".into()));
+        assert_eq!(r("registry:5000/app:2"), ("registry:5000/app".into(), "2".into()));
+    }
+
+    #[test]
+    fn an_old_journal_with_string_phases_still_reads() {
+        let j: super::Journal =
+            serde_json::from_value(serde_json::json!({"phase": "swapping", "backup_id": 3})).unwrap();
+        assert_eq!(j.phase, super::Phase::Swapping);
     }
 }

@@ -24,6 +24,10 @@ pub struct RollbackOptions {
     pub config: bool,
     /// Options for the safety backup.
     pub safety: BackupOptions,
+    /// What the safety backup's note says it holds (a default names the rollback).
+    pub note: Option<String>,
+    /// Restore a backup copied while services ran (`--accept-live`).
+    pub accept_live: bool,
 }
 
 /// One thing the rollback replaces.
@@ -148,7 +152,22 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     .await?
     .map_err(refused)?;
     let manifest = report.manifest;
+    if manifest.live && !opts.accept_live {
+        bail!(crate::Error::Preflight(vec![format!(
+            "backup {} was copied while services ran (live, not one point in time): a database in it \
+             may hold data from several moments; pass --accept-live to restore it anyway",
+            rec.id
+        )]));
+    }
     let mut warnings = Vec::new();
+    if manifest.live {
+        warnings.push("the backup is live: its data was copied while services ran".into());
+    }
+    for s in &manifest.stop_killed {
+        warnings.push(format!(
+            "{s} was killed at its stop timeout when the backup was made: its data needs its own crash recovery"
+        ));
+    }
     if manifest.project != project.name {
         warnings.push(format!(
             "the backup was made for project {:?}; restoring into {:?}",
@@ -274,8 +293,8 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     let compose_needed = start_all
         || items.iter().any(|i| i.kind == "config" || i.via_engine)
         || images.iter().any(|i| i.current_id.as_deref() != Some(i.image_id.as_str()));
-    if compose_needed && let Err(e) = project.compose_cli() {
-        bail!("rollback recreates the services with the compose CLI: {e}");
+    if compose_needed && let Err(e) = ctx.compose() {
+        bail!("rollback recreates the services with the compose CLI: {e:#}");
     }
 
     let carrier_image = images

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::engine::{Container, Engine, Health, State};
-use crate::guard::Interrupt;
+use crate::interrupt::Interrupt;
 use crate::package::Probe;
 
 /// Restarts seen during the gate that count as a loop.

@@ -1,14 +1,17 @@
 //! `nuwax upgrade --package P`: end healthy on the new version or, automatically, back on the
 //! old one with its data, with one backup id tying the two together.
 //!
-//! preflight (plan) → load the package's images (services untouched) → journal + stop →
-//! pre-upgrade backup (its id recorded at once) → place files and `.env` → compose `up -d` →
-//! hooks → health gate → record. A failure after the stop rolls back to that backup with the
-//! rollback flow; a crash is rolled back by the next nuwax command.
+//! plan (preflight) → load the package's images (services untouched) → [stop] → pre-upgrade
+//! backup (its id recorded at once) → apply (place files and `.env`, compose creates the new
+//! version, before-start hooks, start, after-start hooks, health gate) → on failure, the
+//! rollback to that backup inside the same scope → [start] → record. A crash is rolled back by
+//! the next nuwax command.
 
+mod apply;
 mod health;
 mod plan;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +19,13 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::Ctx;
-use super::backup::{BackupOptions, backup};
-use super::compose::{Up, run_up};
+use super::backup::{BackupOptions, BackupOutcome, backup_in};
 use super::rollback::{self, RollbackOptions};
 use crate::archive::Progress;
-use crate::catalog::{BackupKind, NewUpgrade, OperationState, UpgradeEnd, UpgradeStatus};
-use crate::guard::ServiceGuard;
+use crate::catalog::{BackupKind, NewUpgrade, UpgradeEnd, UpgradeStatus};
+use crate::faults::{self, Sigint};
+use crate::interrupt::Interrupt;
+use crate::runner::{self, Operation, OperationKind, Recovery, Scope};
 pub use plan::{FileStep, ImageNeed, Plan, plan};
 
 #[derive(Debug, Clone)]
@@ -47,24 +51,56 @@ pub struct UpgradeOutcome {
     pub backup_id: i64,
     pub status: &'static str,
     pub hooks_run: Vec<String>,
+    /// Services of the new version running and healthy.
     pub services: Vec<String>,
+    /// Services of the new version created but left stopped, as they were before.
+    pub left_stopped: Vec<String>,
     pub duration_ms: u64,
     pub downtime_ms: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The pre-upgrade backup: nothing changed yet.
+    #[default]
+    Backup,
+    /// The new version is being placed and started: recovery rolls back.
+    Applying,
+    /// Rolling back to the pre-upgrade backup: recovery finishes that.
+    RollingBack,
+}
+
 /// The journal of a running upgrade: what recovery needs to roll it back after a crash.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Journal {
-    /// `backup` (nothing changed yet), `applying`, `rolling_back`.
-    phase: String,
-    upgrade_id: i64,
-    backup_id: Option<i64>,
-    from_version: String,
-    to_version: String,
+pub struct Journal {
+    pub phase: Phase,
+    pub upgrade_id: i64,
+    pub backup_id: Option<i64>,
+    pub from_version: String,
+    pub to_version: String,
     /// Files the package adds (they did not exist before): a rollback removes them, since the
     /// backup cannot say they were absent.
     #[serde(default)]
-    added: Vec<std::path::PathBuf>,
+    pub added: Vec<PathBuf>,
+    /// The package's unpacked copy (`.nuwax-pkg-*`), removed by recovery.
+    #[serde(default)]
+    pub unpacked: Option<PathBuf>,
+    /// The operation of the rollback this upgrade runs (phase `rolling_back`).
+    #[serde(default)]
+    pub rollback_op: Option<i64>,
+}
+
+impl runner::Journal for Journal {
+    const KIND: OperationKind = OperationKind::Upgrade;
+}
+
+/// How the work inside the scope ended.
+enum Ended {
+    Upgraded { backup_id: i64, hooks_run: Vec<String>, services: Vec<String>, left_stopped: Vec<String> },
+    LeftInPlace { backup_id: i64, cause: String },
+    RolledBack { backup_id: i64, cause: String, safety: i64 },
+    RollbackFailed { backup_id: i64, cause: String, error: String },
 }
 
 pub async fn upgrade(
@@ -74,7 +110,7 @@ pub async fn upgrade(
     progress: Arc<dyn Progress>,
 ) -> Result<UpgradeOutcome> {
     let started = Instant::now();
-    let engine = ctx.engine.clone().context("upgrade needs the Docker engine")?;
+    let engine = ctx.engine()?;
     let project = &ctx.project;
     let upgrade_id = ctx
         .catalog
@@ -91,7 +127,7 @@ pub async fn upgrade(
         record_end(ctx, upgrade_id, started, status, cause, downtime, safety)
     };
 
-    // 1. Images first: loading them does not touch the running services.
+    // Images first: loading them does not touch the running services.
     for a in plan.package.image_archives() {
         if let Err(e) = engine.load_images(&a).await {
             let cause = format!("image archive {} failed to load: {e}", a.display());
@@ -100,204 +136,224 @@ pub async fn upgrade(
         }
     }
 
-    // 2. Journal, stop, pre-upgrade backup under the same stop.
-    let mut journal = Journal {
-        phase: "backup".into(),
+    let journal = Journal {
+        phase: Phase::Backup,
         upgrade_id,
         backup_id: None,
         from_version: plan.from_version.clone(),
         to_version: plan.to_version.clone(),
         added: plan.files.iter().filter(|f| f.action == "add").map(|f| f.dest.clone()).collect(),
+        unpacked: plan.package.unpacked().map(PathBuf::from),
+        rollback_op: None,
     };
-    let op = ctx.catalog.begin_operation("upgrade", &project.name, None, None).await?;
-    ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
+    let mut op = Operation::begin(ctx, journal).await?;
     let containers = engine.project_containers(&project.name).await?;
-    let mut guard = ServiceGuard::new(engine.clone(), project.dependencies(), ctx.timeouts());
-    let made = async {
-        guard.stop(&ctx.catalog, op, &containers).await?;
-        ctx.interrupt.check()?;
-        let o = BackupOptions {
-            kind: BackupKind::PreUpgrade,
-            note: Some(format!("before upgrade to {} {}", plan.package_name, plan.to_version)),
-            stopped_by_caller: Some(containers.clone()),
-            ..opts.backup.clone()
-        };
-        backup(ctx, &o, progress.clone()).await
-    }
-    .await;
-    let made = match made {
-        Ok(m) => m,
+    let plan_ref = &plan;
+    let (ended, started_again) = op
+        .with_stopped_apart(&containers, |op, scope| {
+            Box::pin(async move {
+                let made = pre_upgrade_backup(op, scope, opts, plan_ref, progress.clone()).await?;
+                Ok(apply_or_roll_back(op, scope, opts, plan_ref, made.id, progress).await)
+            })
+        })
+        .await;
+    let downtime = op.scope().and_then(|s| s.downtime_ms);
+    let ended = match ended {
+        Ok(e) => e,
         Err(e) => {
-            let restart = guard.restart().await;
-            let cause = format!("the pre-upgrade backup failed: {e:#}");
-            end(UpgradeStatus::Failed, Some(cause), None, None).await?;
-            if restart.is_ok() {
-                ctx.catalog
-                    .finish_operation(op, OperationState::Done, Some("failed before any change"))
-                    .await?;
-            }
+            // The stop or the pre-upgrade backup failed: nothing changed.
+            let e = match started_again {
+                Ok(()) => e,
+                Err(s) => s.context(format!("{e:#}; and then starting the services again failed")),
+            };
+            end(UpgradeStatus::Failed, Some(format!("the pre-upgrade backup failed: {e:#}")), downtime, None)
+                .await?;
+            op.close(Some("failed before any change")).await?;
             return Err(e.context("the pre-upgrade backup failed; nothing was changed"));
         }
     };
-    let backup_id = made.id;
-    ctx.catalog.set_upgrade_backup(upgrade_id, backup_id).await?;
-    journal.backup_id = Some(backup_id);
-    journal.phase = "applying".into();
-    ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-    tracing::warn!("pre-upgrade backup {backup_id} made: {}", made.path.display());
-
-    // 3–4. Apply, hooks, health gate.
-    let mut hooks_run = Vec::new();
-    let applied = apply(ctx, opts, &plan, &mut guard, &mut hooks_run).await;
-    let downtime = guard.elapsed_ms();
-    let cause = match applied {
-        Ok(()) => {
-            ctx.catalog
-                .set_version(&project.name, &plan.to_version, &format!("upgrade {upgrade_id}"))
-                .await?;
+    op.close(None).await?;
+    // Services the end of the scope could not bring back, said with the outcome.
+    let down = started_again.err().map(|e| format!("; but services did not all come back: {e:#}"));
+    let to = plan.to_version.clone();
+    match ended {
+        Ended::Upgraded { backup_id, hooks_run, services, left_stopped } => {
             end(UpgradeStatus::Upgraded, None, downtime, None).await?;
-            ctx.catalog.finish_operation(op, OperationState::Done, None).await?;
-            return Ok(UpgradeOutcome {
+            if let Some(down) = down {
+                bail!(crate::Error::ServicesDown { detail: format!("upgraded to {to}{down}") });
+            }
+            Ok(UpgradeOutcome {
                 upgrade_id,
                 from_version: plan.from_version,
-                to_version: plan.to_version,
+                to_version: to,
                 backup_id,
                 status: "upgraded",
                 hooks_run,
-                services: plan.services,
+                services,
+                left_stopped,
                 duration_ms: started.elapsed().as_millis() as u64,
                 downtime_ms: downtime,
-            });
+            })
         }
-        Err(e) => format!("{e:#}"),
-    };
-    tracing::error!("upgrade to {} failed: {cause}", plan.to_version);
-
-    // 5. Failure after the stop.
-    if !opts.auto_rollback {
-        // Failed before compose took the services over: the old ones start again as they were.
-        if !guard.stopped().is_empty()
-            && let Err(e) = guard.restart().await
-        {
-            tracing::error!("starting the services again: {e:#}");
+        Ended::LeftInPlace { backup_id, cause } => {
+            end(UpgradeStatus::Failed, Some(cause.clone()), downtime, None).await?;
+            bail!(crate::Error::UpgradeNotRolledBack {
+                to,
+                cause,
+                state: format!(
+                    "--no-auto-rollback left it in place for inspection, services as the failure left them{}; \
+                     go back with `nuwax rollback {backup_id}` (the pre-upgrade backup)",
+                    down.unwrap_or_default()
+                ),
+            })
         }
-        end(UpgradeStatus::Failed, Some(cause.clone()), downtime, None).await?;
-        ctx.catalog.finish_operation(op, OperationState::Done, Some("failed, left in place")).await?;
-        bail!(crate::Error::UpgradeNotRolledBack {
-            to: plan.to_version,
-            cause,
-            state: format!(
-                "--no-auto-rollback left it in place for inspection, services as the failure left them; \
-                 go back with `nuwax rollback {backup_id}` (the pre-upgrade backup)"
-            ),
-        });
-    }
-    // A signal that stopped the upgrade must not stop the rollback it calls for.
-    ctx.interrupt.reset();
-    journal.phase = "rolling_back".into();
-    ctx.catalog.set_detail(op, &serde_json::to_value(&journal)?).await?;
-    match roll_back(ctx, &opts.backup, backup_id, &journal.added, &plan.from_version, progress).await {
-        Ok(safety) => {
+        Ended::RolledBack { backup_id, cause, safety } if down.is_none() => {
             // Down from the first stop until the old version was healthy again.
-            end(UpgradeStatus::RolledBack, Some(cause.clone()), guard.elapsed_ms(), Some(safety)).await?;
-            ctx.catalog.finish_operation(op, OperationState::Done, Some("rolled back")).await?;
+            end(UpgradeStatus::RolledBack, Some(cause.clone()), downtime, Some(safety)).await?;
             bail!(crate::Error::UpgradeRolledBack {
-                to: plan.to_version,
+                to,
                 cause,
                 backup_id,
                 state: format!("version {} is running again with its data", plan.from_version),
             })
         }
-        Err(e) => {
-            end(UpgradeStatus::RollbackFailed, Some(format!("{cause}; rollback: {e:#}")), downtime, None)
-                .await?;
-            ctx.catalog.finish_operation(op, OperationState::Done, Some("rollback failed")).await?;
-            bail!(crate::Error::UpgradeNotRolledBack {
-                to: plan.to_version,
+        Ended::RolledBack { backup_id, cause, .. } => {
+            let error = format!("the data of backup {backup_id} is back{}", down.unwrap_or_default());
+            rollback_failed(
+                ctx,
+                upgrade_id,
+                started,
+                downtime,
+                &plan.from_version,
+                to,
+                backup_id,
                 cause,
-                state: format!(
-                    "the automatic rollback failed too: {e:#}. The pre-upgrade backup {backup_id} holds version {}: \
-                     run `nuwax rollback {backup_id} --yes`, then `nuwax status`",
-                    plan.from_version
-                ),
-            })
+                error,
+            )
+            .await
+        }
+        Ended::RollbackFailed { backup_id, cause, error } => {
+            let error = format!("{error}{}", down.unwrap_or_default());
+            rollback_failed(
+                ctx,
+                upgrade_id,
+                started,
+                downtime,
+                &plan.from_version,
+                to,
+                backup_id,
+                cause,
+                error,
+            )
+            .await
         }
     }
 }
 
-/// Places the new files and `.env`, lets compose create the new version, runs the hooks and
-/// waits for the health gate.
-async fn apply(
+#[allow(clippy::too_many_arguments)]
+async fn rollback_failed<T>(
     ctx: &Ctx,
+    upgrade_id: i64,
+    started: Instant,
+    downtime: Option<u64>,
+    from: &str,
+    to: String,
+    backup_id: i64,
+    cause: String,
+    error: String,
+) -> Result<T> {
+    let e = UpgradeEnd {
+        status: UpgradeStatus::RollbackFailed,
+        cause: Some(&format!("{cause}; rollback: {error}")),
+        duration_ms: started.elapsed().as_millis() as u64,
+        downtime_ms: downtime,
+        rollback_safety_backup_id: None,
+    };
+    ctx.catalog.finish_upgrade(upgrade_id, &e).await?;
+    bail!(crate::Error::UpgradeNotRolledBack {
+        to,
+        cause,
+        state: format!(
+            "the automatic rollback failed too: {error}. The pre-upgrade backup {backup_id} holds version {from}: \
+             run `nuwax rollback {backup_id} --yes`, then `nuwax status`"
+        ),
+    })
+}
+
+/// The pre-upgrade backup, under the upgrade's stop; its id recorded at once.
+async fn pre_upgrade_backup(
+    op: &mut Operation<'_, Journal>,
+    scope: &Scope<'_>,
     opts: &UpgradeOptions,
     plan: &Plan,
-    guard: &mut ServiceGuard,
-    hooks_run: &mut Vec<String>,
-) -> Result<()> {
-    let project = &ctx.project;
+    progress: Arc<dyn Progress>,
+) -> Result<BackupOutcome> {
+    let ctx = op.ctx();
     ctx.interrupt.check()?;
-    for f in plan.files.iter().filter(|f| f.action != "unchanged") {
-        place(&f.src, &f.dest)?;
-    }
-    if let Some(changes) = &plan.env {
-        let path = project.dir.join(&changes.file);
-        let old = std::fs::read_to_string(&path).unwrap_or_default();
-        write_atomically(&path, crate::package::apply_env(&old, changes).as_bytes())?;
-    }
-    ctx.interrupt.check()?;
-    // The new compose files and env, as compose will read them.
-    let new_ctx = ctx.rediscover()?;
-    // Compose takes over the services from here: it creates them from the new files.
-    guard.disarm();
-    run_up(&new_ctx, Up::AllRemoveOrphans, &[]).await.context("starting the new version")?;
-    let engine = ctx.engine.as_ref().context("no engine")?;
-    for h in &plan.hooks {
-        // The hook's service must be up (and healthy) first; the gate fails fast if it is not.
-        let service = std::slice::from_ref(&h.service);
-        health::gate(&**engine, &project.name, service, &[], opts.health_timeout, &ctx.interrupt)
-            .await
-            .with_context(|| format!("before hook {:?}", h.name))?;
-        let c = engine
-            .project_containers(&project.name)
-            .await?
-            .into_iter()
-            .find(|c| c.service == h.service && c.is_running())
-            .with_context(|| format!("hook {:?}: service {} is not running", h.name, h.service))?;
-        let run = tokio::time::timeout(
-            Duration::from_secs(h.timeout),
-            engine.exec(&c.id, &h.command, h.user.as_deref()),
-        );
-        // A signal does not wait for the hook: the rollback stops its container anyway.
-        let interrupted = async {
-            while ctx.interrupt.check().is_ok() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        };
-        let out = tokio::select! {
-            r = run => r.map_err(|_| anyhow::anyhow!("hook {:?} did not finish within {} s", h.name, h.timeout))??,
-            () = interrupted => ctx.interrupt.check().map(|_| unreachable!())?,
-        };
-        if out.exit_code != 0 {
-            bail!("hook {:?} failed with exit code {}: {}", h.name, out.exit_code, out.output.trim());
-        }
-        hooks_run.push(h.name.clone());
-    }
-    health::gate(&**engine, &project.name, &plan.services, &plan.probes, opts.health_timeout, &ctx.interrupt)
-        .await
-        .context("health gate")
+    let o = BackupOptions {
+        kind: BackupKind::PreUpgrade,
+        note: Some(format!("before upgrade to {} {}", plan.package_name, plan.to_version)),
+        ..opts.backup.clone()
+    };
+    let made = backup_in(ctx, &o, scope, progress).await?;
+    ctx.catalog.set_upgrade_backup(op.journal.upgrade_id, made.id).await?;
+    op.advance(|j| {
+        j.backup_id = Some(made.id);
+        j.phase = Phase::Applying;
+    })
+    .await?;
+    tracing::warn!("pre-upgrade backup {} made: {}", made.id, made.path.display());
+    Ok(made)
 }
 
-/// Rolls back to the pre-upgrade backup (configs, data, images) with the rollback flow and
-/// records the version again. Returns the rollback's safety backup id.
+/// Applies the new version; on failure rolls back to `backup_id` in the same scope (unless
+/// `--no-auto-rollback`).
+async fn apply_or_roll_back(
+    op: &mut Operation<'_, Journal>,
+    scope: &mut Scope<'_>,
+    opts: &UpgradeOptions,
+    plan: &Plan,
+    backup_id: i64,
+    progress: Arc<dyn Progress>,
+) -> Ended {
+    let ctx = op.ctx();
+    let mut hooks_run = Vec::new();
+    let cause = match apply::apply(op, scope, opts, plan, &mut hooks_run).await {
+        Ok(left_stopped) => {
+            let services = scope.services().iter().cloned().collect();
+            return Ended::Upgraded { backup_id, hooks_run, services, left_stopped };
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    tracing::error!("upgrade to {} failed: {cause}", plan.to_version);
+    if !opts.auto_rollback {
+        return Ended::LeftInPlace { backup_id, cause };
+    }
+    if let Err(e) = op.advance(|j| j.phase = Phase::RollingBack).await {
+        return Ended::RollbackFailed { backup_id, cause, error: format!("{e:#}") };
+    }
+    faults::sigint(Sigint::UpgradeRollingBack);
+    // The way back is the safe path: a signal (the one that stopped the upgrade, or a later one)
+    // does not stop it.
+    let calm = Ctx { interrupt: Interrupt::none(), ..ctx.clone() };
+    match roll_back(&calm, op, Some(scope), &opts.backup, backup_id, &op.journal.clone(), progress).await {
+        Ok(safety) => Ended::RolledBack { backup_id, cause, safety },
+        Err(e) => Ended::RollbackFailed { backup_id, cause, error: format!("{e:#}") },
+    }
+}
+
+/// Rolls back to the pre-upgrade backup (configs, data, images) with the rollback flow: inside
+/// `scope` when given, else as an operation of its own (recovery). Returns the safety backup.
 async fn roll_back(
     ctx: &Ctx,
+    op: &mut Operation<'_, Journal>,
+    scope: Option<&mut Scope<'_>>,
     backup: &BackupOptions,
     backup_id: i64,
-    added: &[std::path::PathBuf],
-    from_version: &str,
+    j: &Journal,
     progress: Arc<dyn Progress>,
 ) -> Result<i64> {
-    for f in added {
+    for f in &j.added {
         match std::fs::remove_file(f) {
             Ok(()) => tracing::warn!("removed {}, which the upgrade had added", f.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -305,42 +361,79 @@ async fn roll_back(
         }
     }
     // The files on disk are the new version's now: read the project as they describe it.
-    let ctx = ctx.rediscover()?;
+    let ctx = &ctx.rediscover()?;
     let ropts = RollbackOptions {
         id: backup_id,
         data: true,
         config: true,
         safety: BackupOptions { kind: BackupKind::PreRollback, ..backup.clone() },
+        note: Some(format!(
+            "the failed upgrade to {} as it stood (version {}), before rolling back to backup {backup_id}",
+            j.to_version, j.to_version
+        )),
+        accept_live: true,
     };
-    let plan = rollback::plan(&ctx, &ropts).await?;
-    let done = rollback::rollback(&ctx, &ropts, plan, progress).await?;
-    ctx.catalog
-        .set_version(&ctx.project.name, from_version, &format!("rollback to backup {backup_id}"))
-        .await?;
-    Ok(done.safety_backup_id)
+    let plan = rollback::plan(ctx, &ropts).await?;
+    let Some(scope) = scope else {
+        let done = rollback::rollback(ctx, &ropts, plan, progress).await?;
+        return Ok(done.safety_backup_id);
+    };
+    if let Some(prefix) = &plan.load_images {
+        rollback::load_images(ctx, &plan, prefix).await?;
+    }
+    let mut rop = Operation::begin(ctx, rollback::Journal::new(ctx, &plan)).await?;
+    op.advance(|j| j.rollback_op = Some(rop.id())).await?;
+    let restored = rollback::restore(&mut rop, scope, &ropts, &plan, progress).await;
+    rollback::close(&mut rop, &restored).await?;
+    Ok(restored?.safety.id)
 }
 
-/// Recovery of an upgrade a dead nuwax left: nothing to do before the pre-upgrade backup was
-/// complete (the caller starts the stopped services); after it, a rollback to that backup.
-pub async fn recover(ctx: &Ctx, detail: &serde_json::Value) -> Result<String> {
-    let j: Journal = serde_json::from_value(detail.clone()).unwrap_or_default();
+/// Recovery of an upgrade a dead nuwax (operation `op_id`) left: nothing to do before the
+/// pre-upgrade backup was complete; after it, a rollback to that backup, unless the upgrade's
+/// own rollback had got as far as its swap (then its recovery, which ran first, finished it).
+pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<Recovery> {
+    if let Some(dir) = &j.unpacked {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let started = Instant::now();
-    let (Some(backup_id), "applying" | "rolling_back") = (j.backup_id, j.phase.as_str()) else {
+    let (Some(backup_id), Phase::Applying | Phase::RollingBack) = (j.backup_id, j.phase) else {
         let cause = Some("interrupted before anything changed".to_string());
         record_end(ctx, j.upgrade_id, started, UpgradeStatus::Failed, cause, None, None).await?;
-        return Ok(format!("the upgrade to {} was interrupted before anything changed", j.to_version));
+        return Ok(Recovery::note(format!(
+            "the upgrade to {} was interrupted before anything changed",
+            j.to_version
+        )));
     };
-    let backup = BackupOptions::for_project(&ctx.project, BackupKind::PreRollback, None, None)?;
-    let progress: Arc<dyn Progress> = Arc::new(crate::archive::NoProgress);
-    match roll_back(ctx, &backup, backup_id, &j.added, &j.from_version, progress).await {
+    let finished = match j.rollback_op {
+        Some(id) => ctx
+            .catalog
+            .operation_detail(id)
+            .await?
+            .and_then(|d| rollback::phase_of(&d))
+            .is_some_and(|p| matches!(p, rollback::Phase::Swapping | rollback::Phase::Swapped)),
+        None => false,
+    };
+    let rolled = match finished {
+        true => Ok(None),
+        false => {
+            let backup = BackupOptions::for_project(&ctx.project, BackupKind::PreRollback, None, None)?;
+            let progress: Arc<dyn Progress> = Arc::new(crate::archive::NoProgress);
+            let mut op = Operation::begin(ctx, j.clone()).await?;
+            let r = roll_back(ctx, &mut op, None, &backup, backup_id, j, progress).await;
+            op.close(Some("recovery")).await?;
+            r.map(Some)
+        }
+    };
+    match rolled {
         Ok(safety) => {
             let cause = Some("interrupted; rolled back by recovery".to_string());
-            record_end(ctx, j.upgrade_id, started, UpgradeStatus::RolledBack, cause, None, Some(safety))
-                .await?;
-            Ok(format!(
+            record_end(ctx, j.upgrade_id, started, UpgradeStatus::RolledBack, cause, None, safety).await?;
+            let note = format!(
                 "the upgrade to {} was interrupted: rolled back to backup {backup_id} (version {})",
                 j.to_version, j.from_version
-            ))
+            );
+            // A rollback of its own started the services; the upgrade's scope names the new ones.
+            Ok(if finished { Recovery::note(note) } else { Recovery::services_handled(note) })
         }
         Err(err) => {
             let cause = Some(format!("interrupted; rollback failed: {err:#}"));
@@ -369,31 +462,5 @@ async fn record_end(
         downtime_ms,
         rollback_safety_backup_id: safety,
     };
-    ctx.catalog.finish_upgrade(upgrade_id, &e).await
-}
-
-/// Copies `src` over `dest` through a temp file beside it and a rename: `dest` is the old or
-/// the new file, never half of one.
-fn place(src: &std::path::Path, dest: &std::path::Path) -> Result<()> {
-    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-    write_atomically(dest, &bytes)?;
-    if let Ok(m) = std::fs::metadata(src) {
-        let _ = std::fs::set_permissions(dest, m.permissions());
-    }
-    Ok(())
-}
-
-fn write_atomically(dest: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = dest.parent().context("a file without a directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".nuwax-new-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest).map_err(|e| e.error).with_context(|| format!("replacing {}", dest.display()))?;
-    let _ = crate::fsutil::fsync_dir(dir);
-    Ok(())
+    ctx.catalog.finish_upgrade(upgrade_id, &e).await.context("recording the upgrade's end")
 }

@@ -117,8 +117,8 @@ pub async fn plan(
     if engine.is_none() {
         problems.push("upgrade needs the Docker engine".into());
     }
-    if let Err(e) = project.compose_cli() {
-        problems.push(e.to_string());
+    if let Err(e) = ctx.compose() {
+        problems.push(format!("{e:#}"));
     }
 
     // Files, and the compose files and env the new version will have.

@@ -1,0 +1,259 @@
+//! The steps of a backup around the archive: what it reads ([`Sources`]), writing the archive
+//! while the services are stopped ([`write`]), and sealing it once they run again ([`seal`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+
+use super::plan::{ManifestParts, build_manifest};
+use super::{BackupOptions, Pending};
+use crate::archive::manifest::{EntryKind, Manifest, ServiceRecord, Skipped};
+use crate::archive::{self, ArchiveWriter, Progress, WriteOptions};
+use crate::catalog::Completed;
+use crate::engine::Engine;
+use crate::flows::Ctx;
+use crate::flows::sources::{Origin, Source};
+use crate::fsutil;
+
+/// What a backup reads: the sources in archive order and what was skipped finding them.
+pub(super) struct Sources {
+    pub plan: Vec<Source>,
+    pub skipped: Vec<Skipped>,
+    pub excludes: globset::GlobSet,
+    /// The storage and state dirs: never archived, even inside a bind mount.
+    pub skip_dirs: Vec<PathBuf>,
+}
+
+/// The moment the data was read at.
+pub(super) struct Moment {
+    /// The services were stopped while their data was read.
+    pub stopped: bool,
+    /// The data was read while services ran.
+    pub live: bool,
+    /// Services killed at their stop timeout.
+    pub killed: Vec<String>,
+}
+
+pub(super) struct Written {
+    pub summary: archive::WriteSummary,
+    pub manifest: Manifest,
+    pub archive_ms: u64,
+}
+
+/// Scans every source and writes the archive to the pending backup's temp file. Not synced:
+/// the data is read, so the services can start again first; [`seal`] syncs.
+pub(super) async fn write(
+    ctx: &Ctx,
+    opts: &BackupOptions,
+    pending: &Pending,
+    sources: &Sources,
+    services: Vec<ServiceRecord>,
+    moment: Moment,
+    progress: Arc<dyn Progress>,
+) -> Result<Written> {
+    ctx.interrupt.check()?;
+    let started = Instant::now();
+    let engine = ctx.engine.clone();
+    let handle = tokio::runtime::Handle::current();
+    let cancel = ctx.interrupt.cancel().clone();
+    let (plan, mut skipped) = (sources.plan.clone(), sources.skipped.clone());
+    let (excludes, skip_dirs) = (sources.excludes.clone(), sources.skip_dirs.clone());
+    let temp_path = pending.temp_path.clone();
+    let parts = (
+        pending.id,
+        opts.kind.as_str().to_string(),
+        ctx.project.name.clone(),
+        ctx.project.dir.to_string_lossy().into_owned(),
+        pending.version.clone(),
+        pending.created_at,
+    );
+    let wopts = WriteOptions {
+        compression: opts.compression,
+        level: opts.level,
+        threads: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        rate_limit: opts.rate_limit,
+        // The file is read back and verified once the services run again; that pass gives
+        // the whole-file digest, so hashing the output while they are down is wasted time.
+        hash_output: false,
+    };
+    let written = tokio::task::spawn_blocking(move || -> Result<(archive::WriteSummary, Manifest)> {
+        let mut scans = Vec::with_capacity(plan.len());
+        for s in &plan {
+            if cancel.is_cancelled() {
+                return Err(archive::Error::Cancelled.into());
+            }
+            let scan = match &s.origin {
+                Origin::Host(root) => archive::scan_host(&s.prefix, root, &excludes, &skip_dirs)
+                    .with_context(|| format!("reading {}", root.display()))?,
+                Origin::Engine { container, path } => {
+                    let stream = export(&handle, engine.as_deref(), container, path)?;
+                    archive::scan_tar_stream(&s.prefix, stream)
+                        .with_context(|| format!("reading {path} through the engine"))?
+                }
+            };
+            skipped.extend(scan.skipped.iter().cloned());
+            scans.push(scan);
+        }
+        let (id, kind, project, project_dir, version, created_at) = parts;
+        let manifest = build_manifest(ManifestParts {
+            id,
+            kind,
+            project,
+            project_dir,
+            version,
+            created_at,
+            compression: wopts.compression,
+            stopped: moment.stopped,
+            live: moment.live,
+            stop_killed: moment.killed,
+            services,
+            plan: &plan,
+            scans: &scans,
+            skipped,
+        });
+        progress.set_total(scans.iter().map(|s| s.size).sum());
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_private()
+            .open(&temp_path)
+            .with_context(|| format!("creating {}", temp_path.display()))?;
+        let mut w = ArchiveWriter::new(
+            std::io::BufWriter::with_capacity(1 << 20, &file),
+            &wopts,
+            cancel.clone(),
+            progress.clone(),
+        )?;
+        w.write_manifest(&manifest)?;
+        for (s, scan) in plan.iter().zip(&scans) {
+            match &s.origin {
+                Origin::Host(root) => w
+                    .append_host(&s.prefix, root, &scan.entries)
+                    .with_context(|| format!("archiving {}", root.display()))?,
+                Origin::Engine { container, path } => {
+                    let stream = export(&handle, engine.as_deref(), container, path)?;
+                    w.append_tar_stream(&s.prefix, stream, &scan.entries)
+                        .with_context(|| format!("archiving {path} through the engine"))?
+                }
+            }
+        }
+        let summary = w.finish()?;
+        Ok((summary, manifest))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("archiving panicked: {e}"))?;
+    let (summary, manifest) = match written {
+        // A cancelled write is the signal's doing: say so.
+        Err(e) if matches!(e.downcast_ref::<archive::Error>(), Some(archive::Error::Cancelled)) => {
+            ctx.interrupt.check()?;
+            return Err(e);
+        }
+        other => other?,
+    };
+    Ok(Written { summary, manifest, archive_ms: started.elapsed().as_millis() as u64 })
+}
+
+fn export(
+    handle: &tokio::runtime::Handle,
+    engine: Option<&dyn Engine>,
+    container: &str,
+    path: &str,
+) -> Result<impl std::io::Read + use<>> {
+    let engine = engine.context("the engine is needed to read this volume")?;
+    let stream = handle.block_on(engine.export_path(container, path))?;
+    Ok(tokio_util::io::SyncIoBridge::new_with_handle(stream, handle.clone()))
+}
+
+/// What sealing measured.
+pub(super) struct Sealed {
+    pub archive_bytes: u64,
+    pub content_bytes: u64,
+    pub checksum: String,
+    pub file_count: u64,
+    pub sync_ms: u64,
+    pub verify_ms: u64,
+}
+
+/// After the services are back: sync and verify the temp file, rename it into place, record
+/// the backup complete.
+pub(super) async fn seal(
+    ctx: &Ctx,
+    pending: &Pending,
+    w: &Written,
+    duration_ms: u64,
+    downtime_ms: Option<u64>,
+) -> Result<Sealed> {
+    ctx.interrupt.check()?;
+    let (id, temp, final_path) = (pending.id, pending.temp_path.as_path(), pending.final_path.as_path());
+    let sync_started = Instant::now();
+    let t = temp.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&t).and_then(|f| f.sync_all()))
+        .await?
+        .with_context(|| format!("syncing {}", temp.display()))?;
+    let sync_ms = sync_started.elapsed().as_millis() as u64;
+    let verify_started = Instant::now();
+    let (t, sha, cancel) =
+        (temp.to_path_buf(), w.summary.archive_sha256.clone(), ctx.interrupt.cancel().clone());
+    // Every entry against the manifest and trailer, and the bytes on disk are what was written
+    // (the size, and the digest when the writer hashed). The digest recorded is of this file.
+    let report = tokio::task::spawn_blocking(move || {
+        archive::verify(&t, sha.as_deref(), &cancel, &archive::NoProgress)
+    })
+    .await?;
+    ctx.interrupt.check()?;
+    let report = report
+        .map_err(|e| crate::Error::VerifyFailed { id, detail: format!("{:#}", anyhow::Error::from(e)) })?;
+    let verify_ms = verify_started.elapsed().as_millis() as u64;
+    if report.archive_bytes != w.summary.archive_bytes {
+        anyhow::bail!(crate::Error::VerifyFailed {
+            id,
+            detail: format!(
+                "{} bytes were written, {} read back",
+                w.summary.archive_bytes, report.archive_bytes
+            ),
+        });
+    }
+    ctx.interrupt.check()?;
+    std::fs::rename(temp, final_path)
+        .with_context(|| format!("renaming {} to {}", temp.display(), final_path.display()))?;
+    let dir = final_path.parent().unwrap_or(Path::new("."));
+    fsutil::fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+    let file_count = w.manifest.entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
+    ctx.catalog
+        .complete(
+            id,
+            &Completed {
+                path: final_path.to_path_buf(),
+                size_bytes: w.summary.archive_bytes,
+                checksum: report.archive_sha256.clone(),
+                file_count,
+                finished_at: Utc::now(),
+                duration_ms,
+                downtime_ms,
+                live: w.manifest.live,
+                stop_killed: w.manifest.stop_killed.clone(),
+            },
+        )
+        .await?;
+    Ok(Sealed {
+        archive_bytes: report.archive_bytes,
+        content_bytes: report.content_bytes,
+        checksum: report.archive_sha256,
+        file_count,
+        sync_ms,
+        verify_ms,
+    })
+}
+
+trait PrivateMode {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl PrivateMode for std::fs::OpenOptions {
+    fn mode_private(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+}
