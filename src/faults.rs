@@ -30,6 +30,8 @@ pub enum Sigint {
     RollbackAfterSwap,
     /// While the automatic rollback of a failed upgrade runs.
     UpgradeRollingBack,
+    /// During an upgrade's preflight, once the package is open.
+    UpgradePreflight,
 }
 
 impl Crash {
@@ -55,6 +57,7 @@ impl Sigint {
         match self {
             Sigint::RollbackAfterSwap => "rollback-after-swap",
             Sigint::UpgradeRollingBack => "upgrade-rolling-back",
+            Sigint::UpgradePreflight => "upgrade-preflight",
         }
     }
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use crate::require_docker;
 use crate::support::{ComposeCli, Demo, gnu_untar, json, stderr, tree};
 
-fn backup(demo: &Demo) -> (i64, PathBuf) {
+pub(crate) fn backup(demo: &Demo) -> (i64, PathBuf) {
     let out = demo.run(&["--json", "backup"]);
     assert!(out.status.success(), "backup: {}", stderr(&out));
     let v = json(&out);

@@ -10,5 +10,6 @@ mod extract;
 mod faults;
 mod lifecycle;
 mod package;
+mod regression;
 mod rollback;
 mod upgrade;

@@ -7,26 +7,26 @@ use std::time::{Duration, Instant};
 use crate::require_docker;
 use crate::support::{ComposeCli, Demo, json, stderr, stdout, tree};
 
-fn history(demo: &Demo) -> Vec<serde_json::Value> {
+pub(crate) fn history(demo: &Demo) -> Vec<serde_json::Value> {
     let out = demo.run(&["--json", "history"]);
     assert!(out.status.success(), "history: {}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn read(p: &Path) -> String {
+pub(crate) fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
 /// What must be exactly as before a failed upgrade: configs and data (the db's journal and
 /// the worker's cache are written by the running services all the time).
-struct Snapshot {
+pub(crate) struct Snapshot {
     compose: Vec<u8>,
     env: Vec<u8>,
     dbdata: std::collections::BTreeMap<String, tree::Node>,
     uploads: std::collections::BTreeMap<String, tree::Node>,
 }
 
-fn snapshot(demo: &Demo) -> Snapshot {
+pub(crate) fn snapshot(demo: &Demo) -> Snapshot {
     let mut dbdata = tree::snapshot(&demo.volume_path("dbdata"));
     dbdata.remove("journal.log");
     Snapshot {
@@ -37,7 +37,7 @@ fn snapshot(demo: &Demo) -> Snapshot {
     }
 }
 
-fn assert_unchanged(demo: &Demo, before: &Snapshot) {
+pub(crate) fn assert_unchanged(demo: &Demo, before: &Snapshot) {
     let now = snapshot(demo);
     assert!(now.compose == before.compose, "compose.yaml differs");
     assert!(now.env == before.env, ".env differs: {}", String::from_utf8_lossy(&now.env));
@@ -46,14 +46,14 @@ fn assert_unchanged(demo: &Demo, before: &Snapshot) {
 }
 
 /// The demo running v1, the v2 package beside it, and what must come back after a failed upgrade.
-struct V1 {
-    demo: Demo,
-    pkg: std::path::PathBuf,
-    before: Snapshot,
-    v1_image: String,
+pub(crate) struct V1 {
+    pub demo: Demo,
+    pub pkg: std::path::PathBuf,
+    pub before: Snapshot,
+    pub v1_image: String,
 }
 
-fn v1_with_package_2(compose: ComposeCli) -> V1 {
+pub(crate) fn v1_with_package_2(compose: ComposeCli) -> V1 {
     let demo = Demo::new(compose);
     demo.up();
     let pkg = demo.package("2");
@@ -241,7 +241,7 @@ fn upgrade_until_slow_hook(demo: &Demo, pkg: &Path, stderr: Stdio) -> std::proce
     child
 }
 
-fn with_hook(pkg: &Path, command: &str) {
+pub(crate) fn with_hook(pkg: &Path, command: &str) {
     let manifest = pkg.join("nuwax-package.toml");
     let text: String = read(&manifest)
         .lines()

@@ -55,6 +55,42 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
     for s in &o.skipped {
         outln!("  skipped {}: {}", s.path, s.reason);
     }
+    for w in backup_warnings(o.live, &o.stop_killed) {
+        outln!("  warning: {w}");
+    }
+}
+
+/// What makes a backup less than one clean point in time.
+fn backup_warnings(live: bool, killed: &[String]) -> Vec<String> {
+    let mut w = Vec::new();
+    if live {
+        w.push(
+            "live: the data was copied while services ran, not at one point in time; \
+             rolling back to it needs --accept-live"
+                .to_string(),
+        );
+    }
+    for s in killed {
+        w.push(format!(
+            "{s} did not stop within its stop timeout and was killed: its data was copied after an unclean shutdown"
+        ));
+    }
+    w
+}
+
+/// The short flags `list` shows.
+fn backup_flags(r: &BackupRecord) -> String {
+    let mut f = Vec::new();
+    if r.live {
+        f.push("LIVE".to_string());
+    }
+    if !r.stop_killed.is_empty() {
+        f.push(format!("KILLED at stop: {}", r.stop_killed.join(", ")));
+    }
+    if let Some(n) = &r.note {
+        f.push(n.chars().take(70).collect());
+    }
+    f.join("; ")
 }
 
 pub fn rollback_plan(cli: &Cli, p: &crate::flows::rollback::Plan) {
@@ -147,8 +183,17 @@ pub fn list(cli: &Cli, records: &[BackupRecord]) {
         outln!("no backups yet (nuwax backup makes one)");
         return;
     }
-    let mut t =
-        table(&["id", "kind", "status", "version", "created (UTC)", "size", "downtime", "path / error"]);
+    let mut t = table(&[
+        "id",
+        "kind",
+        "status",
+        "version",
+        "created (UTC)",
+        "size",
+        "downtime",
+        "note",
+        "path / error",
+    ]);
     for r in records {
         let created = r.created_at.get(..19).unwrap_or(&r.created_at).replace('T', " ");
         let last =
@@ -161,6 +206,7 @@ pub fn list(cli: &Cli, records: &[BackupRecord]) {
             created,
             opt(r.size_bytes.map(|s| human_bytes(s as u64))),
             opt(r.downtime_ms.map(|d| human_ms(d as u64))),
+            backup_flags(r),
             last,
         ]);
     }
@@ -200,6 +246,9 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
     }
     if let Some(e) = &r.error {
         outln!("  error        {e}");
+    }
+    for w in backup_warnings(r.live, &r.stop_killed) {
+        outln!("  warning      {w}");
     }
     let Some(m) = m else { return };
     let mut t = table(&["service", "image", "image id", "was running"]);

@@ -127,9 +127,16 @@ fn render_plan(cli: &Cli, p: &Plan) {
     for i in &p.images {
         outln!("  service {} runs {} ({})", i.service, i.image, i.source);
     }
-    outln!("  then: compose up -d (services {}), recreating what changed", p.services.join(", "));
+    outln!(
+        "  then: compose creates the new version's services ({}); what ran before and what the package adds starts, what was stopped stays stopped",
+        p.services.join(", ")
+    );
     for h in &p.hooks {
-        outln!("  hook {:?} in {}: {}", h.name, h.service, h.command.join(" "));
+        let when = match h.when {
+            crate::package::When::BeforeStart => "before start, in a one-off container of",
+            crate::package::When::AfterStart => "after start, in",
+        };
+        outln!("  hook {:?} {when} {}: {}", h.name, h.service, h.command.join(" "));
     }
     for pr in &p.probes {
         outln!("  probe {:?}: GET {} expects {}", pr.name, pr.url, pr.expect_status);
@@ -156,6 +163,9 @@ fn render_outcome(cli: &Cli, o: &UpgradeOutcome) {
         outln!("  hooks run: {}", o.hooks_run.join(", "));
     }
     outln!("  services healthy: {}", o.services.join(", "));
+    if !o.left_stopped.is_empty() {
+        outln!("  left stopped, as they were (created with the new version): {}", o.left_stopped.join(", "));
+    }
     let downtime =
         o.downtime_ms.map(|d| format!("{:.1} s", d as f64 / 1000.0)).unwrap_or_else(|| "none".into());
     outln!("  took {:.1} s, downtime {downtime}", o.duration_ms as f64 / 1000.0);

@@ -44,7 +44,7 @@ pub trait Compose: Send + Sync {
     /// Runs `up` in the project directory, with the project's compose files. Returns once
     /// compose is done; waiting for health is the caller's.
     async fn up(&self, project: &Project, mode: Up, services: &[String]) -> Result<(), ComposeError>;
-    /// `run --rm -T --no-build SERVICE CMD...`: a one-off container of the service's image with
+    /// `run --rm -T SERVICE CMD...`: a one-off container of the service's image with
     /// its volumes, env and networks (compose starts what it depends on first). The container
     /// is removed when it ends, fails or times out.
     async fn run(
@@ -115,7 +115,7 @@ impl Compose for ComposeCliRunner {
         timeout: Duration,
     ) -> Result<ExecOutput, ComposeError> {
         let name = run_container_name(&project.name, service);
-        let mut args = vec!["run", "--rm", "-T", "--no-build", "--name", &name];
+        let mut args = vec!["run", "--rm", "-T", "--name", &name];
         if let Some(u) = user {
             args.extend(["--user", u]);
         }

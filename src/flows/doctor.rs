@@ -141,6 +141,17 @@ pub async fn doctor(
         Err(e) => out.push(bad("operations", format!("{e:#}"), "see the catalog check")),
     }
 
+    // Files only a running operation owns: with none running, a dead one left them.
+    let left = super::recover::leftovers(storage);
+    match (&running_now, left.is_empty()) {
+        (Some(_), _) | (None, true) => out.push(ok("leftovers", "none".into())),
+        (None, false) => out.push(bad(
+            "leftovers",
+            left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            "a nuwax that died left them: any nuwax command that can take the lock (`nuwax recover`) removes them",
+        )),
+    }
+
     // The images rollbacks need, kept by their nuwax-keep tags.
     if let Ok(e) = &engine {
         let mut lost = BTreeSet::new();

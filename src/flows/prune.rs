@@ -143,7 +143,7 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
     let deleted = delete_all(&mut op, &doomed, &mut out).await;
     op.close(deleted.as_ref().err().map(|_| "failed")).await?;
     deleted?;
-    out.leftovers_removed = remove_leftovers(&ctx.project.storage_dir);
+    out.leftovers_removed = super::recover::sweep(&ctx.project.storage_dir);
     Ok(out)
 }
 
@@ -189,36 +189,6 @@ fn item(d: &Decision, records: &[BackupRecord]) -> Item {
         keep: d.keep,
         reasons: d.reasons.clone(),
     }
-}
-
-/// Hidden files of operations that died (partial archives, staged restores, image spools,
-/// unpacked packages, half-copied archives). The caller holds the project lock, so no live
-/// operation owns any of them.
-fn remove_leftovers(storage: &std::path::Path) -> Vec<PathBuf> {
-    const PREFIXES: [&str; 6] = [
-        ".nuwax-partial-",
-        ".nuwax-restore-",
-        ".nuwax-images-",
-        ".nuwax-pkg-",
-        ".nuwax-load-",
-        ".nuwax-copy-",
-    ];
-    let mut removed = Vec::new();
-    for e in std::fs::read_dir(storage).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !PREFIXES.iter().any(|p| name.starts_with(p)) {
-            continue;
-        }
-        let p = e.path();
-        let gone = match e.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p).is_ok(),
-            _ => std::fs::remove_file(&p).is_ok(),
-        };
-        if gone {
-            removed.push(p);
-        }
-    }
-    removed
 }
 
 /// Recovery of a prune that died between removing a file and its row: the row goes too.

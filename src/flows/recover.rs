@@ -36,7 +36,7 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
         // A recovery that cannot finish must not block every later command (including the
         // rollback that would fix things): it is reported, the services are started, and the
         // operation is closed.
-        let (note, handled) = match done {
+        let (mut note, handled) = match done {
             Ok(r) => (r.note, r.services_handled),
             Err(e) => {
                 tracing::error!("operation {} ({}) could not be finished: {e:#}", op.id, op.kind);
@@ -57,8 +57,20 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
                     scope.services.iter().cloned().collect::<Vec<_>>().join(", ")
                 );
             }
-            ensure_running(ctx, &scope).await?;
-            services_started = scope.services.iter().cloned().collect();
+            // Services that cannot come back (a broken version's) must not block every later
+            // command either: said once, and the operation is closed.
+            match ensure_running(ctx, &scope).await {
+                Ok(()) => services_started = scope.services.iter().cloned().collect(),
+                Err(e) => {
+                    tracing::error!(
+                        "operation {} ({}): services did not all come back: {e:#}",
+                        op.id,
+                        op.kind
+                    );
+                    note =
+                        format!("{note}; services did not all come back ({e:#}): `nuwax status` shows them");
+                }
+            }
         }
         ctx.catalog.finish_operation(op.id, OperationState::Recovered, Some("recovered")).await?;
         out.push(Recovered {
@@ -77,7 +89,40 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
             "marked {orphans} backup(s) failed that a dead nuwax left pending before it stopped anything"
         );
     }
+    for p in sweep(&ctx.project.storage_dir) {
+        tracing::warn!("removed {}, left by a nuwax that died", p.display());
+    }
     Ok(out)
+}
+
+/// Names of what operations keep in the storage dir while they run: partial archives, staged
+/// restores, image spools, unpacked packages, loaded images, half-copied archives.
+pub const LEFTOVER_PREFIXES: [&str; 6] =
+    [".nuwax-partial-", ".nuwax-restore-", ".nuwax-images-", ".nuwax-pkg-", ".nuwax-load-", ".nuwax-copy-"];
+
+/// The files and dirs in `storage` that only a running operation would own.
+pub fn leftovers(storage: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(storage)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| LEFTOVER_PREFIXES.iter().any(|p| e.file_name().to_string_lossy().starts_with(p)))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Removes [`leftovers`]. Only for a caller that holds the project lock, once every open
+/// operation is recovered: then no live operation owns any of them.
+pub fn sweep(storage: &std::path::Path) -> Vec<std::path::PathBuf> {
+    leftovers(storage)
+        .into_iter()
+        .filter(|p| match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).is_ok(),
+            _ => std::fs::remove_file(p).is_ok(),
+        })
+        .collect()
 }
 
 /// The dispatch: each kind's own recovery with its own journal.

@@ -85,6 +85,8 @@ pub async fn plan(
     .await?
     .map_err(|e| crate::Error::Preflight(vec![format!("package {}: {e}", opts.package)]))?;
     let to = package.version();
+    crate::faults::sigint(crate::faults::Sigint::UpgradePreflight);
+    ctx.interrupt.check()?;
 
     // Version order.
     let from = ctx.current_version().await?;
