@@ -29,8 +29,6 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("another nuwax operation is running (pid {pid})")]
-    Locked { pid: String },
     #[error("cannot reach the Docker engine at {host}: {detail}")]
     EngineUnreachable { host: String, detail: String },
     #[error(
@@ -72,7 +70,6 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Locked { .. } => exit::LOCKED,
             Error::EngineUnreachable { .. } => exit::ENGINE_UNREACHABLE,
             Error::NoComposeFile { .. } | Error::Config(_) => exit::PROJECT,
             Error::NoSpace { .. } | Error::StorageNotWritable { .. } | Error::Preflight(_) => exit::PREFLIGHT,
@@ -96,7 +93,6 @@ impl Error {
     /// What the operator can do next, when there is something useful to say.
     pub fn hint(&self) -> Option<String> {
         Some(match self {
-            Error::Locked { .. } => "wait for it to finish; `nuwax status` shows what it is doing".into(),
             Error::EngineUnreachable { .. } => {
                 "start dockerd, set DOCKER_HOST, or pass --no-docker to back up files only".into()
             }

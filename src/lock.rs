@@ -3,11 +3,32 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+/// Why the lock was not taken: a caller branches on [`LockError::Held`] (wait, skip, or exit 3).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    #[error("another nuwax operation is running (pid {pid})")]
+    Held { pid: String },
+    #[error("locking {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
 
-use crate::Error;
+impl LockError {
+    /// What the operator can do next.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            LockError::Held { .. } => "wait for it to finish; `nuwax status` shows what it is doing",
+            LockError::Io { .. } => {
+                "check the permissions of the state directory (.nuwax or NUWAX_STATE_DIR)"
+            }
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, LockError>;
 
 pub const LOCK_FILE: &str = "lock";
 
@@ -24,15 +45,12 @@ const PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ProjectLock {
     /// Takes the lock, waiting up to a second for a momentary holder; else fails with
-    /// [`Error::Locked`] naming the holder's pid. For operations that change things.
+    /// [`LockError::Held`] naming the holder's pid. For operations that change things.
     pub fn acquire(state_dir: &Path) -> Result<ProjectLock> {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             match Self::try_acquire(state_dir) {
-                Err(e)
-                    if std::time::Instant::now() < deadline
-                        && matches!(e.downcast_ref::<Error>(), Some(Error::Locked { .. })) =>
-                {
+                Err(LockError::Held { .. }) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 other => return other,
@@ -40,37 +58,37 @@ impl ProjectLock {
         }
     }
 
-    /// Takes the lock at once or fails with [`Error::Locked`]: for read-only commands, which
+    /// Takes the lock at once or fails with [`LockError::Held`]: for read-only commands, which
     /// skip their recovery check rather than wait.
     pub fn try_acquire(state_dir: &Path) -> Result<ProjectLock> {
-        crate::fsutil::create_private_dir(state_dir)?;
         let path = state_dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        let io = |source| LockError::Io { path: path.clone(), source };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| LockError::Io { path: state_dir.to_path_buf(), source })?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
-                return Err(Error::Locked {
+                return Err(LockError::Held {
                     pid: if pid.is_empty() { "unknown".into() } else { pid.into() },
-                }
-                .into());
+                });
             }
-            Err(TryLockError::Error(e)) => {
-                return Err(anyhow::Error::new(e).context(format!("locking {}", path.display())));
-            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
         }
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        write!(file, "{}", std::process::id())?;
-        file.flush()?;
+        let written = (|| {
+            file.set_len(0)?;
+            file.seek(SeekFrom::Start(0))?;
+            write!(file, "{}", std::process::id())?;
+            file.flush()
+        })();
+        written.map_err(io)?;
         Ok(ProjectLock { _file: file, path })
     }
 }
@@ -84,9 +102,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = ProjectLock::acquire(dir.path()).unwrap();
         let err = ProjectLock::try_acquire(dir.path()).unwrap_err();
-        let locked = err.downcast_ref::<Error>().unwrap();
+        assert!(matches!(err, LockError::Held { .. }));
         assert_eq!(
-            locked.to_string(),
+            err.to_string(),
             format!("another nuwax operation is running (pid {})", std::process::id())
         );
         drop(first);

@@ -28,7 +28,7 @@ use crate::engine::{DockerEngine, Engine, EngineError};
 use crate::error::exit;
 use crate::flows::Ctx;
 use crate::interrupt::Interrupt;
-use crate::lock::ProjectLock;
+use crate::lock::{LockError, ProjectLock};
 use crate::project::Project;
 
 /// Runs the command line and returns the process exit code.
@@ -72,9 +72,12 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(e) => {
             let (code, e) = interrupted(exit_code(&e), e, signal);
             errln!("nuwax: error: {e:#}");
-            if let Some(hint) =
-                e.chain().find_map(|c| c.downcast_ref::<crate::Error>()).and_then(|e| e.hint())
-            {
+            let hint = e.chain().find_map(|c| {
+                c.downcast_ref::<crate::Error>()
+                    .and_then(|e| e.hint())
+                    .or_else(|| c.downcast_ref::<LockError>().map(|l| l.hint().to_string()))
+            });
+            if let Some(hint) = hint {
                 errln!("hint: {hint}");
             }
             let reported = matches!(e.downcast_ref::<crate::Error>(), Some(crate::Error::Findings(_)));
@@ -112,6 +115,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(EngineError::Unreachable { .. }) = c.downcast_ref::<EngineError>() {
             return exit::ENGINE_UNREACHABLE;
+        }
+        if let Some(LockError::Held { .. }) = c.downcast_ref::<LockError>() {
+            return exit::LOCKED;
         }
     }
     exit::FAILED
@@ -203,4 +209,27 @@ async fn recover_after_panic(dir: Option<std::path::PathBuf>) -> Result<()> {
     let catalog = Catalog::open(&project.state_dir).await?;
     let mut ctx = Ctx { project, catalog, engine: None, compose: None, interrupt: Interrupt::none() };
     recover_if_needed(&mut ctx, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_that_failed_after_a_signal_exits_130_or_143_and_says_so() {
+        let verify = || anyhow::Error::new(crate::Error::VerifyFailed { id: 3, detail: "cancelled".into() });
+        assert_eq!(interrupted(7, verify(), None).0, 7);
+        let (code, e) = interrupted(7, verify(), Some("SIGINT"));
+        assert_eq!(code, 130);
+        assert!(format!("{e:#}").starts_with("interrupted by SIGINT: backup 3 failed verification"), "{e:#}");
+        assert_eq!(interrupted(6, anyhow::anyhow!("x"), Some("SIGTERM")).0, 143);
+        // An upgrade's own outcome says more and keeps its code.
+        let rolled = anyhow::Error::new(crate::Error::UpgradeRolledBack {
+            to: "3".into(),
+            cause: "interrupted by SIGINT".into(),
+            backup_id: 2,
+            state: "version 2 runs".into(),
+        });
+        assert_eq!(interrupted(11, rolled, Some("SIGINT")).0, 11);
+    }
 }

@@ -149,3 +149,6 @@ impl<'c, J: Journal> Operation<'c, J> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::super::Ctx;
 use super::super::backup::BackupOptions;
 use super::super::sources::VolumeAccess;
+use crate::archive::manifest::Manifest;
 use crate::archive::{self, Target};
 use crate::catalog::BackupRecord;
 use crate::engine::Container;
@@ -101,16 +102,67 @@ impl Plan {
     }
 }
 
-/// Everything checked, nothing touched.
+/// Everything checked, nothing touched: record → archive (one verifying pass) → what is
+/// replaced where → images → the project's containers and compose → room.
 pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     let engine = ctx.engine.as_ref().context("rollback needs the Docker engine")?;
-    let project = &ctx.project;
+    let (rec, archive) = restorable(ctx, opts.id).await?;
+    let manifest = verify(ctx, &rec, &archive, opts).await?;
+    let mut warnings = warnings_of(&manifest, opts, rec.id, &ctx.project.name)?;
+    let mut items = Vec::new();
+    if opts.data {
+        items.extend(mount_items(&**engine, &manifest, opts, &ctx.project, &mut warnings).await?);
+    }
+    if opts.config {
+        items.extend(config_items(&manifest, &ctx.project));
+    }
+    let (images, load_images) = image_steps(&**engine, &manifest).await?;
+    let containers = engine.project_containers(&ctx.project.name).await?;
+    let start_all = containers.is_empty();
+    // Services are recreated by compose when configs come back, an image differs, a volume is
+    // recreated under them, or there are none yet.
+    let compose_needed = start_all
+        || items.iter().any(|i| i.kind == "config" || i.via_engine)
+        || images.iter().any(|i| i.current_id.as_deref() != Some(i.image_id.as_str()));
+    if compose_needed && let Err(e) = ctx.compose() {
+        bail!("rollback recreates the services with the compose CLI: {e:#}");
+    }
+    let carrier_image = images
+        .first()
+        .map(|i| i.image_id.clone())
+        .or_else(|| containers.iter().map(|c| c.image_id.clone()).find(|i| !i.is_empty()));
+    if items.iter().any(|i| i.via_engine) && carrier_image.is_none() {
+        bail!(
+            "volumes must be restored through the engine, which needs an image to create the \
+             container that receives the data, and neither the backup nor the project names one"
+        );
+    }
+    check_room(ctx, &containers, &items).await?;
+    Ok(Plan {
+        backup_id: rec.id,
+        archive,
+        created_at: rec.created_at,
+        service_version: rec.service_version.clone(),
+        services_to_stop: containers.iter().filter(|c| c.is_running()).map(|c| c.service.clone()).collect(),
+        items,
+        images,
+        load_images: manifest.images_archive.clone().filter(|_| load_images),
+        warnings,
+        start_all,
+        carrier_image,
+        backup_running: manifest.services.iter().filter(|s| s.running).map(|s| s.service.clone()).collect(),
+        containers,
+    })
+}
+
+/// Backup `id`: this project's, complete, its archive there.
+async fn restorable(ctx: &Ctx, id: i64) -> Result<(BackupRecord, PathBuf)> {
     let rec: BackupRecord = ctx
         .catalog
-        .get(opts.id)
+        .get(id)
         .await?
-        .filter(|r| r.project == project.name)
-        .ok_or(crate::Error::BackupNotFound { id: opts.id })?;
+        .filter(|r| r.project == ctx.project.name)
+        .ok_or(crate::Error::BackupNotFound { id })?;
     if !rec.is_complete() {
         bail!(crate::Error::Config(format!(
             "backup {} is {}, not complete: it cannot be restored",
@@ -124,14 +176,18 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
             detail: format!("archive {} is missing", archive.display())
         });
     }
-    // Every byte, before anything else, in one pass: the whole file against the catalog's
-    // checksum, every entry against manifest and trailer, and the extraction rules for what
-    // will be restored. A damaged or hostile archive is found here, services untouched.
+    Ok((rec, archive))
+}
+
+/// Every byte, before anything else, in one pass: the whole file against the catalog's
+/// checksum, every entry against manifest and trailer, and the extraction rules for what will
+/// be restored. A damaged or hostile archive is found here, services untouched.
+async fn verify(ctx: &Ctx, rec: &BackupRecord, archive: &Path, opts: &RollbackOptions) -> Result<Manifest> {
     let refused = |e: archive::Error| crate::Error::VerifyFailed {
         id: rec.id,
         detail: format!("{:#}", anyhow::Error::from(e)),
     };
-    let (a, sum, cancel) = (archive.clone(), rec.checksum.clone(), ctx.interrupt.cancel().clone());
+    let (a, sum, cancel) = (archive.to_path_buf(), rec.checksum.clone(), ctx.interrupt.cancel().clone());
     let (data, config) = (opts.data, opts.config);
     let report = tokio::task::spawn_blocking(move || {
         let manifest = archive::read_manifest(&a)?;
@@ -149,17 +205,27 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
         }
         archive::verify_extractable(&a, sum.as_deref(), &targets, &cancel)
     })
-    .await?
-    .map_err(refused)?;
-    let manifest = report.manifest;
+    .await?;
+    ctx.interrupt.check()?;
+    Ok(report.map_err(refused)?.manifest)
+}
+
+/// What the operator should know before: another project's backup, a live one (refused
+/// without `--accept-live`), services killed when it was made, paths skipped then.
+fn warnings_of(manifest: &Manifest, opts: &RollbackOptions, id: i64, project: &str) -> Result<Vec<String>> {
     if manifest.live && !opts.accept_live {
         bail!(crate::Error::Preflight(vec![format!(
-            "backup {} was copied while services ran (live, not one point in time): a database in it \
-             may hold data from several moments; pass --accept-live to restore it anyway",
-            rec.id
+            "backup {id} was copied while services ran (live, not one point in time): a database in it \
+             may hold data from several moments; pass --accept-live to restore it anyway"
         )]));
     }
     let mut warnings = Vec::new();
+    if manifest.project != project {
+        warnings.push(format!(
+            "the backup was made for project {:?}; restoring into {project:?}",
+            manifest.project
+        ));
+    }
     if manifest.live {
         warnings.push("the backup is live: its data was copied while services ran".into());
     }
@@ -168,97 +234,97 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
             "{s} was killed at its stop timeout when the backup was made: its data needs its own crash recovery"
         ));
     }
-    if manifest.project != project.name {
-        warnings.push(format!(
-            "the backup was made for project {:?}; restoring into {:?}",
-            manifest.project, project.name
-        ));
-    }
-
-    let mut items = Vec::new();
-    if opts.data {
-        for m in &manifest.mounts {
-            let (kind, dest) = match m.kind {
-                archive::manifest::MountKind::Volume => {
-                    let name = local_volume(&manifest.project, &project.name, &m.name);
-                    if name != m.name {
-                        warnings.push(format!("volume {} is restored into this project's {}", m.name, name));
-                    }
-                    let exists = engine.volume_spec(&name).await?.is_some();
-                    let dest = match exists {
-                        true => engine.volume_mountpoint(&name).await?,
-                        false => PathBuf::new(),
-                    };
-                    let reachable = exists && std::fs::read_dir(&dest).is_ok();
-                    let via_engine = match (opts.safety.volume_access, reachable) {
-                        (VolumeAccess::Host, false) if exists => bail!(
-                            "volume {name} is not reachable on this host at {} (volume_access = host); \
-                             use volume_access = auto or engine to restore it through the engine",
-                            dest.display()
-                        ),
-                        (VolumeAccess::Engine, _) | (_, false) => true,
-                        _ => false,
-                    };
-                    items.push(Item {
-                        kind: "volume",
-                        name: m.name.clone(),
-                        prefix: m.archive_path.clone(),
-                        dest,
-                        size: m.size,
-                        file_count: m.file_count,
-                        volume: Some(name),
-                        via_engine,
-                        create: !exists,
-                    });
-                    continue;
-                }
-                archive::manifest::MountKind::Bind => {
-                    let dest =
-                        local_bind(manifest.project_dir.as_deref(), &project.dir, Path::new(&m.source));
-                    if dest != Path::new(&m.source) {
-                        warnings.push(format!("bind mount {} is restored into {}", m.source, dest.display()));
-                    }
-                    ("bind", dest)
-                }
-            };
-            items.push(Item {
-                kind,
-                name: m.name.clone(),
-                prefix: m.archive_path.clone(),
-                dest,
-                size: m.size,
-                file_count: m.file_count,
-                volume: None,
-                via_engine: false,
-                create: false,
-            });
-        }
-    }
-    if opts.config {
-        for c in &manifest.configs {
-            let src = Path::new(&c.source);
-            let dest = if src.is_absolute() { src.to_path_buf() } else { project.dir.join(src) };
-            items.push(Item {
-                kind: "config",
-                name: c.source.clone(),
-                prefix: c.archive_path.clone(),
-                dest,
-                size: c.size,
-                file_count: c.file_count,
-                volume: None,
-                via_engine: false,
-                create: false,
-            });
-        }
-    }
     for s in &manifest.skipped {
         warnings.push(format!(
             "{} was skipped when the backup was made ({}); it is left as it is",
             s.path, s.reason
         ));
     }
+    Ok(warnings)
+}
 
-    // Images: the ids the backup's services ran must still exist (kept by their nuwax-keep tag).
+/// Each volume and bind mount of the backup, and where it goes here: a volume through its host
+/// mountpoint, or through the engine when this host cannot reach it or it does not exist yet.
+async fn mount_items(
+    engine: &dyn crate::engine::Engine,
+    manifest: &Manifest,
+    opts: &RollbackOptions,
+    project: &crate::project::Project,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for m in &manifest.mounts {
+        let item = Item {
+            kind: "bind",
+            name: m.name.clone(),
+            prefix: m.archive_path.clone(),
+            dest: PathBuf::new(),
+            size: m.size,
+            file_count: m.file_count,
+            volume: None,
+            via_engine: false,
+            create: false,
+        };
+        if m.kind == archive::manifest::MountKind::Bind {
+            let dest = local_bind(manifest.project_dir.as_deref(), &project.dir, Path::new(&m.source));
+            if dest != Path::new(&m.source) {
+                warnings.push(format!("bind mount {} is restored into {}", m.source, dest.display()));
+            }
+            items.push(Item { dest, ..item });
+            continue;
+        }
+        let name = local_volume(&manifest.project, &project.name, &m.name);
+        if name != m.name {
+            warnings.push(format!("volume {} is restored into this project's {}", m.name, name));
+        }
+        let exists = engine.volume_spec(&name).await?.is_some();
+        let dest = match exists {
+            true => engine.volume_mountpoint(&name).await?,
+            false => PathBuf::new(),
+        };
+        let reachable = exists && std::fs::read_dir(&dest).is_ok();
+        let via_engine = match (opts.safety.volume_access, reachable) {
+            (VolumeAccess::Host, false) if exists => bail!(
+                "volume {name} is not reachable on this host at {} (volume_access = host); \
+                 use volume_access = auto or engine to restore it through the engine",
+                dest.display()
+            ),
+            (VolumeAccess::Engine, _) | (_, false) => true,
+            _ => false,
+        };
+        items.push(Item { kind: "volume", dest, volume: Some(name), via_engine, create: !exists, ..item });
+    }
+    Ok(items)
+}
+
+/// Each config file of the backup, at its place in this project.
+fn config_items(manifest: &Manifest, project: &crate::project::Project) -> Vec<Item> {
+    manifest
+        .configs
+        .iter()
+        .map(|c| {
+            let src = Path::new(&c.source);
+            Item {
+                kind: "config",
+                name: c.source.clone(),
+                prefix: c.archive_path.clone(),
+                dest: if src.is_absolute() { src.to_path_buf() } else { project.dir.join(src) },
+                size: c.size,
+                file_count: c.file_count,
+                volume: None,
+                via_engine: false,
+                create: false,
+            }
+        })
+        .collect()
+}
+
+/// The image each of the backup's services ran must still exist (kept by its nuwax-keep tag)
+/// or be in the archive (`backup --with-images`; then it is loaded first: the `bool`).
+async fn image_steps(
+    engine: &dyn crate::engine::Engine,
+    manifest: &Manifest,
+) -> Result<(Vec<ImageStep>, bool)> {
     let mut images = Vec::new();
     let mut load_images = false;
     let mut seen = std::collections::BTreeSet::new();
@@ -285,38 +351,20 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
             current_id: engine.image_id(&s.image).await?,
         });
     }
+    Ok((images, load_images))
+}
 
-    let containers = engine.project_containers(&project.name).await?;
-    let start_all = containers.is_empty();
-    // Services are recreated by compose when configs come back, an image differs, a volume is
-    // recreated under them, or there are none yet.
-    let compose_needed = start_all
-        || items.iter().any(|i| i.kind == "config" || i.via_engine)
-        || images.iter().any(|i| i.current_id.as_deref() != Some(i.image_id.as_str()));
-    if compose_needed && let Err(e) = ctx.compose() {
-        bail!("rollback recreates the services with the compose CLI: {e:#}");
-    }
-
-    let carrier_image = images
-        .first()
-        .map(|i| i.image_id.clone())
-        .or_else(|| containers.iter().map(|c| c.image_id.clone()).find(|i| !i.is_empty()));
-    if items.iter().any(|i| i.via_engine) && carrier_image.is_none() {
-        bail!(
-            "volumes must be restored through the engine, which needs an image to create the \
-             container that receives the data, and neither the backup nor the project names one"
-        );
-    }
-
-    // Room for the staged copies, on each target's filesystem (the tars of volumes restored
-    // through the engine are staged in the storage directory).
+/// Room for the staged copies, on each target's filesystem (the tars of volumes restored
+/// through the engine are staged in the storage directory), and for the safety backup, which
+/// is made after the stop without checking again.
+async fn check_room(ctx: &Ctx, containers: &[Container], items: &[Item]) -> Result<()> {
+    let storage = &ctx.project.storage_dir;
     let mut need: BTreeMap<PathBuf, u64> = BTreeMap::new();
-    // And the safety backup, which is made after the stop without checking again.
-    let safety = super::super::backup::estimate(ctx, &containers).await?;
-    *need.entry(existing_ancestor(&project.storage_dir)).or_default() += safety + safety / 20;
-    for i in &items {
+    let safety = super::super::backup::estimate(ctx, containers).await?;
+    *need.entry(existing_ancestor(storage)).or_default() += safety + safety / 20;
+    for i in items {
         let dir = match i.via_engine {
-            true => existing_ancestor(&project.storage_dir),
+            true => existing_ancestor(storage),
             false => existing_ancestor(i.dest.parent().unwrap_or(Path::new("/"))),
         };
         *need.entry(dir).or_default() += i.size + 4096 * i.file_count;
@@ -332,22 +380,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
             });
         }
     }
-
-    Ok(Plan {
-        backup_id: rec.id,
-        archive,
-        created_at: rec.created_at,
-        service_version: rec.service_version.clone(),
-        services_to_stop: containers.iter().filter(|c| c.is_running()).map(|c| c.service.clone()).collect(),
-        items,
-        images,
-        load_images: manifest.images_archive.clone().filter(|_| load_images),
-        warnings,
-        start_all,
-        carrier_image,
-        backup_running: manifest.services.iter().filter(|s| s.running).map(|s| s.service.clone()).collect(),
-        containers,
-    })
+    Ok(())
 }
 
 /// The volume of this project that takes what the backup's volume `name` held: for a backup

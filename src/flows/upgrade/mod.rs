@@ -8,6 +8,7 @@
 //! the next nuwax command.
 
 mod apply;
+mod back;
 mod health;
 mod plan;
 
@@ -20,12 +21,13 @@ use serde::{Deserialize, Serialize};
 
 use super::Ctx;
 use super::backup::{BackupOptions, BackupOutcome, backup_in};
-use super::rollback::{self, RollbackOptions};
 use crate::archive::Progress;
 use crate::catalog::{BackupKind, NewUpgrade, UpgradeEnd, UpgradeStatus};
 use crate::faults::{self, Sigint};
 use crate::interrupt::Interrupt;
-use crate::runner::{self, Operation, OperationKind, Recovery, Scope};
+use crate::runner::{self, Operation, OperationKind, Scope};
+pub use back::recover;
+use back::roll_back;
 pub use plan::{FileStep, ImageNeed, Plan, plan};
 
 #[derive(Debug, Clone)]
@@ -175,109 +177,97 @@ pub async fn upgrade(
     op.close(None).await?;
     // Services the end of the scope could not bring back, said with the outcome.
     let down = started_again.err().map(|e| format!("; but services did not all come back: {e:#}"));
-    let to = plan.to_version.clone();
-    match ended {
-        Ended::Upgraded { backup_id, hooks_run, services, left_stopped } => {
-            end(UpgradeStatus::Upgraded, None, downtime, None).await?;
-            if let Some(down) = down {
-                bail!(crate::Error::ServicesDown { detail: format!("upgraded to {to}{down}") });
-            }
-            Ok(UpgradeOutcome {
-                upgrade_id,
-                from_version: plan.from_version,
-                to_version: to,
-                backup_id,
-                status: "upgraded",
-                hooks_run,
-                services,
-                left_stopped,
-                duration_ms: started.elapsed().as_millis() as u64,
-                downtime_ms: downtime,
-            })
-        }
-        Ended::LeftInPlace { backup_id, cause } => {
-            end(UpgradeStatus::Failed, Some(cause.clone()), downtime, None).await?;
-            bail!(crate::Error::UpgradeNotRolledBack {
-                to,
-                cause,
-                state: format!(
-                    "--no-auto-rollback left it in place for inspection, services as the failure left them{}; \
-                     go back with `nuwax rollback {backup_id}` (the pre-upgrade backup)",
-                    down.unwrap_or_default()
-                ),
-            })
-        }
-        Ended::RolledBack { backup_id, cause, safety } if down.is_none() => {
-            // Down from the first stop until the old version was healthy again.
-            end(UpgradeStatus::RolledBack, Some(cause.clone()), downtime, Some(safety)).await?;
-            bail!(crate::Error::UpgradeRolledBack {
-                to,
-                cause,
-                backup_id,
-                state: format!("version {} is running again with its data", plan.from_version),
-            })
-        }
-        Ended::RolledBack { backup_id, cause, .. } => {
-            let error = format!("the data of backup {backup_id} is back{}", down.unwrap_or_default());
-            rollback_failed(
-                ctx,
-                upgrade_id,
-                started,
-                downtime,
-                &plan.from_version,
-                to,
-                backup_id,
-                cause,
-                error,
-            )
-            .await
-        }
-        Ended::RollbackFailed { backup_id, cause, error } => {
-            let error = format!("{error}{}", down.unwrap_or_default());
-            rollback_failed(
-                ctx,
-                upgrade_id,
-                started,
-                downtime,
-                &plan.from_version,
-                to,
-                backup_id,
-                cause,
-                error,
-            )
-            .await
-        }
-    }
+    let upgrade = Recorded { ctx, upgrade_id, started, downtime, from: plan.from_version.clone() };
+    upgrade.conclude(ended, down, plan.to_version.clone()).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn rollback_failed<T>(
-    ctx: &Ctx,
+/// An upgrade's row, for recording how it ended.
+struct Recorded<'a> {
+    ctx: &'a Ctx,
     upgrade_id: i64,
     started: Instant,
     downtime: Option<u64>,
-    from: &str,
-    to: String,
-    backup_id: i64,
-    cause: String,
-    error: String,
-) -> Result<T> {
-    let e = UpgradeEnd {
-        status: UpgradeStatus::RollbackFailed,
-        cause: Some(&format!("{cause}; rollback: {error}")),
-        duration_ms: started.elapsed().as_millis() as u64,
-        downtime_ms: downtime,
-        rollback_safety_backup_id: None,
-    };
-    ctx.catalog.finish_upgrade(upgrade_id, &e).await?;
-    bail!(crate::Error::UpgradeNotRolledBack {
-        to,
-        cause,
-        state: format!(
-            "the automatic rollback failed too: {error}. The pre-upgrade backup {backup_id} holds version {from}: \
-             run `nuwax rollback {backup_id} --yes`, then `nuwax status`"
-        ),
-    })
+    from: String,
+}
+
+impl Recorded<'_> {
+    async fn end(&self, status: UpgradeStatus, cause: Option<String>, safety: Option<i64>) -> Result<()> {
+        record_end(self.ctx, self.upgrade_id, self.started, status, cause, self.downtime, safety).await
+    }
+
+    /// Records how the upgrade ended and turns it into the command's outcome.
+    async fn conclude(&self, ended: Ended, down: Option<String>, to: String) -> Result<UpgradeOutcome> {
+        match ended {
+            Ended::Upgraded { backup_id, hooks_run, services, left_stopped } => {
+                self.end(UpgradeStatus::Upgraded, None, None).await?;
+                if let Some(down) = down {
+                    bail!(crate::Error::ServicesDown { detail: format!("upgraded to {to}{down}") });
+                }
+                Ok(UpgradeOutcome {
+                    upgrade_id: self.upgrade_id,
+                    from_version: self.from.clone(),
+                    to_version: to,
+                    backup_id,
+                    status: "upgraded",
+                    hooks_run,
+                    services,
+                    left_stopped,
+                    duration_ms: self.started.elapsed().as_millis() as u64,
+                    downtime_ms: self.downtime,
+                })
+            }
+            Ended::LeftInPlace { backup_id, cause } => {
+                self.end(UpgradeStatus::Failed, Some(cause.clone()), None).await?;
+                bail!(crate::Error::UpgradeNotRolledBack {
+                    to,
+                    cause,
+                    state: format!(
+                        "--no-auto-rollback left it in place for inspection, services as the failure left them{}; \
+                         go back with `nuwax rollback {backup_id}` (the pre-upgrade backup)",
+                        down.unwrap_or_default()
+                    ),
+                })
+            }
+            Ended::RolledBack { backup_id, cause, safety } if down.is_none() => {
+                // Down from the first stop until the old version was healthy again.
+                self.end(UpgradeStatus::RolledBack, Some(cause.clone()), Some(safety)).await?;
+                bail!(crate::Error::UpgradeRolledBack {
+                    to,
+                    cause,
+                    backup_id,
+                    state: format!("version {} is running again with its data", self.from),
+                })
+            }
+            Ended::RolledBack { backup_id, cause, .. } => {
+                let error = format!("the data of backup {backup_id} is back{}", down.unwrap_or_default());
+                self.rollback_failed(to, backup_id, cause, error).await
+            }
+            Ended::RollbackFailed { backup_id, cause, error } => {
+                let error = format!("{error}{}", down.unwrap_or_default());
+                self.rollback_failed(to, backup_id, cause, error).await
+            }
+        }
+    }
+
+    async fn rollback_failed<T>(
+        &self,
+        to: String,
+        backup_id: i64,
+        cause: String,
+        error: String,
+    ) -> Result<T> {
+        let all = format!("{cause}; rollback: {error}");
+        self.end(UpgradeStatus::RollbackFailed, Some(all), None).await?;
+        bail!(crate::Error::UpgradeNotRolledBack {
+            to,
+            cause,
+            state: format!(
+                "the automatic rollback failed too: {error}. The pre-upgrade backup {backup_id} holds version {}: \
+                 run `nuwax rollback {backup_id} --yes`, then `nuwax status`",
+                self.from
+            ),
+        })
+    }
 }
 
 /// The pre-upgrade backup, under the upgrade's stop; its id recorded at once.
@@ -339,110 +329,6 @@ async fn apply_or_roll_back(
     match roll_back(&calm, op, Some(scope), &opts.backup, backup_id, &op.journal.clone(), progress).await {
         Ok(safety) => Ended::RolledBack { backup_id, cause, safety },
         Err(e) => Ended::RollbackFailed { backup_id, cause, error: format!("{e:#}") },
-    }
-}
-
-/// Rolls back to the pre-upgrade backup (configs, data, images) with the rollback flow: inside
-/// `scope` when given, else as an operation of its own (recovery). Returns the safety backup.
-async fn roll_back(
-    ctx: &Ctx,
-    op: &mut Operation<'_, Journal>,
-    scope: Option<&mut Scope<'_>>,
-    backup: &BackupOptions,
-    backup_id: i64,
-    j: &Journal,
-    progress: Arc<dyn Progress>,
-) -> Result<i64> {
-    for f in &j.added {
-        match std::fs::remove_file(f) {
-            Ok(()) => tracing::warn!("removed {}, which the upgrade had added", f.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", f.display()))),
-        }
-    }
-    // The files on disk are the new version's now: read the project as they describe it.
-    let ctx = &ctx.rediscover()?;
-    let ropts = RollbackOptions {
-        id: backup_id,
-        data: true,
-        config: true,
-        safety: BackupOptions { kind: BackupKind::PreRollback, ..backup.clone() },
-        note: Some(format!(
-            "the failed upgrade to {} as it stood (version {}), before rolling back to backup {backup_id}",
-            j.to_version, j.to_version
-        )),
-        accept_live: true,
-    };
-    let plan = rollback::plan(ctx, &ropts).await?;
-    let Some(scope) = scope else {
-        let done = rollback::rollback(ctx, &ropts, plan, progress).await?;
-        return Ok(done.safety_backup_id);
-    };
-    if let Some(prefix) = &plan.load_images {
-        rollback::load_images(ctx, &plan, prefix).await?;
-    }
-    let mut rop = Operation::begin(ctx, rollback::Journal::new(ctx, &plan)).await?;
-    op.advance(|j| j.rollback_op = Some(rop.id())).await?;
-    let restored = rollback::restore(&mut rop, scope, &ropts, &plan, progress).await;
-    rollback::close(&mut rop, &restored).await?;
-    Ok(restored?.safety.id)
-}
-
-/// Recovery of an upgrade a dead nuwax (operation `op_id`) left: nothing to do before the
-/// pre-upgrade backup was complete; after it, a rollback to that backup, unless the upgrade's
-/// own rollback had got as far as its swap (then its recovery, which ran first, finished it).
-pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<Recovery> {
-    if let Some(dir) = &j.unpacked {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let started = Instant::now();
-    let (Some(backup_id), Phase::Applying | Phase::RollingBack) = (j.backup_id, j.phase) else {
-        let cause = Some("interrupted before anything changed".to_string());
-        record_end(ctx, j.upgrade_id, started, UpgradeStatus::Failed, cause, None, None).await?;
-        return Ok(Recovery::note(format!(
-            "the upgrade to {} was interrupted before anything changed",
-            j.to_version
-        )));
-    };
-    let finished = match j.rollback_op {
-        Some(id) => ctx
-            .catalog
-            .operation_detail(id)
-            .await?
-            .and_then(|d| rollback::phase_of(&d))
-            .is_some_and(|p| matches!(p, rollback::Phase::Swapping | rollback::Phase::Swapped)),
-        None => false,
-    };
-    let rolled = match finished {
-        true => Ok(None),
-        false => {
-            let backup = BackupOptions::for_project(&ctx.project, BackupKind::PreRollback, None, None)?;
-            let progress: Arc<dyn Progress> = Arc::new(crate::archive::NoProgress);
-            let mut op = Operation::begin(ctx, j.clone()).await?;
-            let r = roll_back(ctx, &mut op, None, &backup, backup_id, j, progress).await;
-            op.close(Some("recovery")).await?;
-            r.map(Some)
-        }
-    };
-    match rolled {
-        Ok(safety) => {
-            let cause = Some("interrupted; rolled back by recovery".to_string());
-            record_end(ctx, j.upgrade_id, started, UpgradeStatus::RolledBack, cause, None, safety).await?;
-            let note = format!(
-                "the upgrade to {} was interrupted: rolled back to backup {backup_id} (version {})",
-                j.to_version, j.from_version
-            );
-            // A rollback of its own started the services; the upgrade's scope names the new ones.
-            Ok(if finished { Recovery::note(note) } else { Recovery::services_handled(note) })
-        }
-        Err(err) => {
-            let cause = Some(format!("interrupted; rollback failed: {err:#}"));
-            record_end(ctx, j.upgrade_id, started, UpgradeStatus::RollbackFailed, cause, None, None).await?;
-            Err(err.context(format!(
-                "the upgrade to {} was interrupted and rolling it back failed; run `nuwax rollback {backup_id} --yes`",
-                j.to_version
-            )))
-        }
     }
 }
 

@@ -8,9 +8,11 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::UpgradeOptions;
+use crate::engine::{Container, ImageRef};
 use crate::flows::Ctx;
 use crate::fsutil;
 use crate::package::{self, EnvChanges, Hook, Package, Probe, Version};
+use crate::project::{ComposeService, Project};
 
 /// One file the package places in the project.
 #[derive(Debug, Clone, Serialize)]
@@ -57,182 +59,54 @@ pub struct Plan {
     pub(super) package: Package,
 }
 
-/// Opens and checks the package and the project. Nothing is stopped or written outside the
-/// package's own unpacked copy.
+/// Every problem found, reported together; warnings for the plan.
+#[derive(Default)]
+struct Checks {
+    problems: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Opens and checks the package and the project: package → versions → engine and compose →
+/// files → the new compose files → images → hooks → room. Nothing is stopped or written
+/// outside the package's own unpacked copy.
 pub async fn plan(
     ctx: &Ctx,
     opts: &UpgradeOptions,
     progress: std::sync::Arc<dyn crate::archive::Progress>,
 ) -> Result<Plan> {
     let project = &ctx.project;
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
-    std::fs::create_dir_all(&project.storage_dir)
-        .with_context(|| format!("creating {}", project.storage_dir.display()))?;
-
+    let mut checks = Checks::default();
     // The package first: nothing else is worth checking against a package that is not intact.
-    let (source, sha, work, cancel) = (
-        opts.package.clone(),
-        opts.sha256.clone(),
-        project.storage_dir.clone(),
-        ctx.interrupt.cancel().clone(),
-    );
-    let package = tokio::task::spawn_blocking(move || {
-        // Downloads (and hashing a local file) show on the progress bar.
-        let o = package::OpenOptions { sha256: sha, work_dir: work, progress: &*progress, cancel: &cancel };
-        package::open(&source, &o)
-    })
-    .await?
-    .map_err(|e| crate::Error::Preflight(vec![format!("package {}: {e}", opts.package)]))?;
-    let to = package.version();
+    let package = open_package(ctx, opts, progress).await?;
     crate::faults::sigint(crate::faults::Sigint::UpgradePreflight);
     ctx.interrupt.check()?;
-
-    // Version order.
+    let to = package.version();
     let from = ctx.current_version().await?;
-    match from.as_deref().map(str::parse::<Version>) {
-        None if package.min_from().is_some() => problems.push(format!(
-            "the package upgrades from version {} or later, and this project's version is unknown: \
-             set service_version in nuwax.toml",
-            package.manifest.min_from.as_deref().unwrap_or_default()
-        )),
-        None => {
-            warnings.push("this project's current version is unknown (service_version in nuwax.toml)".into())
-        }
-        Some(Err(e)) => problems.push(format!("the project's version {:?} does not parse: {e}", from)),
-        Some(Ok(from)) => {
-            if let Some(min) = package.min_from().filter(|m| &from < m) {
-                problems.push(format!(
-                    "the package upgrades from version {min} or later; this project runs {from}"
-                ));
-            }
-            if to <= from && !opts.allow_downgrade {
-                problems.push(format!(
-                    "version {to} is not newer than the running {from}: pass --allow-downgrade to install it anyway"
-                ));
-            }
-        }
-    }
-
-    // The engine and compose.
-    let engine = ctx.engine.clone();
-    if engine.is_none() {
-        problems.push("upgrade needs the Docker engine".into());
+    check_versions(&package, from.as_deref(), opts.allow_downgrade, &mut checks);
+    if ctx.engine.is_none() {
+        checks.problems.push("upgrade needs the Docker engine".into());
     }
     if let Err(e) = ctx.compose() {
-        problems.push(format!("{e:#}"));
+        checks.problems.push(format!("{e:#}"));
     }
-
-    // Files, and the compose files and env the new version will have.
-    let mut files = Vec::new();
-    for f in &package.manifest.files {
-        let src = package.path(&f.src);
-        let dest = project.dir.join(&f.dest);
-        let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
-        let action = match std::fs::read(&dest) {
-            Ok(old) if std::fs::read(&src).is_ok_and(|new| new == old) => "unchanged",
-            Ok(_) => "replace",
-            Err(_) => "add",
-        };
-        files.push(FileStep { src, dest, action, size });
-    }
-    // The env compose will read: the project's env file, as the package's changes leave it when
-    // they are aimed at that file (apply writes them to `changes.file` either way).
-    let env_text = std::fs::read_to_string(&project.env_file).unwrap_or_default();
-    let new_env_text = match &package.manifest.env {
-        Some(changes) if project.dir.join(&changes.file) == project.env_file => {
-            package::apply_env(&env_text, changes)
-        }
-        _ => env_text,
-    };
-    let new_env = crate::project::parse_env(&new_env_text);
-    let compose_files: Vec<PathBuf> = project
-        .compose_files
-        .iter()
-        .map(|f| files.iter().find(|s| &s.dest == f).map(|s| s.src.clone()).unwrap_or_else(|| f.clone()))
-        .collect();
-    let services = match crate::project::read_services(&compose_files, &project.dir, &new_env) {
-        Ok(s) => s,
-        Err(e) => {
-            problems.push(format!("the new compose files do not parse: {e:#}"));
-            BTreeMap::new()
-        }
-    };
-
-    // Images: each service's image is in the package or already here.
-    let mut in_package: BTreeSet<String> = BTreeSet::new();
-    for a in package.image_archives() {
-        match package::image_refs(&a) {
-            Ok(refs) => in_package.extend(refs),
-            Err(e) => problems.push(format!("image archive {}: {e}", a.display())),
-        }
-    }
-    let mut images = Vec::new();
-    // Services often share one image: ask the engine once per reference.
-    let mut present: BTreeMap<String, bool> = BTreeMap::new();
-    for (service, s) in &services {
-        let Some(image) = &s.image else {
-            problems.push(format!(
-                "service {service} of the new version names no image (builds are not supported)"
-            ));
-            continue;
-        };
-        let normalized = if image.contains(':') || image.contains('@') {
-            image.clone()
-        } else {
-            format!("{image}:latest")
-        };
-        let source = if in_package.contains(&normalized) || in_package.contains(image) {
-            "package"
-        } else if let Some(e) = &engine
-            && match present.get(image) {
-                Some(p) => *p,
-                None => {
-                    let p = e.image_id(image).await.ok().flatten().is_some();
-                    present.insert(image.clone(), p);
-                    p
-                }
-            }
-        {
-            "present"
-        } else {
-            problems.push(format!(
-                "image {image} of service {service} is neither in the package nor on this host (no registry is asked)"
-            ));
-            continue;
-        };
-        images.push(ImageNeed { service: service.clone(), image: image.clone(), source });
-    }
+    let files = file_steps(&package, project);
+    let services = new_services(&package, project, &files, &mut checks);
+    let images = image_needs(ctx, &package, &services, &mut checks).await;
     for h in &package.manifest.hooks {
         if !services.contains_key(&h.service) {
-            problems.push(format!(
+            checks.problems.push(format!(
                 "hook {:?} runs in service {}, which the new version does not have",
                 h.name, h.service
             ));
         }
     }
-
-    // Room for the pre-upgrade backup and the unpacked package.
-    let containers = match &engine {
+    let containers = match &ctx.engine {
         Some(e) => e.project_containers(&project.name).await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let estimate = crate::flows::backup::estimate(ctx, &containers).await.unwrap_or(0);
-    let package_size = dir_size(&package.root);
-    match fsutil::free_space(&project.storage_dir) {
-        Ok(free) if estimate + package_size + (1 << 20) > free => problems.push(format!(
-            "not enough free space in {}: the pre-upgrade backup needs ~{} and the package {}, {} free",
-            project.storage_dir.display(),
-            fsutil::human_bytes(estimate),
-            fsutil::human_bytes(package_size),
-            fsutil::human_bytes(free)
-        )),
-        Ok(_) => {}
-        Err(e) => problems.push(format!("checking free space in {}: {e}", project.storage_dir.display())),
-    }
-
-    if !problems.is_empty() {
-        return Err(crate::Error::Preflight(problems).into());
+    let estimate = check_room(ctx, &package, &containers, &mut checks).await;
+    if !checks.problems.is_empty() {
+        return Err(crate::Error::Preflight(checks.problems).into());
     }
     let mut running: Vec<String> =
         containers.iter().filter(|c| c.is_running()).map(|c| c.service.clone()).collect();
@@ -256,9 +130,171 @@ pub async fn plan(
             project.name,
             fsutil::human_bytes(estimate)
         ),
-        warnings,
+        warnings: checks.warnings,
         package,
     })
+}
+
+/// The package, its checksum proven and unpacked (downloads and hashing on the progress bar).
+async fn open_package(
+    ctx: &Ctx,
+    opts: &UpgradeOptions,
+    progress: std::sync::Arc<dyn crate::archive::Progress>,
+) -> Result<Package> {
+    let storage = &ctx.project.storage_dir;
+    std::fs::create_dir_all(storage).with_context(|| format!("creating {}", storage.display()))?;
+    let (source, sha, work, cancel) =
+        (opts.package.clone(), opts.sha256.clone(), storage.clone(), ctx.interrupt.cancel().clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let o = package::OpenOptions { sha256: sha, work_dir: work, progress: &*progress, cancel: &cancel };
+        package::open(&source, &o)
+    })
+    .await?;
+    ctx.interrupt.check()?;
+    Ok(opened.map_err(|e| crate::Error::Preflight(vec![format!("package {}: {e}", opts.package)]))?)
+}
+
+/// The package upgrades from the version this project runs, to a newer one (or a downgrade
+/// that was asked for).
+fn check_versions(package: &Package, from: Option<&str>, allow_downgrade: bool, checks: &mut Checks) {
+    let to = package.version();
+    match from.map(str::parse::<Version>) {
+        None if package.min_from().is_some() => checks.problems.push(format!(
+            "the package upgrades from version {} or later, and this project's version is unknown: \
+             set service_version in nuwax.toml",
+            package.manifest.min_from.as_deref().unwrap_or_default()
+        )),
+        None => checks
+            .warnings
+            .push("this project's current version is unknown (service_version in nuwax.toml)".into()),
+        Some(Err(e)) => checks.problems.push(format!("the project's version {from:?} does not parse: {e}")),
+        Some(Ok(from)) => {
+            if let Some(min) = package.min_from().filter(|m| &from < m) {
+                checks.problems.push(format!(
+                    "the package upgrades from version {min} or later; this project runs {from}"
+                ));
+            }
+            if to <= from && !allow_downgrade {
+                checks.problems.push(format!(
+                    "version {to} is not newer than the running {from}: pass --allow-downgrade to install it anyway"
+                ));
+            }
+        }
+    }
+}
+
+/// Each file the package places, and whether it adds, replaces or leaves one as it is.
+fn file_steps(package: &Package, project: &Project) -> Vec<FileStep> {
+    package
+        .manifest
+        .files
+        .iter()
+        .map(|f| {
+            let src = package.path(&f.src);
+            let dest = project.dir.join(&f.dest);
+            let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+            let action = match std::fs::read(&dest) {
+                Ok(old) if std::fs::read(&src).is_ok_and(|new| new == old) => "unchanged",
+                Ok(_) => "replace",
+                Err(_) => "add",
+            };
+            FileStep { src, dest, action, size }
+        })
+        .collect()
+}
+
+/// The services of the new version: its compose files read with the env compose will read
+/// (the project's env file as the package's changes leave it, when they are aimed at it).
+fn new_services(
+    package: &Package,
+    project: &Project,
+    files: &[FileStep],
+    checks: &mut Checks,
+) -> BTreeMap<String, ComposeService> {
+    let env_text = std::fs::read_to_string(&project.env_file).unwrap_or_default();
+    let new_env_text = match &package.manifest.env {
+        Some(changes) if project.dir.join(&changes.file) == project.env_file => {
+            package::apply_env(&env_text, changes)
+        }
+        _ => env_text,
+    };
+    let new_env = crate::project::parse_env(&new_env_text);
+    let compose_files: Vec<PathBuf> = project
+        .compose_files
+        .iter()
+        .map(|f| files.iter().find(|s| &s.dest == f).map(|s| s.src.clone()).unwrap_or_else(|| f.clone()))
+        .collect();
+    crate::project::read_services(&compose_files, &project.dir, &new_env).unwrap_or_else(|e| {
+        checks.problems.push(format!("the new compose files do not parse: {e:#}"));
+        BTreeMap::new()
+    })
+}
+
+/// Each service's image is in the package or already on this host (no registry is asked).
+async fn image_needs(
+    ctx: &Ctx,
+    package: &Package,
+    services: &BTreeMap<String, ComposeService>,
+    checks: &mut Checks,
+) -> Vec<ImageNeed> {
+    let mut in_package: BTreeSet<String> = BTreeSet::new();
+    for a in package.image_archives() {
+        match package::image_refs(&a) {
+            Ok(refs) => in_package.extend(refs.iter().map(|r| ImageRef::parse(r).normalized())),
+            Err(e) => checks.problems.push(format!("image archive {}: {e}", a.display())),
+        }
+    }
+    let mut images = Vec::new();
+    // Services often share one image: ask the engine once per reference.
+    let mut present: BTreeMap<String, bool> = BTreeMap::new();
+    for (service, s) in services {
+        let Some(image) = &s.image else {
+            checks.problems.push(format!(
+                "service {service} of the new version names no image (builds are not supported)"
+            ));
+            continue;
+        };
+        let source = if in_package.contains(&ImageRef::parse(image).normalized()) {
+            "package"
+        } else if let Some(e) = &ctx.engine
+            && match present.get(image) {
+                Some(p) => *p,
+                None => {
+                    let p = e.image_id(image).await.ok().flatten().is_some();
+                    present.insert(image.clone(), p);
+                    p
+                }
+            }
+        {
+            "present"
+        } else {
+            checks.problems.push(format!(
+                "image {image} of service {service} is neither in the package nor on this host (no registry is asked)"
+            ));
+            continue;
+        };
+        images.push(ImageNeed { service: service.clone(), image: image.clone(), source });
+    }
+    images
+}
+
+/// Room for the pre-upgrade backup and the unpacked package; returns the backup's estimate.
+async fn check_room(ctx: &Ctx, package: &Package, containers: &[Container], checks: &mut Checks) -> u64 {
+    let storage = &ctx.project.storage_dir;
+    let estimate = crate::flows::backup::estimate(ctx, containers).await.unwrap_or(0);
+    let package_size = dir_size(&package.root);
+    match fsutil::free_space(storage) {
+        Ok(free) if estimate + package_size + (1 << 20) > free => checks.problems.push(format!(
+            "not enough free space in {}: the pre-upgrade backup needs ~{} and the package {}, {} free",
+            storage.display(),
+            fsutil::human_bytes(estimate),
+            fsutil::human_bytes(package_size),
+            fsutil::human_bytes(free)
+        )),
+        Ok(_) => {}
+        Err(e) => checks.problems.push(format!("checking free space in {}: {e}", storage.display())),
+    }
+    estimate
 }
 
 fn dir_size(dir: &Path) -> u64 {
