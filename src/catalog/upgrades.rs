@@ -1,6 +1,6 @@
 //! Upgrades and the version each project runs.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::Utc;
 use serde::Serialize;
 use sqlx::Row;
@@ -119,6 +119,24 @@ impl Catalog {
         Ok(())
     }
 
+    /// Marks `running` upgrades that no running operation journals as failed: their process
+    /// died before it journaled anything (nothing had changed). Only under the project lock.
+    pub async fn fail_orphaned_upgrades(&self, project: &str) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE upgrades SET status = 'failed', finished_at = ?,
+             cause = 'interrupted: nuwax ended before the upgrade changed anything'
+             WHERE project = ? AND status = 'running' AND id NOT IN
+               (SELECT json_extract(detail, '$.upgrade_id') FROM operations
+                WHERE state = 'running' AND kind = 'upgrade' AND detail IS NOT NULL)",
+        )
+        .bind(chrono::Utc::now().to_rfc3339())
+        .bind(project)
+        .execute(self.pool())
+        .await
+        .context("cleaning up the upgrades")?;
+        Ok(r.rows_affected())
+    }
+
     pub async fn finish_upgrade(&self, id: i64, end: &UpgradeEnd<'_>) -> Result<()> {
         sqlx::query(
             "UPDATE upgrades SET status = ?, cause = ?, finished_at = ?, duration_ms = ?, downtime_ms = ?,
@@ -174,5 +192,33 @@ impl Catalog {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::OperationKind;
+
+    #[tokio::test]
+    async fn an_upgrade_no_running_operation_journals_is_failed_and_a_journaled_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path()).await.unwrap();
+        let new = NewUpgrade {
+            project: "p",
+            package_name: "demo",
+            package_source: "pkg",
+            package_sha256: None,
+            from_version: "1",
+            to_version: "2",
+        };
+        let orphan = catalog.begin_upgrade(&new).await.unwrap();
+        let live = catalog.begin_upgrade(&new).await.unwrap();
+        let detail = serde_json::json!({ "phase": "backup", "upgrade_id": live });
+        catalog.begin_operation(OperationKind::Upgrade, "p", None, &detail).await.unwrap();
+        assert_eq!(catalog.fail_orphaned_upgrades("p").await.unwrap(), 1);
+        let rows = catalog.upgrades("p").await.unwrap();
+        assert_eq!(rows.iter().find(|u| u.id == orphan).unwrap().status, "failed");
+        assert_eq!(rows.iter().find(|u| u.id == live).unwrap().status, "running");
     }
 }

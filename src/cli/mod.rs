@@ -182,6 +182,7 @@ async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<
     }
     if ctx.catalog.unfinished(&ctx.project.name).await?.is_empty() {
         ctx.catalog.fail_orphaned_pending(&ctx.project.name).await?;
+        ctx.catalog.fail_orphaned_upgrades(&ctx.project.name).await?;
         // Files of a nuwax killed before it journaled anything (a package being unpacked).
         for p in crate::flows::recover::sweep(&ctx.project.storage_dir) {
             tracing::warn!("removed {}, left by a nuwax that died", p.display());

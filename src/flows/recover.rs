@@ -83,6 +83,7 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
             note: Some(note),
         });
     }
+    ctx.catalog.fail_orphaned_upgrades(&ctx.project.name).await?;
     let orphans = ctx.catalog.fail_orphaned_pending(&ctx.project.name).await?;
     if orphans > 0 {
         tracing::warn!(
@@ -135,6 +136,7 @@ async fn recover_kind(ctx: &Ctx, op: &Operation) -> Result<Recovery> {
                 None => super::backup::Journal {
                     backup_id: op.backup_id.context("a backup operation without its backup")?,
                     temp_path: op.temp_path.clone().unwrap_or_default(),
+                    final_path: None,
                     tagged: Vec::new(),
                 },
             };
@@ -229,7 +231,12 @@ mod tests {
         let id = pending(&ctx.catalog, &ctx.project.name).await;
         let temp = dir.path().join("partial.tmp");
         std::fs::write(&temp, b"half an archive").unwrap();
-        let j = crate::flows::backup::Journal { backup_id: id, temp_path: temp.clone(), tagged: vec![] };
+        let j = crate::flows::backup::Journal {
+            backup_id: id,
+            temp_path: temp.clone(),
+            final_path: None,
+            tagged: vec![],
+        };
         let op = crate::runner::Operation::begin(&ctx, j).await.unwrap();
         let mut scope = ScopeJournal::default();
         for c in engine.project_containers("x").await.unwrap().iter().filter(|c| c.is_running()) {

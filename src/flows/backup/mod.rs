@@ -140,6 +140,9 @@ pub struct BackupOutcome {
 pub struct Journal {
     pub backup_id: i64,
     pub temp_path: PathBuf,
+    /// Where the verified archive is renamed to: removed when the row never became complete.
+    #[serde(default)]
+    pub final_path: Option<PathBuf>,
     /// Services whose images were tagged to keep them: released when the backup fails.
     #[serde(default)]
     pub tagged: Vec<String>,
@@ -317,8 +320,13 @@ async fn begin<'c>(
     };
     let tagged: Vec<String> =
         services.iter().filter(|s| !s.image_id.is_empty()).map(|s| s.service.clone()).collect();
-    let op = Operation::begin(ctx, Journal { backup_id: id, temp_path: pending.temp_path.clone(), tagged })
-        .await?;
+    let journal = Journal {
+        backup_id: id,
+        temp_path: pending.temp_path.clone(),
+        final_path: Some(pending.final_path.clone()),
+        tagged,
+    };
+    let op = Operation::begin(ctx, journal).await?;
     tracing::info!(id, path = %pending.final_path.display(), "backup started");
     if let Some(engine) = &ctx.engine {
         keep_images(&**engine, &project.name, id, &mut services).await;
@@ -380,9 +388,17 @@ async fn finish(
     }
 }
 
-/// A backup that will not complete: its temp file and image tags go, its row is marked failed.
+/// A backup that will not complete: its temp file (and an archive renamed into place whose row
+/// never became complete) and image tags go, its row is marked failed.
 async fn abandon(ctx: &Ctx, j: &Journal, error: &str, downtime_ms: Option<u64>) -> Result<()> {
     let _ = std::fs::remove_file(&j.temp_path);
+    if ctx.catalog.get(j.backup_id).await?.is_some_and(|r| r.is_complete()) {
+        // Recorded complete before the process died: nothing to abandon.
+        return Ok(());
+    }
+    if let Some(f) = &j.final_path {
+        let _ = std::fs::remove_file(f);
+    }
     if let Some(engine) = &ctx.engine {
         release_images(&**engine, &ctx.project.name, j.backup_id, j.tagged.iter().map(String::as_str)).await;
     }

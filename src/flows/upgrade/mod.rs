@@ -129,15 +129,6 @@ pub async fn upgrade(
         record_end(ctx, upgrade_id, started, status, cause, downtime, safety)
     };
 
-    // Images first: loading them does not touch the running services.
-    for a in plan.package.image_archives() {
-        if let Err(e) = engine.load_images(&a).await {
-            let cause = format!("image archive {} failed to load: {e}", a.display());
-            end(UpgradeStatus::Failed, Some(cause.clone()), None, None).await?;
-            bail!("{cause}; nothing was changed, services untouched");
-        }
-    }
-
     let journal = Journal {
         phase: Phase::Backup,
         upgrade_id,
@@ -149,6 +140,15 @@ pub async fn upgrade(
         rollback_op: None,
     };
     let mut op = Operation::begin(ctx, journal).await?;
+    // Images first: loading them does not touch the running services.
+    for a in plan.package.image_archives() {
+        if let Err(e) = engine.load_images(&a).await {
+            let cause = format!("image archive {} failed to load: {e}", a.display());
+            end(UpgradeStatus::Failed, Some(cause.clone()), None, None).await?;
+            op.close(Some("failed before any change")).await?;
+            bail!("{cause}; nothing was changed, services untouched");
+        }
+    }
     let containers = engine.project_containers(&project.name).await?;
     let plan_ref = &plan;
     let (ended, started_again) = op
