@@ -167,7 +167,7 @@ async fn context(cli: &Cli, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
 /// when there is none (flows that need it say so with the reason).
 fn compose_of(project: &Project) -> Option<Arc<dyn Compose>> {
     let cli = project.compose_cli().ok()?;
-    Some(Arc::new(ComposeCliRunner { cli }))
+    Some(Arc::new(ComposeCliRunner { cli, children: Some(project.state_dir.join("children")) }))
 }
 
 /// Before any command: if a previous nuwax died mid-operation, finish its recovery now. Only

@@ -60,6 +60,70 @@ pub trait Compose: Send + Sync {
 /// The compose CLI, detected once per command.
 pub struct ComposeCliRunner {
     pub cli: ComposeCli,
+    /// Where each running compose child leaves a pid file (`<state>/children`): a compose that
+    /// outlives a killed nuwax (it is in a group of its own) is waited for by recovery.
+    pub children: Option<std::path::PathBuf>,
+}
+
+/// A pid file for one running child, removed when it ends (or by [`wait_for_orphans`]).
+struct ChildFile(Option<std::path::PathBuf>);
+
+impl ChildFile {
+    fn new(dir: Option<&std::path::Path>, pid: Option<u32>) -> ChildFile {
+        let (Some(dir), Some(pid)) = (dir, pid) else { return ChildFile(None) };
+        let path = dir.join(pid.to_string());
+        let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, pid.to_string()));
+        ChildFile(written.ok().map(|()| path))
+    }
+}
+
+impl Drop for ChildFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Whether a `/proc/PID/cmdline` is compose's: `docker-compose ...` (v2's plugin, or v1 run by
+/// its interpreter) or `docker compose ...`.
+fn is_compose(cmdline: &[u8]) -> bool {
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| {
+            let a = String::from_utf8_lossy(a);
+            a.rsplit('/').next().unwrap_or_default().to_string()
+        })
+        .collect();
+    args.iter().take(2).any(|a| a == "docker-compose")
+        || (args.first().is_some_and(|a| a == "docker") && args.get(1).is_some_and(|a| a == "compose"))
+}
+
+/// Waits (up to `timeout`) for compose children a dead nuwax left running, so recovery does
+/// not run compose on the same project at the same time. Returns those still running.
+pub async fn wait_for_orphans(dir: &std::path::Path, timeout: Duration) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let alive: Vec<u32> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+                // Still a compose process (not a pid reused by something else)?
+                let compose = is_compose(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default());
+                if !compose {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                compose.then_some(pid)
+            })
+            .collect();
+        if alive.is_empty() || std::time::Instant::now() >= deadline {
+            return alive;
+        }
+        tracing::warn!("waiting for compose (pid {alive:?}), which a nuwax that died had started");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 impl ComposeCliRunner {
@@ -93,10 +157,15 @@ impl Compose for ComposeCliRunner {
         }
         let (mut cmd, shown) = self.command(project, &args);
         tracing::info!("running {shown}");
-        let out = cmd
-            .output()
-            .await
-            .map_err(|e| ComposeError::Spawn { command: shown.clone(), detail: e.to_string() })?;
+        let spawn_err =
+            |e: std::io::Error| ComposeError::Spawn { command: shown.clone(), detail: e.to_string() };
+        let child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        let _file = ChildFile::new(self.children.as_deref(), child.id());
+        let out = child.wait_with_output().await.map_err(spawn_err)?;
         if !out.status.success() {
             return Err(ComposeError::Failed {
                 command: shown,
@@ -129,6 +198,7 @@ impl Compose for ComposeCliRunner {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| ComposeError::Spawn { command: shown.clone(), detail: e.to_string() })?;
+        let _file = ChildFile::new(self.children.as_deref(), child.id());
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(out)) => {
                 let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -146,4 +216,40 @@ impl Compose for ComposeCliRunner {
 /// The name [`ComposeCliRunner::run`] gives the one-off container of `service`.
 pub fn run_container_name(project: &str, service: &str) -> String {
     format!("{project}-{service}-nuwax-hook-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn recovery_waits_for_a_compose_a_dead_nuwax_left_and_ignores_reused_pids() {
+        let dir = tempfile::tempdir().unwrap();
+        // A "compose" that runs a second, and a pid file whose process is something else.
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", "exec -a docker-compose sleep 1"])
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.path().join(child.id().to_string()), "").unwrap();
+        std::fs::write(dir.path().join(std::process::id().to_string()), "").unwrap();
+        // Until bash has exec'd, the child is not "compose" yet.
+        while !is_compose(&std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let started = std::time::Instant::now();
+        let reaper = std::thread::spawn(move || child.wait());
+        assert!(wait_for_orphans(dir.path(), Duration::from_secs(10)).await.is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(500), "did not wait for it");
+        reaper.join().unwrap().unwrap();
+        assert!(!dir.path().join(std::process::id().to_string()).exists());
+    }
+
+    #[test]
+    fn compose_is_told_from_other_processes_by_its_program() {
+        assert!(is_compose(b"/usr/local/lib/docker/cli-plugins/docker-compose\0compose\0up\0"));
+        assert!(is_compose(b"/usr/bin/python3\0/usr/bin/docker-compose\0-p\0x\0up\0"));
+        assert!(is_compose(b"docker\0compose\0up\0"));
+        assert!(!is_compose(b"/target/debug/deps/nuwax-1234\0compose\0"));
+        assert!(!is_compose(b""));
+    }
 }

@@ -27,6 +27,12 @@ pub struct Recovered {
 /// their processes are gone (or it is this process, after a panic).
 pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
     let mut out = Vec::new();
+    // A compose the dead nuwax started may still be running: let it finish first.
+    let children = ctx.project.state_dir.join("children");
+    let left = crate::engine::compose::wait_for_orphans(&children, ctx.timeouts().ready).await;
+    if !left.is_empty() {
+        tracing::warn!("compose (pid {left:?}) still runs; recovering anyway");
+    }
     for op in ctx.catalog.unfinished(&ctx.project.name).await? {
         let scope = scope_of(&op);
         let done = match scope.ended {
