@@ -155,8 +155,10 @@ fn trial(args: &Args) -> Result<ExitCode> {
     println!("\n{}", report::summary(&results, ops_arg.as_deref()));
     println!("chaos: logs in {}", work.join("logs").display());
     let bad = results.iter().filter(|r| !r.violations.is_empty()).count();
+    // Empty unless --keep-failed kept a project.
+    let _ = std::fs::remove_dir(work.join("runs"));
     if sh::stopping() {
-        println!("chaos: interrupted after {} run(s)", results.len());
+        println!("chaos: interrupted; {} run(s) finished", results.iter().filter(|r| !r.aborted).count());
         return Ok(ExitCode::from(130));
     }
     if bad > 0 {

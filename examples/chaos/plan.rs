@@ -121,7 +121,8 @@ impl Plan {
         let target = r.below(backups.max(1) as u64) as usize;
         let package = if r.chance(0.35) { Package::V3Broken } else { Package::V2 };
         let package_file = r.chance(0.5);
-        let keep_last = r.range(1, 2) as u32;
+        // Always fewer than the backups made, so that the prune has something to remove.
+        let keep_last = r.range(1, backups.saturating_sub(1).max(1) as u64) as u32;
         Plan {
             seed,
             op,

@@ -234,10 +234,12 @@ fn estimate(plan: &Plan, backup_secs: Option<f64>) -> f64 {
     let slow = plan.rate_limit.map_or(0.0, |r| plan.data_bytes as f64 / r as f64);
     match (plan.op, plan.package) {
         (Op::Backup, _) => backup + slow,
-        (Op::Rollback, _) => 2.0 * backup + 1.0 + 2.0 * slow,
+        // The safety backup, then extraction and the services created again.
+        (Op::Rollback, _) => backup + 1.0 + 2.0 * slow,
         (Op::Upgrade, Package::V2) => backup + 2.0 + slow,
         (Op::Upgrade, Package::V3Broken) => 2.0 * backup + 8.0 + 2.0 * slow,
-        (Op::Prune, _) => 0.5 + mb / 60.0,
+        // Mostly verifying the newest backup, then the deletions.
+        (Op::Prune, _) => 0.2 + mb / 22.0,
     }
 }
 
