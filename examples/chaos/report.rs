@@ -62,7 +62,10 @@ pub fn summary(results: &[RunResult], ops_arg: Option<&str>) -> String {
             r.plan.seed,
             r.plan.op.name(),
             r.plan.signal.name(),
-            r.delay.map(|d| format!(" @{:.2}s", d.as_secs_f64())).unwrap_or_default(),
+            r.delay
+                .filter(|_| r.plan.signal != Signal::None)
+                .map(|d| format!(" @{:.2}s", d.as_secs_f64()))
+                .unwrap_or_default(),
             r.exit.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
             r.plan.seed,
             r.log.display()
