@@ -2,6 +2,7 @@
 //! the operation with its signal, the next command, the checks, the teardown.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Seek};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -138,10 +139,10 @@ fn body(p: &Project, plan: &Plan, log: &Log, res: &mut RunResult) -> Result<()> 
         plan.signal.name(),
         delay.as_secs_f64()
     ));
-    let (exit, hit, secs) = operation(p, plan, &args, delay, log)?;
-    res.exit = Some(exit);
-    res.hit = hit;
-    res.op_secs = Some(secs);
+    let ran = operation(p, plan, &args, delay, log)?;
+    res.exit = Some(ran.exit);
+    res.hit = ran.hit;
+    res.op_secs = Some(ran.secs);
 
     // The next command finishes whatever the operation left.
     let next = p.nuwax(&["list"]);
@@ -154,31 +155,37 @@ fn body(p: &Project, plan: &Plan, log: &Log, res: &mut RunResult) -> Result<()> 
         plan,
         before: &before,
         target: target.map(|m| (m.id, &m.trees)),
-        exit,
-        hit,
+        exit: ran.exit,
+        hit: ran.hit,
+        silent: ran.silent,
         images: &p.ctx.images,
     };
     res.violations.extend(checks::check(&facts));
     Ok(())
 }
 
+/// How the operation went.
+struct Ran {
+    exit: Exit,
+    /// The signal reached it while it ran.
+    hit: bool,
+    /// It printed nothing at all (a signal came before it did anything).
+    silent: bool,
+    secs: f64,
+}
+
 /// Runs the operation in its own process group, its output into the log; after `delay`, if it
-/// still runs, delivers the plan's signal. Returns how it ended, whether the signal reached it
-/// while it ran, and how long it took.
-fn operation(
-    p: &Project,
-    plan: &Plan,
-    args: &[String],
-    delay: Duration,
-    log: &Log,
-) -> Result<(Exit, bool, f64)> {
+/// still runs, delivers the plan's signal.
+fn operation(p: &Project, plan: &Plan, args: &[String], delay: Duration, log: &Log) -> Result<Ran> {
     let mut cmd = p.nuwax_cmd();
     cmd.args(args);
     if let Some(r) = plan.rate_limit {
         cmd.env("NUWAX_RATE_LIMIT", r.to_string());
     }
     log.note(&format!("$ {}", sh::shown(&cmd)));
-    let f = log.handle()?;
+    // Its own file, copied into the log at the end: whether it printed anything is a fact.
+    let out = tempfile::tempfile().context("a temp file for nuwax's output")?;
+    let f = out.try_clone()?;
     let started = Instant::now();
     let mut child =
         sh::detach(&mut cmd).stdout(f.try_clone()?).stderr(f).spawn().context("starting nuwax")?;
@@ -222,8 +229,13 @@ fn operation(
         },
     };
     let secs = started.elapsed().as_secs_f64();
+    let mut text = String::new();
+    let mut out = out;
+    out.seek(std::io::SeekFrom::Start(0))?;
+    out.read_to_string(&mut text)?;
+    log.raw(&text);
     log.note(&format!("the operation: {exit} after {secs:.2} s"));
-    Ok((exit, hit, secs))
+    Ok(Ran { exit, hit, silent: text.is_empty(), secs })
 }
 
 /// How long the operation should take, from the last precondition backup's duration when

@@ -72,7 +72,8 @@ impl Log {
         let _ = writeln!(f, "## {line}");
     }
 
-    fn raw(&self, text: &str) {
+    /// A command's output, as it printed it.
+    pub fn raw(&self, text: &str) {
         if text.is_empty() {
             return;
         }
@@ -81,11 +82,6 @@ impl Log {
         if !text.ends_with('\n') {
             let _ = f.write_all(b"\n");
         }
-    }
-
-    /// The log file itself, for a child to write into.
-    pub fn handle(&self) -> std::io::Result<File> {
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).try_clone()
     }
 }
 

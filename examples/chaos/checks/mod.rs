@@ -35,6 +35,8 @@ pub struct Facts<'a> {
     pub exit: Exit,
     /// The signal reached nuwax while it ran.
     pub hit: bool,
+    /// nuwax printed nothing before it ended.
+    pub silent: bool,
     pub images: &'a Images,
 }
 
@@ -63,7 +65,8 @@ pub fn check(f: &Facts) -> Vec<Violation> {
 }
 
 /// A signalled command exits 130/143, unless it completed first (its normal code) or it is an
-/// upgrade reporting its outcome (11/12); SIGKILL kills it.
+/// upgrade reporting its outcome (11/12); SIGKILL kills it; a signal before nuwax printed
+/// anything may end it the default way.
 fn exit_code(f: &Facts, v: &mut Vec<Violation>) {
     let normal: &[i32] = match (f.plan.op, f.plan.package) {
         (Op::Upgrade, Package::V3Broken) => &[11],
@@ -83,6 +86,13 @@ fn exit_code(f: &Facts, v: &mut Vec<Violation>) {
         (true, _, Exit::Code(c)) if normal.contains(&c) || c == 0 => true,
         (true, _, Exit::Code(11 | 12)) if upgrade => true,
         (true, Signal::IntGroup, Exit::Code(130)) | (true, Signal::TermNuwax, Exit::Code(143)) => true,
+        // A signal in nuwax's first milliseconds, before it installed its handlers, ends it the
+        // default way (a shell shows 130/143); fine as long as it had done nothing yet.
+        (true, Signal::IntGroup, Exit::Signal(2)) | (true, Signal::TermNuwax, Exit::Signal(15))
+            if f.silent =>
+        {
+            true
+        }
         _ => false,
     };
     if !ok {
