@@ -9,6 +9,9 @@
 pub enum Crash {
     /// A prune removed an archive and dies before removing its row.
     PruneAfterFile,
+    /// A prune (or delete) removed an archive and its row and dies before releasing its
+    /// image tags.
+    PruneAfterRow,
     /// A failed rollback journaled its way back and dies before taking it.
     RollbackWhileUndoing,
     /// A rollback finished its swap (phase `swapped`) and dies before starting anything.
@@ -38,6 +41,7 @@ impl Crash {
     fn name(self) -> &'static str {
         match self {
             Crash::PruneAfterFile => "prune-after-file",
+            Crash::PruneAfterRow => "prune-after-row",
             Crash::RollbackWhileUndoing => "rollback-while-undoing",
             Crash::RollbackAfterSwap => "rollback-after-swap",
         }

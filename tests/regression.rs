@@ -297,6 +297,42 @@ fn i9_a_killed_upgrade_leaves_no_unpacked_package_and_doctor_names_leftovers() {
     assert!(!demo.storage_files().iter().any(|f| f.starts_with(".nuwax-")), "{:?}", demo.storage_files());
 }
 
+/// Found by the chaos trial (seed 10087: SIGKILL to a prune's group at 0.43 s): a prune killed
+/// after a backup's row was gone left that backup's image tags behind for good.
+#[test]
+fn i9_a_prune_or_delete_killed_after_a_backups_row_releases_its_image_tags() {
+    let demo = Demo::new(require_docker!());
+    demo.up();
+    let ids: Vec<i64> = (0..3).map(|_| backup(&demo).0).collect();
+    let tags = |id: i64| {
+        ["app", "db", "worker"].map(|s| format!("nuwax-keep/{}-{s}:backup-{id}", demo.name)).to_vec()
+    };
+    let exists =
+        |tag: &str| Command::new("docker").args(["image", "inspect", tag]).output().unwrap().status.success();
+    assert!(tags(ids[0]).iter().all(|t| exists(t)), "the demo keeps no image tags");
+
+    for (what, args) in [
+        ("prune", vec!["prune".to_string(), "--keep-last".into(), "2".into()]),
+        ("delete", vec!["delete".to_string(), ids[1].to_string()]),
+    ] {
+        let gone = if what == "prune" { ids[0] } else { ids[1] };
+        let out = demo.nuwax().args(&args).env("NUWAX_TEST_CRASH", "prune-after-row").output().unwrap();
+        assert!(!out.status.success(), "{what} did not crash: {}", stderr(&out));
+        assert!(exists(&tags(gone)[0]), "{what} crashed after releasing the tags");
+        let out = demo.run(&["list"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("deletion of backup {gone} was finished")),
+            "{}",
+            stderr(&out)
+        );
+        let left: Vec<String> = tags(gone).into_iter().filter(|t| exists(t)).collect();
+        assert!(left.is_empty(), "{what}: tags of deleted backup {gone} left: {left:?}");
+        assert!(demo.list().iter().all(|r| r["id"] != gone));
+    }
+    assert!(tags(ids[2]).iter().all(|t| exists(t)), "the kept backup lost its tags");
+}
+
 #[test]
 fn i9_ctrl_c_during_an_upgrade_preflight_exits_130_and_says_so() {
     let V1 { demo, pkg, .. } = v1_with_package_2(require_docker!());

@@ -102,8 +102,7 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
             if ctx.engine.is_none() {
                 ctx.engine = super::connect().await.ok();
             }
-            let kept = crate::flows::delete::kept_services(&rec);
-            crate::flows::delete::delete_backup(&ctx, &rec, &kept).await?;
+            crate::flows::prune::delete(&ctx, &rec).await?;
             render::deleted(&cli, &rec);
             Ok(())
         }

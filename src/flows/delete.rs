@@ -1,6 +1,7 @@
-//! Removing one backup: its archive first, then its row, then the image tags kept for it. A
-//! crash in between leaves a row pointing at nothing (shown as `missing`, removed by the next
-//! prune), never an archive nobody knows about.
+//! Removing one backup: its archive first, then its row, then the image tags kept for it,
+//! under a prune's journal ([`crate::flows::prune::delete`]) so that a crash anywhere in
+//! between is finished by the next command: never an archive nobody knows about, never a tag
+//! kept for a backup that is gone.
 
 use anyhow::Result;
 
@@ -18,9 +19,10 @@ pub fn kept_services(rec: &BackupRecord) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Deletes `rec` (its archive, row and the keep-tags of `kept`, see [`kept_services`]).
-/// Returns the bytes freed.
-pub async fn delete_backup(ctx: &Ctx, rec: &BackupRecord, kept: &[String]) -> Result<u64> {
+/// Removes `rec`'s archive, then its row. Returns the bytes freed. The image tags kept for it
+/// go with [`release_tags`], after the row: a journal that names them must come first (see
+/// [`crate::flows::prune::delete`]), since nothing else says which they were.
+pub async fn remove(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
     let path = rec.path.as_deref().map(std::path::Path::new);
     let mut freed = 0;
     if let Some(p) = path {
@@ -32,19 +34,20 @@ pub async fn delete_backup(ctx: &Ctx, rec: &BackupRecord, kept: &[String]) -> Re
         }
     }
     ctx.catalog.delete(rec.id).await?;
-    if !kept.is_empty() {
-        match &ctx.engine {
-            Some(engine) => {
-                super::backup::release_images(
-                    &**engine,
-                    &ctx.project.name,
-                    rec.id,
-                    kept.iter().map(String::as_str),
-                )
-                .await
-            }
-            None => tracing::warn!("image tags kept for backup {} stay in place (no engine)", rec.id),
-        }
-    }
     Ok(freed)
+}
+
+/// Releases the image tags kept for backup `id` (services `kept`, see [`kept_services`]); a
+/// tag already gone is fine, so recovery can run it again.
+pub async fn release_tags(ctx: &Ctx, id: i64, kept: &[String]) {
+    if kept.is_empty() {
+        return;
+    }
+    match &ctx.engine {
+        Some(engine) => {
+            super::backup::release_images(&**engine, &ctx.project.name, id, kept.iter().map(String::as_str))
+                .await
+        }
+        None => tracing::warn!("image tags kept for backup {id} stay in place (no engine)"),
+    }
 }

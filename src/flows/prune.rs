@@ -147,28 +147,44 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
     Ok(out)
 }
 
-/// Deletes each doomed backup: journaled first, then its file, its row, its image tags.
+/// Deletes each doomed backup, one journaled deletion after the other.
 async fn delete_all(
     op: &mut Operation<'_, Journal>,
     doomed: &[&BackupRecord],
     out: &mut PruneOutcome,
 ) -> Result<()> {
-    let ctx = op.ctx();
     for r in doomed {
-        ctx.interrupt.check()?;
-        // Journaled: once the file is gone, only this says which image tags to release.
-        let kept = super::delete::kept_services(r);
-        op.advance(|j| *j = Journal { deleting: Some(r.id), path: r.path.clone(), kept: kept.clone() })
-            .await?;
-        if let Some(p) = r.path.as_ref().filter(|_| faults::crash_armed(Crash::PruneAfterFile)) {
-            // Die between the file and the row, as a power loss would.
-            let _ = std::fs::remove_file(p);
-            faults::crash(Crash::PruneAfterFile);
-        }
-        out.freed_bytes += super::delete::delete_backup(ctx, r, &kept).await?;
+        op.ctx().interrupt.check()?;
+        out.freed_bytes += delete_journaled(op, r).await?;
         out.removed.push(r.id);
     }
     Ok(())
+}
+
+/// `nuwax delete <id>`: a prune of one chosen backup, journaled as one. Returns the bytes freed.
+pub async fn delete(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
+    let mut op = Operation::begin(ctx, Journal::default()).await?;
+    let freed = delete_journaled(&mut op, rec).await;
+    op.close(freed.as_ref().err().map(|_| "failed")).await?;
+    freed
+}
+
+/// One deletion: journaled first (the backup, its file, the services whose image tags are
+/// kept for it), then its file, its row, its tags.
+async fn delete_journaled(op: &mut Operation<'_, Journal>, r: &BackupRecord) -> Result<u64> {
+    // Once the file is gone, only the journal says which image tags to release.
+    let kept = super::delete::kept_services(r);
+    op.advance(|j| *j = Journal { deleting: Some(r.id), path: r.path.clone(), kept: kept.clone() }).await?;
+    let ctx = op.ctx();
+    if let Some(p) = r.path.as_ref().filter(|_| faults::crash_armed(Crash::PruneAfterFile)) {
+        // Die between the file and the row, as a power loss would.
+        let _ = std::fs::remove_file(p);
+        faults::crash(Crash::PruneAfterFile);
+    }
+    let freed = super::delete::remove(ctx, r).await?;
+    faults::crash(Crash::PruneAfterRow);
+    super::delete::release_tags(ctx, r.id, &kept).await;
+    Ok(freed)
 }
 
 fn candidate(r: &BackupRecord) -> Result<Candidate> {
@@ -191,16 +207,15 @@ fn item(d: &Decision, records: &[BackupRecord]) -> Item {
     }
 }
 
-/// Recovery of a prune that died between removing a file and its row: the row goes too.
+/// Recovery of a prune (or delete) that died inside a deletion: whatever of its file, row and
+/// image tags is left goes.
 pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<String> {
     let Some(id) = j.deleting else {
         return Ok("the prune had not started deleting".into());
     };
-    match ctx.catalog.get(id).await? {
-        Some(r) => {
-            super::delete::delete_backup(ctx, &r, &j.kept).await?;
-            Ok(format!("the prune's deletion of backup {id} was finished"))
-        }
-        None => Ok(format!("backup {id} was already deleted")),
+    if let Some(r) = ctx.catalog.get(id).await? {
+        super::delete::remove(ctx, &r).await?;
     }
+    super::delete::release_tags(ctx, id, &j.kept).await;
+    Ok(format!("the prune's deletion of backup {id} was finished"))
 }
