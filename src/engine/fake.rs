@@ -334,3 +334,30 @@ impl super::compose::Compose for FakeCompose {
         Ok(ExecOutput { exit_code, output: String::new() })
     }
 }
+
+/// A project in `dir` with `compose_yaml`, its catalog, and a fake engine and compose holding
+/// `services` (name, running, what it depends on): the context unit tests run flows in.
+#[cfg(test)]
+pub async fn fake_ctx(
+    dir: &Path,
+    compose_yaml: &str,
+    services: &[(&str, bool, &[&str])],
+) -> (crate::flows::Ctx, std::sync::Arc<FakeEngine>) {
+    std::fs::write(dir.join("compose.yaml"), compose_yaml).unwrap();
+    let project = crate::project::Project::discover(dir).unwrap();
+    let catalog = crate::catalog::Catalog::open(&project.state_dir).await.unwrap();
+    let engine = std::sync::Arc::new(FakeEngine::new());
+    for (service, running, depends_on) in services {
+        engine.add(service, *running, depends_on, vec![]);
+    }
+    let compose: std::sync::Arc<dyn super::compose::Compose> =
+        std::sync::Arc::new(FakeCompose::new(engine.clone()));
+    let ctx = crate::flows::Ctx {
+        project,
+        catalog,
+        engine: Some(engine.clone()),
+        compose: Some(compose),
+        interrupt: crate::interrupt::Interrupt::none(),
+    };
+    (ctx, engine)
+}

@@ -191,13 +191,9 @@ fn scope_of(op: &Operation) -> ScopeJournal {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::catalog::{BackupKind, Catalog, NewBackup, StoppedService};
     use crate::engine::Engine;
-    use crate::engine::fake::{FakeCompose, FakeEngine};
-    use crate::interrupt::Interrupt;
 
     async fn pending(catalog: &Catalog, project: &str) -> i64 {
         let new = NewBackup {
@@ -214,25 +210,12 @@ mod tests {
     #[tokio::test]
     async fn a_dead_backup_is_finished_by_the_next_run() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("compose.yaml"),
+        let (ctx, engine) = crate::engine::fake::fake_ctx(
+            dir.path(),
             "services: {db: {image: x}, app: {image: y, depends_on: [db]}}\n",
+            &[("db", true, &[]), ("app", true, &[]), ("cron", false, &[])],
         )
-        .unwrap();
-        let project = crate::project::Project::discover(dir.path()).unwrap();
-        let catalog = Catalog::open(&project.state_dir).await.unwrap();
-        let engine = Arc::new(FakeEngine::new());
-        engine.add("db", true, &[], vec![]);
-        engine.add("app", true, &[], vec![]);
-        engine.add("cron", false, &[], vec![]);
-        let compose = Arc::new(FakeCompose::new(engine.clone()));
-        let ctx = Ctx {
-            project,
-            catalog,
-            engine: Some(engine.clone()),
-            compose: Some(compose),
-            interrupt: Interrupt::none(),
-        };
+        .await;
         // A backup that stopped its services and then "died" (never restarted them).
         let id = pending(&ctx.catalog, &ctx.project.name).await;
         let temp = dir.path().join("partial.tmp");

@@ -7,10 +7,8 @@ use anyhow::anyhow;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::catalog::Catalog;
 use crate::engine::Engine;
-use crate::engine::fake::{FakeCompose, FakeEngine};
-use crate::interrupt::Interrupt;
+use crate::engine::fake::FakeEngine;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct TestJournal {
@@ -30,27 +28,13 @@ struct Fixture {
 /// db ← app ← worker running, batch (depends on db) stopped.
 async fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(
-        tmp.path().join("compose.yaml"),
+    let (ctx, engine) = crate::engine::fake::fake_ctx(
+        tmp.path(),
         "services: {db: {image: x}, app: {image: x, depends_on: [db]}, worker: {image: x, depends_on: [app]}, \
          batch: {image: x, depends_on: [db]}, search: {image: x}}\n",
+        &[("db", true, &[]), ("app", true, &["db"]), ("worker", true, &["app"]), ("batch", false, &["db"])],
     )
-    .unwrap();
-    let project = crate::project::Project::discover(tmp.path()).unwrap();
-    let catalog = Catalog::open(&project.state_dir).await.unwrap();
-    let engine = Arc::new(FakeEngine::new());
-    engine.add("db", true, &[], vec![]);
-    engine.add("app", true, &["db"], vec![]);
-    engine.add("worker", true, &["app"], vec![]);
-    engine.add("batch", false, &["db"], vec![]);
-    let compose: Arc<dyn crate::engine::compose::Compose> = Arc::new(FakeCompose::new(engine.clone()));
-    let ctx = Ctx {
-        project,
-        catalog,
-        engine: Some(engine.clone()),
-        compose: Some(compose),
-        interrupt: Interrupt::none(),
-    };
+    .await;
     Fixture { _tmp: tmp, ctx, engine }
 }
 
