@@ -21,6 +21,7 @@ pub mod project;
 pub mod retention;
 pub mod runner;
 pub mod schedule;
+pub mod snapshot;
 
 pub use error::Error;
 

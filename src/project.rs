@@ -49,6 +49,8 @@ pub struct Settings {
     pub schedule: Option<String>,
     /// What `nuwax prune` keeps.
     pub retention: Option<crate::retention::Policy>,
+    /// `false`: no snapshot (copy while stopped only, in one phase); the snapshot is removed.
+    pub snapshot: Option<bool>,
 }
 
 /// What the compose files say about one service.

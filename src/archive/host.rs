@@ -15,7 +15,7 @@ use super::{Error, Result, check_archive_path};
 
 /// The entries of one prefix. Entries come parent-first, so a stack of open directories
 /// serves them in order; entries in any other order still work, with more `openat` calls.
-pub(super) struct HostTree<'a> {
+pub(crate) struct HostTree<'a> {
     prefix: &'a str,
     root: &'a Path,
     /// (path relative to root, `O_PATH` descriptor), the root ("") at the bottom.
@@ -23,18 +23,18 @@ pub(super) struct HostTree<'a> {
 }
 
 impl<'a> HostTree<'a> {
-    pub(super) fn new(prefix: &'a str, root: &'a Path) -> Self {
+    pub(crate) fn new(prefix: &'a str, root: &'a Path) -> Self {
         Self { prefix, root, stack: Vec::new() }
     }
 
     /// Host path of an archive path under the prefix (for messages; reads go through descriptors).
-    pub(super) fn host_path(&self, path: &str) -> Result<PathBuf> {
+    pub(crate) fn host_path(&self, path: &str) -> Result<PathBuf> {
         let rel = self.relative(path)?;
         Ok(if rel.is_empty() { self.root.to_path_buf() } else { self.root.join(rel) })
     }
 
     /// Checks that the entry is still a directory and opens it for its children.
-    pub(super) fn enter_dir(&mut self, path: &str, host: &Path) -> Result<()> {
+    pub(crate) fn enter_dir(&mut self, path: &str, host: &Path) -> Result<()> {
         let rel = self.relative(path)?;
         if rel.is_empty() {
             self.stack.clear();
@@ -49,7 +49,7 @@ impl<'a> HostTree<'a> {
     }
 
     /// Checks that the entry is still a symlink with the scanned target.
-    pub(super) fn check_symlink(&mut self, entry: &EntryMeta, host: &Path) -> Result<()> {
+    pub(crate) fn check_symlink(&mut self, entry: &EntryMeta, host: &Path) -> Result<()> {
         let rel = self.relative(&entry.path)?;
         let (dir, name) = self.parent(rel)?;
         let target = rustix::fs::readlinkat(dir, name, Vec::new())
@@ -61,7 +61,7 @@ impl<'a> HostTree<'a> {
     }
 
     /// Opens the entry's file after checking it is still a regular file of the scanned size.
-    pub(super) fn open_file(&mut self, entry: &EntryMeta, host: &Path) -> Result<File> {
+    pub(crate) fn open_file(&mut self, entry: &EntryMeta, host: &Path) -> Result<File> {
         let rel = self.relative(&entry.path)?;
         let (dir, name) = self.parent(rel)?;
         // NONBLOCK: opening a FIFO that replaced the file must not hang the backup.

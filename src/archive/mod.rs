@@ -20,10 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use extract::{ExtractReport, Target, check_extractable, extract, verify_extractable};
+pub(crate) use host::HostTree;
 pub use manifest::{Checksums, EntryKind, EntryMeta, FORMAT_VERSION, Manifest, Skipped};
 pub use reader::{VerifyReport, file_sha256, read_manifest, verify};
 pub use repack::repack;
-pub use scan::{ScanResult, scan_host, scan_tar_stream};
+pub use scan::{ScanResult, Stamp, scan_host, scan_host_stamped, scan_tar_stream};
 pub use writer::{ArchiveWriter, WriteOptions, WriteSummary};
 
 /// Size of the buffers used to copy entry content. Large copies keep the per-syscall and

@@ -21,6 +21,32 @@ pub struct ScanResult {
     pub size: u64,
     /// Number of regular files.
     pub file_count: u64,
+    /// With [`scan_host_stamped`]: one [`Stamp`] per entry, in the same order.
+    pub stamps: Vec<Stamp>,
+}
+
+/// What identifies a file's content without reading it: if none of these changed, neither did
+/// the content (the ctime cannot be set from user space, so a write the mtime hides shows here).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl Stamp {
+    pub fn of(meta: &fs::Metadata) -> Stamp {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 impl ScanResult {
@@ -46,6 +72,26 @@ impl ScanResult {
 /// are not UTF-8 are reported as skipped. An unreadable directory is an error: a backup that
 /// silently misses data is worse than one that fails.
 pub fn scan_host(prefix: &str, root: &Path, excludes: &GlobSet, skip_dirs: &[PathBuf]) -> Result<ScanResult> {
+    scan(prefix, root, excludes, skip_dirs, false)
+}
+
+/// [`scan_host`], also recording each entry's [`Stamp`] (for the snapshot's quick check).
+pub fn scan_host_stamped(
+    prefix: &str,
+    root: &Path,
+    excludes: &GlobSet,
+    skip_dirs: &[PathBuf],
+) -> Result<ScanResult> {
+    scan(prefix, root, excludes, skip_dirs, true)
+}
+
+fn scan(
+    prefix: &str,
+    root: &Path,
+    excludes: &GlobSet,
+    skip_dirs: &[PathBuf],
+    stamped: bool,
+) -> Result<ScanResult> {
     check_archive_path(prefix)?;
     // Compare directories by identity, so a storage dir is recognised whatever path spells it.
     let skip_ids: Vec<(u64, u64)> = skip_dirs
@@ -112,6 +158,9 @@ pub fn scan_host(prefix: &str, root: &Path, excludes: &GlobSet, skip_dirs: &[Pat
             out.skip(path, special_reason(&file_type));
             continue;
         };
+        if stamped {
+            out.stamps.push(Stamp::of(&meta));
+        }
         out.push(EntryMeta {
             path,
             kind,

@@ -201,6 +201,10 @@ pub struct BackupArgs {
     /// Read the data while the services keep running (faster, not crash-consistent).
     #[arg(long)]
     pub no_stop: bool,
+    /// Copy in one phase while the services are stopped, and remove the snapshot (the copy kept
+    /// on the storage filesystem so that only changes are copied while they are stopped).
+    #[arg(long)]
+    pub no_snapshot: bool,
     /// Do not talk to the Docker engine: back up config files and bind mounts only.
     #[arg(long, conflicts_with = "with_images")]
     pub no_docker: bool,

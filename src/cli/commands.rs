@@ -193,6 +193,9 @@ fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<Ba
     o.note = args.note.clone();
     o.stop = !args.no_stop;
     o.with_images = args.with_images;
+    if args.no_snapshot {
+        o.snapshot = crate::flows::backup::SnapshotUse::Off("--no-snapshot");
+    }
     if args.kind == "scheduled" {
         o.kind = BackupKind::Scheduled;
     }

@@ -49,6 +49,15 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
         human_ms(o.verify_ms),
         o.downtime_ms.map(human_ms).unwrap_or_else(|| "none (services not stopped)".into())
     );
+    match (o.precopy_ms, o.delta_bytes, &o.single_phase) {
+        (Some(pre), Some(delta), _) => outln!(
+            "  copied while running in {}; while stopped only what changed since: {}",
+            human_ms(pre),
+            human_bytes(delta)
+        ),
+        (_, _, Some(why)) => outln!("  copied in one phase while stopped: {why}"),
+        _ => {}
+    }
     if !o.services_stopped.is_empty() {
         outln!("  services stopped and started again: {}", o.services_stopped.join(", "));
     }

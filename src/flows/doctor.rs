@@ -152,6 +152,8 @@ pub async fn doctor(
         )),
     }
 
+    out.push(snapshot(project));
+
     // The images rollbacks need, kept by their nuwax-keep tags.
     if let Ok(e) = &engine {
         let mut lost = BTreeSet::new();
@@ -180,4 +182,26 @@ pub async fn doctor(
         }
     }
     Ok(out)
+}
+
+/// The snapshot backups copy into while the services run: where, how big, whether its last
+/// sync completed (it is informational: an incomplete one is compared by content next time).
+fn snapshot(project: &Project) -> Finding {
+    let (storage, name) = (&project.storage_dir, &project.name);
+    let detail = match crate::snapshot::Snapshot::usage(storage, name) {
+        None if project.settings.snapshot == Some(false) => "off (snapshot = false in nuwax.toml)".into(),
+        None => "none yet (the next backup makes it)".into(),
+        Some(u) => format!(
+            "{}: {} in {} files, {}; `snapshot = false` in nuwax.toml or `backup --no-snapshot` removes it",
+            u.path.display(),
+            crate::fsutil::human_bytes(u.bytes),
+            u.files,
+            if u.complete {
+                "up to date with the last backup"
+            } else {
+                "incomplete (the next backup compares it)"
+            }
+        ),
+    };
+    ok("snapshot", detail)
 }

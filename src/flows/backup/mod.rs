@@ -7,6 +7,7 @@
 
 mod images;
 mod plan;
+mod twophase;
 mod write;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use images::release_images;
 pub(crate) use plan::check_storage;
+pub use twophase::SnapshotUse;
 
 use super::Ctx;
 use super::sources::{self, VolumeAccess};
@@ -29,6 +31,7 @@ use crate::engine::Container;
 use crate::runner::{self, Operation, OperationKind, Scope, ScopeReport};
 use images::{ImageSpool, keep_images};
 use plan::{build_excludes, preflight, sanitize};
+use twophase::Phases;
 use write::{Moment, Sources, Written, seal, write};
 
 /// `backup_{kind}_v{version}_{YYYY-MM-DD_HH-MM-SS}_{id}.tar.zst` (or `.tar.gz`, `.tar`).
@@ -62,6 +65,8 @@ pub struct BackupOptions {
     pub rate_limit: Option<u64>,
     /// Also store the services' images (`docker save` format) for restores on another machine.
     pub with_images: bool,
+    /// Copy while running into the snapshot, and only the changes while stopped.
+    pub snapshot: SnapshotUse,
 }
 
 impl BackupOptions {
@@ -100,6 +105,10 @@ impl BackupOptions {
             volume_access,
             rate_limit: crate::faults::rate_limit(),
             with_images: false,
+            snapshot: match s.snapshot {
+                Some(false) => SnapshotUse::Off("snapshot = false in nuwax.toml"),
+                _ => SnapshotUse::On,
+            },
         })
     }
 }
@@ -119,7 +128,17 @@ pub struct BackupOutcome {
     pub compression: &'static str,
     pub checksum: String,
     pub duration_ms: u64,
-    /// Reading the data and writing the archive (the services' downtime is this plus stop/start).
+    /// The copy into the snapshot while the services ran; `null` in one phase.
+    pub precopy_ms: Option<u64>,
+    /// Bytes the copy while stopped wrote into the snapshot (what changed since the copy while
+    /// running); `null` in one phase.
+    pub delta_bytes: Option<u64>,
+    /// First stop to last service ready (the same as `downtime_ms`); `null` when nothing stopped.
+    pub stopped_ms: Option<u64>,
+    /// Why the data was copied in one phase while stopped (no snapshot), when it was.
+    pub single_phase: Option<String>,
+    /// Reading the data and writing the archive: after the services started again when two
+    /// phases were used, else part of the downtime.
     pub archive_ms: u64,
     /// Flushing the archive to disk, done after the services are back.
     pub sync_ms: u64,
@@ -181,8 +200,9 @@ pub async fn estimate(ctx: &Ctx, containers: &[Container]) -> Result<u64> {
     Ok(tokio::task::spawn_blocking(move || plan::estimate(&plan, &excludes, &skip_dirs)).await?)
 }
 
-/// `nuwax backup`: stops the running services for the copy (unless `--no-stop`) and starts
-/// them again before the archive is verified.
+/// `nuwax backup`: copies the data into the snapshot while the services run, stops them to copy
+/// what changed since, starts them, then writes and verifies the archive from the snapshot
+/// (without a snapshot: stops them for the whole archive; `--no-stop`: never stops them).
 pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>) -> Result<BackupOutcome> {
     let started = Instant::now();
     let containers = match &ctx.engine {
@@ -196,30 +216,85 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         );
     }
     let (sources, _spool) = find_sources(ctx, opts, &containers).await?;
-    preflight(&ctx.project.storage_dir, &sources.plan, &sources.excludes, &sources.skip_dirs)?;
+    let estimate = preflight(&ctx.project.storage_dir, &sources.plan, &sources.excludes, &sources.skip_dirs)?;
     ctx.interrupt.check()?;
     let stop = opts.stop && ctx.engine.is_some();
     let live = !stop && (ctx.engine.is_none() || containers.iter().any(Container::is_running));
+    let mut phases = PhaseReport::default();
+    let pre = match stop {
+        true => match twophase::decide(ctx, opts.snapshot, &sources, &containers, estimate) {
+            Phases::Two(snap) => match twophase::precopy(ctx, snap, &sources).await? {
+                Ok(pre) => {
+                    phases.precopy_ms = Some(pre.ms);
+                    Some(pre)
+                }
+                Err(why) => {
+                    tracing::warn!("{why}: copying in one phase while the services are stopped");
+                    phases.single_phase = Some(why);
+                    None
+                }
+            },
+            Phases::One(why) => {
+                tracing::info!("copying in one phase while the services are stopped: {why}");
+                phases.single_phase = Some(why);
+                None
+            }
+        },
+        false => None,
+    };
+    ctx.interrupt.check()?;
     let services = service_records(&containers, |c| c.is_running());
     let (mut op, pending, services) = begin(ctx, opts, services).await?;
-    let written = match stop {
-        true => {
+    let written = match (stop, &pre) {
+        (true, Some(pre)) => {
+            let sources = &sources;
+            let frozen = op
+                .with_stopped(&containers, |_, scope| {
+                    Box::pin(async move {
+                        let frozen = twophase::delta(ctx, pre, sources).await?;
+                        Ok((frozen, scope.killed().to_vec()))
+                    })
+                })
+                .await;
+            match frozen {
+                Ok((frozen, killed)) => {
+                    phases.delta_bytes = Some(frozen.report.bytes_written);
+                    let moment = Moment { stopped: true, live: false, killed };
+                    let reads = frozen.reads;
+                    let w = write(ctx, opts, &pending, sources, services, moment, progress, reads).await;
+                    if w.is_ok() {
+                        twophase::commit(pre.snap.clone(), frozen.index).await;
+                    }
+                    w
+                }
+                Err(e) => Err(e),
+            }
+        }
+        (true, None) => {
             let (pending, sources) = (&pending, &sources);
             op.with_stopped(&containers, |_, scope| {
                 Box::pin(async move {
                     let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
-                    write(ctx, opts, pending, sources, services, moment, progress).await
+                    write(ctx, opts, pending, sources, services, moment, progress, Vec::new()).await
                 })
             })
             .await
         }
-        false => {
+        (false, _) => {
             let moment = Moment { stopped: false, live, killed: Vec::new() };
-            write(ctx, opts, &pending, &sources, services, moment, progress).await
+            write(ctx, opts, &pending, &sources, services, moment, progress, Vec::new()).await
         }
     };
     let report = op.scope().cloned().unwrap_or_default();
-    finish(op, &pending, written, report, started).await
+    finish(op, &pending, written, report, phases, started).await
+}
+
+/// How the copy went: two phases, or one and why.
+#[derive(Debug, Default)]
+struct PhaseReport {
+    precopy_ms: Option<u64>,
+    delta_bytes: Option<u64>,
+    single_phase: Option<String>,
 }
 
 /// A backup inside another operation's scope: the services that scope stopped stay stopped
@@ -238,8 +313,8 @@ pub async fn backup_in(
     let services = service_records(&containers, |c| scope.keeps_running(&c.service));
     let (op, pending, services) = begin(ctx, opts, services).await?;
     let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
-    let written = write(ctx, opts, &pending, &sources, services, moment, progress).await;
-    finish(op, &pending, written, ScopeReport::default(), started).await
+    let written = write(ctx, opts, &pending, &sources, services, moment, progress, Vec::new()).await;
+    finish(op, &pending, written, ScopeReport::default(), PhaseReport::default(), started).await
 }
 
 /// Config files and every mount of `containers`; the images spooled when asked for.
@@ -340,6 +415,7 @@ async fn finish(
     pending: &Pending,
     written: Result<Written>,
     report: ScopeReport,
+    phases: PhaseReport,
     started: Instant,
 ) -> Result<BackupOutcome> {
     let ctx = op.ctx();
@@ -369,6 +445,10 @@ async fn finish(
                 },
                 checksum: s.checksum,
                 duration_ms: started.elapsed().as_millis() as u64,
+                precopy_ms: phases.precopy_ms,
+                delta_bytes: phases.delta_bytes,
+                stopped_ms: report.downtime_ms,
+                single_phase: phases.single_phase,
                 archive_ms: w.archive_ms,
                 sync_ms: s.sync_ms,
                 verify_ms: s.verify_ms,

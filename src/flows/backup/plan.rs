@@ -108,13 +108,14 @@ pub(super) fn estimate(plan: &[Source], excludes: &globset::GlobSet, skip_dirs: 
     estimate
 }
 
-/// Refuses before anything is stopped: not enough room for the data.
+/// Refuses before anything is stopped: not enough room for the data. Returns the room the
+/// archive needs.
 pub(super) fn preflight(
     storage: &Path,
     plan: &[Source],
     excludes: &globset::GlobSet,
     skip_dirs: &[PathBuf],
-) -> Result<()> {
+) -> Result<u64> {
     let estimate = estimate(plan, excludes, skip_dirs);
     let free = fsutil::free_space(storage)
         .with_context(|| format!("checking free space in {}", storage.display()))?;
@@ -128,7 +129,7 @@ pub(super) fn preflight(
         }
         .into());
     }
-    Ok(())
+    Ok(needed)
 }
 
 pub(super) fn build_excludes(globs: &[String]) -> Result<globset::GlobSet> {

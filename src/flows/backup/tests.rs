@@ -61,6 +61,7 @@ fn opts() -> BackupOptions {
         volume_access: VolumeAccess::Auto,
         rate_limit: None,
         with_images: false,
+        snapshot: super::SnapshotUse::On,
     }
 }
 
@@ -109,7 +110,11 @@ async fn a_service_that_does_not_come_back_fails_the_backup_and_keeps_the_journa
     // The next run (or `nuwax recover`) will try to start app again.
     let open = f.ctx.catalog.unfinished(&f.ctx.project.name).await.unwrap();
     assert_eq!(open.len(), 1);
-    let leftovers: Vec<_> = std::fs::read_dir(&f.ctx.project.storage_dir).unwrap().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&f.ctx.project.storage_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != crate::snapshot::DIR)
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
@@ -136,4 +141,48 @@ async fn a_symlinked_bind_source_is_followed_at_the_root_only() {
     assert!(bind.iter().any(|e| e.path.ends_with("uploads/a.txt")), "{bind:?}");
     let link = bind.iter().find(|e| e.path.ends_with("uploads/etc-link")).unwrap();
     assert_eq!(link.link_target.as_deref(), Some("/etc"));
+}
+
+/// Each archive's content under `prefix`, extracted: (relative path, file content).
+fn extracted(archive_path: &std::path::Path, prefix: &str) -> Vec<(String, Option<Vec<u8>>)> {
+    let dest = tempfile::tempdir().unwrap();
+    let out = dest.path().join("x");
+    let targets = vec![archive::Target { prefix: prefix.into(), dest: out.clone() }];
+    archive::extract(archive_path, &targets, &archive::Cancel::new(), &NoProgress).unwrap();
+    walkdir::WalkDir::new(&out)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(&out).unwrap().to_string_lossy().into_owned();
+            (rel, e.file_type().is_file().then(|| std::fs::read(e.path()).unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_phases_archive_exactly_what_one_phase_archives_and_off_removes_the_snapshot() {
+    let f = fixture().await;
+    let two = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap();
+    assert!(two.precopy_ms.is_some() && two.delta_bytes == Some(0), "{two:?}");
+    assert_eq!((two.single_phase.as_deref(), two.stopped_ms), (None, two.downtime_ms));
+    let storage = &f.ctx.project.storage_dir;
+    assert!(crate::snapshot::Snapshot::usage(storage, "shop").is_some_and(|u| u.complete));
+
+    // Changed since: the snapshot follows, and the archive holds the change.
+    std::fs::write(f.volume.join("db.bin"), vec![8u8; 100_000]).unwrap();
+    std::fs::write(f.volume.join("new"), "new").unwrap();
+    let again = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap();
+    let off = BackupOptions { snapshot: SnapshotUse::Off("--no-snapshot"), ..opts() };
+    let one = backup(&f.ctx, &off, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(one.single_phase.as_deref(), Some("--no-snapshot"));
+    assert!(one.precopy_ms.is_none() && crate::snapshot::Snapshot::usage(storage, "shop").is_none());
+
+    let (a, b) = (archive::read_manifest(&again.path).unwrap(), archive::read_manifest(&one.path).unwrap());
+    assert_eq!(a.entries, b.entries);
+    assert_eq!((&a.mounts, &a.configs, a.services_stopped), (&b.mounts, &b.configs, b.services_stopped));
+    for prefix in ["volumes/shop_data", "config/compose.yaml"] {
+        assert_eq!(extracted(&again.path, prefix), extracted(&one.path, prefix), "{prefix}");
+    }
+    assert!(extracted(&again.path, "volumes/shop_data").contains(&("new".into(), Some(b"new".to_vec()))));
 }

@@ -43,8 +43,13 @@ pub(super) struct Written {
     pub archive_ms: u64,
 }
 
-/// Scans every source and writes the archive to the pending backup's temp file. Not synced:
-/// the data is read, so the services can start again first; [`seal`] syncs.
+/// Per source of the plan, a scan already made and the tree to read it from (the snapshot).
+pub(super) type Reads = Vec<Option<(archive::ScanResult, PathBuf)>>;
+
+/// Scans every source (or takes the scan `reads` holds for it) and writes the archive to the
+/// pending backup's temp file. Not synced: once the data is read the services can start again
+/// first; [`seal`] syncs.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn write(
     ctx: &Ctx,
     opts: &BackupOptions,
@@ -53,6 +58,7 @@ pub(super) async fn write(
     services: Vec<ServiceRecord>,
     moment: Moment,
     progress: Arc<dyn Progress>,
+    reads: Reads,
 ) -> Result<Written> {
     ctx.interrupt.check()?;
     let started = Instant::now();
@@ -81,10 +87,19 @@ pub(super) async fn write(
     };
     let written = tokio::task::spawn_blocking(move || -> Result<(archive::WriteSummary, Manifest)> {
         let mut scans = Vec::with_capacity(plan.len());
+        let mut roots = Vec::with_capacity(plan.len());
+        let mut reads = reads.into_iter();
         for s in &plan {
             if cancel.is_cancelled() {
                 return Err(archive::Error::Cancelled.into());
             }
+            if let Some(Some((scan, root))) = reads.next() {
+                skipped.extend(scan.skipped.iter().cloned());
+                scans.push(scan);
+                roots.push(Some(root));
+                continue;
+            }
+            roots.push(None);
             let scan = match &s.origin {
                 Origin::Host(root) => archive::scan_host(&s.prefix, root, &excludes, &skip_dirs)
                     .with_context(|| format!("reading {}", root.display()))?,
@@ -128,10 +143,10 @@ pub(super) async fn write(
             progress.clone(),
         )?;
         w.write_manifest(&manifest)?;
-        for (s, scan) in plan.iter().zip(&scans) {
+        for ((s, scan), read_root) in plan.iter().zip(&scans).zip(&roots) {
             match &s.origin {
                 Origin::Host(root) => w
-                    .append_host(&s.prefix, root, &scan.entries)
+                    .append_host(&s.prefix, read_root.as_deref().unwrap_or(root), &scan.entries)
                     .with_context(|| format!("archiving {}", root.display()))?,
                 Origin::Engine { container, path } => {
                     let stream = export(&handle, engine.as_deref(), container, path)?;

@@ -1,0 +1,328 @@
+//! One sync of the mirror with its sources: scan each source, copy what the index cannot prove
+//! current (a whole new file, a reflink where the filesystem has them, else only the blocks
+//! that differ), and remove what the sources no longer hold.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use globset::GlobSet;
+
+use super::{Index, Record, Snapshot};
+use crate::archive::{self, Cancel, EntryKind, HostTree, ScanResult, Stamp};
+
+/// Blocks compared and rewritten one at a time.
+const BLOCK: usize = 1 << 20;
+/// A file whose ctime is this close to the moment it was copied may have changed in the same
+/// clock tick without its stamp showing it: its copy is compared again next time.
+const RACY_NS: i128 = 1_000_000_000;
+
+/// While the services run, entries that change or vanish under the copy are left for the next
+/// pass; while they are stopped, nothing may change, and a change is an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassKind {
+    Running,
+    Stopped,
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Bytes written into the mirror (whole new files and the blocks that differed).
+    pub bytes_written: u64,
+    /// Bytes of files cloned by reflink (no data copied).
+    pub bytes_reflinked: u64,
+    /// Bytes read to compare a file whose stamp changed with its copy.
+    pub bytes_compared: u64,
+    /// Files whose copy was brought up to date.
+    pub files_updated: u64,
+    /// Files the index proved current.
+    pub files_current: u64,
+    /// Entries that changed under a running pass, left for the next.
+    pub files_deferred: u64,
+}
+
+pub struct Pass<'a> {
+    snap: &'a Snapshot,
+    old: &'a Index,
+    new: Index,
+    kind: PassKind,
+    cancel: Cancel,
+    report: PassReport,
+    /// Every archive path the sources hold, and the directories above each source.
+    keep: HashSet<String>,
+    reflink: bool,
+    rate: Option<(u64, Instant, u64)>,
+    bufs: (Vec<u8>, Vec<u8>),
+}
+
+impl<'a> Pass<'a> {
+    pub fn new(
+        snap: &'a Snapshot,
+        old: &'a Index,
+        kind: PassKind,
+        cancel: Cancel,
+        rate: Option<u64>,
+    ) -> Self {
+        Pass {
+            snap,
+            old,
+            new: Index::default(),
+            kind,
+            cancel,
+            report: PassReport::default(),
+            keep: HashSet::new(),
+            reflink: true,
+            rate: rate.map(|r| (r, Instant::now(), 0)),
+            bufs: (vec![0; BLOCK], vec![0; BLOCK]),
+        }
+    }
+
+    /// Brings the mirror of `prefix` up to date with `root`; returns the scan, which describes
+    /// the source as it was read (the archive's entries, when the services are stopped).
+    pub fn source(
+        &mut self,
+        prefix: &str,
+        root: &Path,
+        excludes: &GlobSet,
+        skip_dirs: &[PathBuf],
+    ) -> archive::Result<ScanResult> {
+        let scan = archive::scan_host_stamped(prefix, root, excludes, skip_dirs)?;
+        let mut parent = Path::new(prefix).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            self.keep.insert(p.to_string_lossy().into_owned());
+            parent = p.parent();
+        }
+        if let Some(p) = self.snap.data(prefix).parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(p)
+                .map_err(archive::Error::io(p))?;
+        }
+        let mut tree = HostTree::new(prefix, root);
+        for (entry, stamp) in scan.entries.iter().zip(&scan.stamps) {
+            self.cancel.check()?;
+            self.keep.insert(entry.path.clone());
+            match self.entry(&mut tree, entry, *stamp) {
+                Ok(()) => {}
+                Err(e @ (archive::Error::Changed { .. } | archive::Error::Io { .. }))
+                    if self.kind == PassKind::Running && changed_under_us(&e) =>
+                {
+                    tracing::debug!("snapshot: {e}; left for the next pass");
+                    self.report.files_deferred += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(scan)
+    }
+
+    /// Removes from the mirror what no source holds; returns the new index.
+    pub fn finish(self) -> archive::Result<(Index, PassReport)> {
+        let root = self.snap.data_root();
+        let mut walk = walkdir::WalkDir::new(&root).min_depth(1).follow_links(false).into_iter();
+        while let Some(item) = walk.next() {
+            self.cancel.check()?;
+            let item = item.map_err(|e| archive::Error::io(&root)(e.into()))?;
+            let rel = item.path().strip_prefix(&root).unwrap_or(item.path());
+            if rel.to_str().is_some_and(|r| self.keep.contains(r)) {
+                continue;
+            }
+            if item.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            remove_any(item.path()).map_err(archive::Error::io(item.path()))?;
+        }
+        Ok((self.new, self.report))
+    }
+
+    fn entry(
+        &mut self,
+        tree: &mut HostTree<'_>,
+        entry: &archive::EntryMeta,
+        stamp: Stamp,
+    ) -> archive::Result<()> {
+        let host = tree.host_path(&entry.path)?;
+        let dst = self.snap.data(&entry.path);
+        match entry.kind {
+            EntryKind::Dir => {
+                tree.enter_dir(&entry.path, &host)?;
+                ensure_dir(&dst).map_err(archive::Error::io(&dst))
+            }
+            EntryKind::Symlink => {
+                tree.check_symlink(entry, &host)?;
+                let target = entry.link_target.as_deref().unwrap_or_default();
+                ensure_symlink(&dst, target).map_err(archive::Error::io(&dst))
+            }
+            EntryKind::File => {
+                let current = self.old.files.get(&entry.path).is_some_and(|r| r.stamp == stamp && !r.racy)
+                    && std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file() && m.len() == entry.size);
+                if current {
+                    self.report.files_current += 1;
+                    self.new.files.insert(entry.path.clone(), Record { stamp, racy: false });
+                    return Ok(());
+                }
+                let copied_at = now_ns();
+                let src = tree.open_file(entry, &host)?;
+                self.update(&src, &host, &dst, entry.size)?;
+                self.report.files_updated += 1;
+                // Changed while it was copied: the copy proves nothing, the next pass copies again.
+                let after = src.metadata().map(|m| Stamp::of(&m)).map_err(archive::Error::io(&host))?;
+                if after != stamp {
+                    if self.kind == PassKind::Stopped {
+                        return Err(archive::Error::changed(
+                            &host,
+                            "changed while the services were stopped",
+                        ));
+                    }
+                    self.report.files_deferred += 1;
+                    return Ok(());
+                }
+                let racy = stamp.ctime_ns + RACY_NS >= copied_at || stamp.mtime_ns + RACY_NS >= copied_at;
+                self.new.files.insert(entry.path.clone(), Record { stamp, racy });
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes `dst` hold the first `size` bytes of `src`.
+    fn update(&mut self, src: &File, host: &Path, dst: &Path, size: u64) -> archive::Result<()> {
+        let existing = match std::fs::symlink_metadata(dst) {
+            Ok(m) if m.is_file() => true,
+            Ok(_) => {
+                remove_any(dst).map_err(archive::Error::io(dst))?;
+                false
+            }
+            Err(_) => false,
+        };
+        let out = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(dst)
+            .map_err(archive::Error::io(dst))?;
+        if self.reflink && self.rate.is_none() {
+            match rustix::fs::ioctl_ficlone(&out, src) {
+                Ok(()) if out.metadata().is_ok_and(|m| m.len() == size) => {
+                    self.report.bytes_reflinked += size;
+                    return Ok(());
+                }
+                // Grew or shrank since the scan: copied below, which checks the size.
+                Ok(()) => {}
+                Err(_) => self.reflink = false,
+            }
+        }
+        let mut src_r = src;
+        let mut off = 0u64;
+        while off < size {
+            self.cancel.check()?;
+            let want = usize::try_from(size - off).unwrap_or(BLOCK).min(BLOCK);
+            let n = read_full(&mut src_r, &mut self.bufs.0[..want]).map_err(archive::Error::io(host))?;
+            if n < want {
+                let detail = format!("shrank: {} of {size} bytes left unread", size - off - n as u64);
+                return Err(archive::Error::changed(host, detail));
+            }
+            let same = existing && {
+                let m = read_full_at(&out, &mut self.bufs.1[..n], off).map_err(archive::Error::io(dst))?;
+                self.report.bytes_compared += n as u64;
+                m == n && self.bufs.0[..n] == self.bufs.1[..n]
+            };
+            if !same {
+                out.write_all_at(&self.bufs.0[..n], off).map_err(archive::Error::io(dst))?;
+                self.report.bytes_written += n as u64;
+            }
+            off += n as u64;
+            self.throttle(n as u64)?;
+        }
+        out.set_len(size).map_err(archive::Error::io(dst))?;
+        Ok(())
+    }
+
+    fn throttle(&mut self, n: u64) -> archive::Result<()> {
+        let Some((rate, start, done)) = &mut self.rate else { return Ok(()) };
+        *done += n;
+        #[allow(clippy::cast_precision_loss)]
+        let due = Duration::from_secs_f64(*done as f64 / *rate as f64);
+        while start.elapsed() < due {
+            self.cancel.check()?;
+            std::thread::sleep((due - start.elapsed()).min(Duration::from_millis(20)));
+        }
+        Ok(())
+    }
+}
+
+/// The source changed or vanished under a pass: not an error while the services run.
+fn changed_under_us(e: &archive::Error) -> bool {
+    match e {
+        archive::Error::Changed { .. } => true,
+        archive::Error::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+fn ensure_dir(dst: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(dst) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => remove_any(dst)?,
+        Err(_) => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dst)
+}
+
+fn ensure_symlink(dst: &Path, target: &str) -> io::Result<()> {
+    match std::fs::read_link(dst) {
+        Ok(t) if t.as_os_str() == target => return Ok(()),
+        _ => {
+            if std::fs::symlink_metadata(dst).is_ok() {
+                remove_any(dst)?;
+            }
+        }
+    }
+    std::os::unix::fs::symlink(target, dst)
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128)
+}

@@ -1,0 +1,110 @@
+use std::path::Path;
+
+use super::{Index, Pass, PassKind, Snapshot};
+use crate::archive::Cancel;
+
+fn pass(snap: &Snapshot, old: &Index, kind: PassKind, root: &Path) -> (Index, super::PassReport) {
+    let mut p = Pass::new(snap, old, kind, Cancel::new(), None);
+    let none = globset::GlobSet::empty();
+    p.source("volumes/data", root, &none, &[]).unwrap();
+    p.finish().unwrap()
+}
+
+fn tree(dir: &Path) -> Vec<(String, Option<Vec<u8>>, Option<String>)> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        let ft = e.file_type();
+        let content = ft.is_file().then(|| std::fs::read(e.path()).unwrap());
+        let link =
+            ft.is_symlink().then(|| std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned());
+        out.push((rel, content, link));
+    }
+    out
+}
+
+#[test]
+fn a_pass_makes_the_mirror_what_the_source_holds_and_removes_what_it_no_longer_does() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::create_dir_all(src.path().join("a/b")).unwrap();
+    std::fs::write(src.path().join("a/b/f"), b"one").unwrap();
+    std::fs::write(src.path().join("gone"), b"x").unwrap();
+    std::os::unix::fs::symlink("a/b/f", src.path().join("link")).unwrap();
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, _) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    assert_eq!(tree(src.path()), tree(&snap.data("volumes/data")));
+
+    std::fs::remove_file(src.path().join("gone")).unwrap();
+    std::fs::remove_dir_all(src.path().join("a")).unwrap();
+    std::fs::write(src.path().join("a"), b"now a file").unwrap();
+    std::fs::remove_file(src.path().join("link")).unwrap();
+    std::os::unix::fs::symlink("elsewhere", src.path().join("link")).unwrap();
+    let (_, report) = pass(&snap, &index, PassKind::Stopped, src.path());
+    assert_eq!(tree(src.path()), tree(&snap.data("volumes/data")));
+    assert_eq!(report.files_updated, 1);
+    // Owner-only, whatever the source's modes.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(snap.data("volumes/data/a")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0);
+}
+
+#[test]
+fn a_file_changed_in_a_few_bytes_costs_one_block_not_the_whole_file() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(src.path().join("db"), &big).unwrap();
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, first) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    assert_eq!(first.bytes_written + first.bytes_reflinked, 8 << 20);
+
+    let f = std::fs::OpenOptions::new().write(true).open(src.path().join("db")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 5 << 20).unwrap();
+    let (_, second) = pass(&snap, &index, PassKind::Stopped, src.path());
+    assert_eq!(tree(src.path()), tree(&snap.data("volumes/data")));
+    assert!(second.bytes_written <= 1 << 20, "{second:?}");
+    assert_eq!(second.files_updated, 1);
+}
+
+#[test]
+fn files_the_index_proves_current_are_not_read_and_a_lost_index_means_comparing() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..20 {
+        std::fs::write(src.path().join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    // Older than the racy window, so the stamps prove the copies.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, _) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    snap.commit(&index).unwrap();
+
+    let old = snap.take_index().unwrap();
+    assert_eq!(old.files.len(), 20);
+    let (_, r) = pass(&snap, &old, PassKind::Stopped, src.path());
+    assert_eq!((r.files_current, r.files_updated, r.bytes_written), (20, 0, 0));
+
+    // Taken and never committed (a crash): nothing is trusted, everything compared, nothing written.
+    let lost = snap.take_index().unwrap();
+    assert!(lost.files.is_empty());
+    let (_, r) = pass(&snap, &lost, PassKind::Running, src.path());
+    assert_eq!((r.files_current, r.files_updated, r.bytes_written), (0, 20, 0));
+}
+
+#[test]
+fn an_uncommitted_snapshot_shows_as_incomplete_and_remove_deletes_it() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("f"), b"x").unwrap();
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let none = globset::GlobSet::empty();
+    let old = Index::default();
+    let mut p = Pass::new(&snap, &old, PassKind::Running, Cancel::new(), None);
+    let scan = crate::archive::scan_host_stamped("volumes/data", src.path(), &none, &[]).unwrap();
+    assert_eq!(scan.stamps.len(), scan.entries.len());
+    std::fs::write(src.path().join("f"), b"longer now").unwrap();
+    // The scan inside `source` sees the new size; a vanished file is not an error either.
+    p.source("volumes/data", src.path(), &none, &[]).unwrap();
+    p.finish().unwrap();
+    assert!(Snapshot::usage(storage.path(), "p").is_some_and(|u| u.files == 1 && !u.complete));
+    assert!(Snapshot::remove(storage.path(), "p").unwrap());
+    assert!(Snapshot::usage(storage.path(), "p").is_none());
+}
