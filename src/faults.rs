@@ -37,6 +37,26 @@ pub enum Sigint {
     UpgradePreflight,
 }
 
+/// Where a test can hold nuwax, with `NUWAX_TEST_PAUSE=<name>` and `NUWAX_TEST_PAUSE_FILE=F`:
+/// nuwax writes its pid to F and waits until the test removes F (or kills nuwax there), so the
+/// test can change the data, or kill, at an exact point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pause {
+    /// A backup finished its copy while running; nothing is stopped yet.
+    BackupAfterPrecopy,
+    /// A two-phase backup stopped the services; the copy of what changed has not begun.
+    BackupStopped,
+}
+
+impl Pause {
+    fn name(self) -> &'static str {
+        match self {
+            Pause::BackupAfterPrecopy => "backup-after-precopy",
+            Pause::BackupStopped => "backup-stopped",
+        }
+    }
+}
+
 impl Crash {
     fn name(self) -> &'static str {
         match self {
@@ -104,6 +124,19 @@ pub fn sigint(point: Sigint) {
         let group = rustix::process::getpgrp();
         let _ = rustix::process::kill_process_group(group, rustix::process::Signal::INT);
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Waits at `point` while the test holds it (at most two minutes).
+pub async fn pause(point: Pause) {
+    if !armed("NUWAX_TEST_PAUSE", point.name()) {
+        return;
+    }
+    let Ok(file) = std::env::var("NUWAX_TEST_PAUSE_FILE") else { return };
+    let _ = std::fs::write(&file, std::process::id().to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::path::Path::new(&file).exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -22,11 +22,13 @@ fn assert_nothing_complete_and_all_running(demo: &Demo) {
     assert!(demo.list().iter().all(|r| r["status"] != "complete"), "{:?}", demo.list());
 }
 
-/// Starts `nuwax backup` slowed down to `rate` bytes/s and waits until it is archiving.
+/// Starts `nuwax backup` slowed down to `rate` bytes/s and waits until it is archiving. In one
+/// phase (`--no-snapshot`): these tests are about signals while the archive is written with the
+/// services stopped (tests/twophase.rs has the two-phase kills).
 fn start_slow_backup(demo: &Demo, rate: u64) -> std::process::Child {
     let child = demo
         .nuwax()
-        .args(["backup"])
+        .args(["backup", "--no-snapshot"])
         .env("NUWAX_RATE_LIMIT", rate.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

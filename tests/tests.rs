@@ -12,4 +12,5 @@ mod lifecycle;
 mod package;
 mod regression;
 mod rollback;
+mod twophase;
 mod upgrade;

@@ -242,6 +242,9 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         },
         false => None,
     };
+    if pre.is_some() {
+        crate::faults::pause(crate::faults::Pause::BackupAfterPrecopy).await;
+    }
     ctx.interrupt.check()?;
     let services = service_records(&containers, |c| c.is_running());
     let (mut op, pending, services) = begin(ctx, opts, services).await?;
@@ -251,6 +254,7 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             let frozen = op
                 .with_stopped(&containers, |_, scope| {
                     Box::pin(async move {
+                        crate::faults::pause(crate::faults::Pause::BackupStopped).await;
                         let frozen = twophase::delta(ctx, pre, sources).await?;
                         Ok((frozen, scope.killed().to_vec()))
                     })

@@ -2,7 +2,8 @@
 //! mounts and the images the services ran — or change nothing.
 //!
 //! plan (verify the archive, check every target, image and byte of room; nothing touched) →
-//! [stop] → [`restore`]: safety backup → stage → swap (journaled) → create with compose →
+//! stage (the backup's trees extracted beside their targets, services running) →
+//! [stop] → [`restore`]: safety backup → swap (journaled) → create with compose →
 //! [start: the scope brings the services back, through compose where their configs, images or
 //! volumes changed]. A failure before the swap changes nothing; after it, the way back is
 //! journaled and taken. A crash is undone (before the swap) or finished (from it on) by the
@@ -102,6 +103,9 @@ pub struct Journal {
     pub engine_touched: usize,
     #[serde(default)]
     pub retagged: usize,
+    /// The backup's trees were extracted beside their targets before the stop.
+    #[serde(default)]
+    pub staged: bool,
 }
 
 impl runner::Journal for Journal {
@@ -166,6 +170,7 @@ impl Journal {
             backup_running,
             engine_touched: 0,
             retagged: 0,
+            staged: false,
         }
     }
 
@@ -199,6 +204,14 @@ pub async fn rollback(
         load_images(ctx, &plan, prefix).await?;
     }
     let mut op = Operation::begin(ctx, Journal::new(ctx, &plan)).await?;
+    let prestaged = steps::prestage(&mut op, opts, &plan, progress.clone()).await;
+    if let Err(e) = prestaged {
+        op.close(Some("failed")).await?;
+        return Err(e.context(format!(
+            "rollback to backup {} failed before anything was stopped; nothing was changed",
+            plan.backup_id
+        )));
+    }
     let (result, started_again) = op
         .with_stopped_apart(&plan.containers, |op, scope| Box::pin(restore(op, scope, opts, &plan, progress)))
         .await;

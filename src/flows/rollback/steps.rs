@@ -34,8 +34,10 @@ pub async fn restore(
         let safety = safety_backup(ctx, scope, opts, plan, progress.clone()).await?;
         op.advance(|j| j.safety_backup_id = Some(safety.id)).await?;
         ctx.interrupt.check()?;
-        stage(ctx, opts, plan, &op.journal, progress).await?;
-        ctx.interrupt.check()?;
+        if !op.journal.staged {
+            stage(ctx, opts, plan, &op.journal, progress).await?;
+            ctx.interrupt.check()?;
+        }
         anyhow::Ok(safety)
     }
     .await;
@@ -192,6 +194,34 @@ pub async fn load_images(ctx: &Ctx, plan: &Plan, prefix: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Before anything stops: the backup does not change, so its trees are extracted beside their
+/// targets while the services run, and only the swap is left for the stop. A failure (or a
+/// signal) clears the staging; nothing was stopped or replaced.
+pub(super) async fn prestage(
+    op: &mut Operation<'_, Journal>,
+    opts: &RollbackOptions,
+    plan: &Plan,
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
+    let ctx = op.ctx();
+    let staged = async {
+        ctx.interrupt.check()?;
+        stage(ctx, opts, plan, &op.journal, progress).await?;
+        ctx.interrupt.check()?;
+        anyhow::Ok(())
+    }
+    .await;
+    match staged {
+        Ok(()) => op.advance(|j| j.staged = true).await,
+        Err(e) => {
+            let s = op.journal.slots.clone();
+            engine::clear(&op.journal.engine);
+            tokio::task::spawn_blocking(move || swap::clear_staging(&s)).await??;
+            Err(e)
+        }
+    }
 }
 
 /// Extracts every host target into its staging path and every engine volume into its tar.

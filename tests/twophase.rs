@@ -1,0 +1,269 @@
+//! Backups in two phases: the copy into the snapshot while the services run, then, while they
+//! are stopped, only what changed since. What the archive holds, what a kill leaves, what a
+//! full disk does, and that restoring it is exact.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::require_docker;
+use crate::support::{Demo, add_bulk, gnu_untar, json, stderr, tree};
+
+/// Starts `nuwax --json backup ARGS` held at `point` (`NUWAX_TEST_PAUSE`); returns once it is there.
+fn backup_held_at(demo: &Demo, point: &str, pause: &Path, args: &[&str]) -> Child {
+    let child = demo
+        .nuwax()
+        .args(["--json", "backup"])
+        .args(args)
+        .env("NUWAX_TEST_PAUSE", point)
+        .env("NUWAX_TEST_PAUSE_FILE", pause)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pause.exists() {
+        assert!(Instant::now() < deadline, "nuwax never reached {point}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn finish(mut child: Child) -> (std::process::ExitStatus, String, String) {
+    let status = child.wait().unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status, out, err)
+}
+
+/// When each container last started: unchanged means never stopped.
+fn started_at(demo: &Demo) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={}", demo.name)])
+        .output()
+        .unwrap();
+    let ids: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+    let out = Command::new("docker")
+        .args(["inspect", "--format", "{{.Name}} {{.State.StartedAt}}"])
+        .args(&ids)
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+fn snapshot_data(demo: &Demo) -> PathBuf {
+    demo.storage().join(".nuwax-snapshot").join(&demo.name).join("data")
+}
+
+fn sha(p: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+#[test]
+fn what_changes_between_the_copy_while_running_and_the_stop_is_in_the_archive() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let vol = demo.volume_path("cache");
+    std::fs::write(vol.join("kept.txt"), "kept").unwrap();
+    std::fs::write(vol.join("deleted.txt"), "deleted in the window").unwrap();
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(vol.join("big.bin"), &big).unwrap();
+
+    let pause = demo.dir.join("pause");
+    let child = backup_held_at(&demo, "backup-after-precopy", &pause, &[]);
+    // Copied while running: nothing was stopped for it.
+    assert!(snapshot_data(&demo).join(format!("volumes/{}/big.bin", demo.volume("cache"))).is_file());
+    assert_eq!(demo.state_of("db"), "running/healthy");
+    std::fs::write(vol.join("new.txt"), "written after the copy").unwrap();
+    std::fs::remove_file(vol.join("deleted.txt")).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(vol.join("big.bin")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed in place", 9 << 20).unwrap();
+    drop(f);
+    std::fs::remove_file(&pause).unwrap();
+    let (status, out, err) = finish(child);
+    assert!(status.success(), "{err}");
+    let o: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(o["precopy_ms"].is_u64() && o["stopped_ms"].is_u64() && o["single_phase"].is_null(), "{o}");
+    // A few changed bytes of a 16 MiB file cost a block, not the file (the db's own writes add a little).
+    let delta = o["delta_bytes"].as_u64().unwrap();
+    assert!(delta < 4 << 20, "delta {delta} bytes: {o}");
+
+    let x = gnu_untar(Path::new(o["path"].as_str().unwrap()));
+    let in_archive = x.path().join("volumes").join(demo.volume("cache"));
+    assert_eq!(std::fs::read_to_string(in_archive.join("new.txt")).unwrap(), "written after the copy");
+    assert!(!in_archive.join("deleted.txt").exists());
+    assert_eq!(std::fs::read_to_string(in_archive.join("kept.txt")).unwrap(), "kept");
+    assert_eq!(sha(&in_archive.join("big.bin")), sha(&vol.join("big.bin")));
+    let out = demo.run(&["verify", &o["id"].to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `show` and `list` carry the downtime; `doctor` shows the snapshot.
+    let shown = demo.run(&["show", &o["id"].to_string()]);
+    assert!(crate::support::stdout(&shown).contains("downtime"), "{}", crate::support::stdout(&shown));
+    let doctor = demo.run(&["doctor"]);
+    let text = crate::support::stdout(&doctor);
+    assert!(text.contains(".nuwax-snapshot") && text.contains("up to date"), "{text}");
+}
+
+#[test]
+fn sigkill_during_the_copy_while_running_stops_nothing_and_leaves_a_reusable_snapshot() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    add_bulk(&demo, "dbdata", 32);
+    let before = started_at(&demo);
+    let mut child = demo
+        .nuwax()
+        .args(["backup"])
+        .env("NUWAX_RATE_LIMIT", (4u64 << 20).to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !snapshot_data(&demo).join("volumes").exists() {
+        assert!(Instant::now() < deadline, "the copy while running never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(started_at(&demo), before, "a service was stopped or restarted");
+    // No backup row, no operation to recover: only the snapshot, without its index.
+    let out = demo.run(&["list"]);
+    assert!(out.status.success() && !stderr(&out).contains("recovered"), "{}", stderr(&out));
+    assert!(demo.list().is_empty(), "{:?}", demo.list());
+    assert!(!demo.storage().join(".nuwax-snapshot").join(&demo.name).join("index.json").exists());
+    // The next backup reuses it (compared by content) and is exact.
+    let out = demo.run(&["--json", "backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = json(&out);
+    assert!(o["precopy_ms"].is_u64(), "{o}");
+    let x = gnu_untar(Path::new(o["path"].as_str().unwrap()));
+    let bulk = x.path().join("volumes").join(demo.volume("dbdata")).join("bulk.bin");
+    assert_eq!(sha(&bulk), sha(&demo.volume_path("dbdata").join("bulk.bin")));
+    demo.wait_healthy(&["db", "app", "worker"]);
+}
+
+#[test]
+fn sigkill_while_stopped_for_the_changes_is_recovered_by_the_next_command() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let pause = demo.dir.join("pause");
+    let mut child = backup_held_at(&demo, "backup-stopped", &pause, &[]);
+    assert!(demo.state_of("db").starts_with("exited"), "{:?}", demo.states());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(&pause);
+    let out = demo.run(&["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("recovered an unfinished backup"), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    let list = demo.list();
+    assert_eq!(list[0]["status"], "failed", "{list:?}");
+    assert!(
+        demo.storage_files().iter().all(|f| !f.starts_with("backup_") && !f.starts_with(".nuwax-partial"))
+    );
+    let out = demo.run(&["--json", "backup"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(json(&out)["precopy_ms"].is_u64());
+}
+
+/// A tmpfs of `size` mounted at a temp dir, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn without_room_for_the_snapshot_the_backup_says_so_and_copies_in_one_phase() {
+    let compose = require_docker!();
+    if !crate::support::is_root() {
+        eprintln!("without_room_for_the_snapshot: needs root to mount a small tmpfs; skipped");
+        return;
+    }
+    let demo = Demo::new(compose);
+    demo.up();
+    // Seen before copying: room for the archive, not for the snapshot as well.
+    add_bulk(&demo, "dbdata", 8);
+    let small = Tmpfs::new("14m");
+    let out =
+        demo.nuwax().args(["--json", "backup"]).env("NUWAX_STORAGE_DIR", small.0.path()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = json(&out);
+    assert!(o["single_phase"].as_str().unwrap().contains("not enough room"), "{o}");
+    assert!(o["precopy_ms"].is_null() && o["stopped_ms"].is_u64(), "{o}");
+    assert!(!small.0.path().join(".nuwax-snapshot").exists());
+    std::fs::remove_file(demo.volume_path("dbdata").join("bulk.bin")).unwrap();
+
+    // Found while copying: many small files take far more room on disk than their bytes.
+    let many = demo.volume_path("cache").join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..3000 {
+        std::fs::write(many.join(format!("{i}")), "x").unwrap();
+    }
+    let small = Tmpfs::new("10m");
+    let out =
+        demo.nuwax().args(["--json", "backup"]).env("NUWAX_STORAGE_DIR", small.0.path()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let o = json(&out);
+    assert!(o["single_phase"].as_str().unwrap().contains("did not fit"), "{o}");
+    assert!(!small.0.path().join(".nuwax-snapshot").join(&demo.name).exists());
+    let out = demo
+        .nuwax()
+        .args(["verify", &o["id"].to_string()])
+        .env("NUWAX_STORAGE_DIR", small.0.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    demo.wait_healthy(&["db", "app", "worker"]);
+}
+
+#[test]
+fn a_rollback_to_a_two_phase_backup_is_byte_identical_to_one_to_a_one_phase_backup() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    add_bulk(&demo, "dbdata", 4);
+    // The writers stop, so both backups hold the same data; app runs, so there is a stop.
+    let out = demo.compose(&["stop", "worker", "db"]);
+    assert!(out.status.success());
+    let two = json(&demo.run(&["--json", "backup"]));
+    let one = json(&demo.run(&["--json", "backup", "--no-snapshot"]));
+    assert!(two["precopy_ms"].is_u64() && two["single_phase"].is_null(), "{two}");
+    assert_eq!(one["single_phase"], "--no-snapshot", "{one}");
+
+    let restored = |b: &serde_json::Value| {
+        std::fs::write(demo.volume_path("dbdata").join("bulk.bin"), "replaced").unwrap();
+        std::fs::write(demo.dir.join("uploads/extra.txt"), "replaced").unwrap();
+        let out = demo.run(&["rollback", &b["id"].to_string(), "--yes"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        (tree::snapshot(&demo.volume_path("dbdata")), tree::snapshot(&demo.dir.join("uploads")))
+    };
+    let (a, b) = (restored(&two), restored(&one));
+    assert!(a.0.contains_key("bulk.bin") && !a.1.contains_key("extra.txt"));
+    assert_eq!(a, b);
+}
