@@ -487,9 +487,14 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # storage_dir = "/var/backups/mysite"
 
 # zstd (multithreaded), gzip or none, and the level (zstd 1-19, gzip 0-9). The default,
-# zstd level 1, keeps downtime short; level 3 makes text-heavy data a few percent smaller.
+# zstd level 1, the fastest; level 3 makes text-heavy data a few percent smaller.
 # compression = "zstd"
 # level = 1
+
+# Backups copy the data into a snapshot (<storage_dir>/.nuwax-snapshot/) while the services
+# run, stop them only to copy what changed since, and write the archive after they start.
+# The snapshot costs up to the data's size on disk; false removes it and copies while stopped.
+# snapshot = true
 
 # Seconds a service gets to stop when its compose file sets no stop_grace_period.
 # stop_timeout = 10

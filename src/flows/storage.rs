@@ -217,6 +217,12 @@ fn finish(ctx: &Ctx, j: &Journal) -> Result<(PathBuf, Vec<String>)> {
             }
         }
     }
+    // The snapshot is not moved: the next backup makes a new one beside the archives.
+    if !crate::fsutil::same_dir(&j.from_dir, &j.to_dir)
+        && let Err(e) = crate::snapshot::Snapshot::remove(&j.from_dir, &ctx.project.name)
+    {
+        warnings.push(format!("the snapshot in {} could not be removed: {e}", j.from_dir.display()));
+    }
     Ok((config, warnings))
 }
 
