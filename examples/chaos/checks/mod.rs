@@ -164,8 +164,8 @@ fn journal(f: &Facts, after: &State, v: &mut Vec<Violation>) {
     }
 }
 
-/// The storage dir holds complete archives (and `downloads/`) only; every complete row's file
-/// is there.
+/// The storage dir holds complete archives (and `downloads/`, the owner-only snapshot) only;
+/// every complete row's file is there.
 fn storage(f: &Facts, after: &State, v: &mut Vec<Violation>) {
     let complete: BTreeSet<_> = after.complete().filter_map(path_of).collect();
     let dir = f.p.storage();
@@ -173,6 +173,15 @@ fn storage(f: &Facts, after: &State, v: &mut Vec<Violation>) {
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
         if name == "downloads" && path.is_dir() {
+            continue;
+        }
+        // The snapshot two-phase backups copy into: kept between backups, owner-only.
+        if name == ".nuwax-snapshot" && path.is_dir() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode()).unwrap_or(0);
+            if mode & 0o077 != 0 {
+                v.push(Violation::new("the snapshot is owner-only", format!("{name}: mode {mode:o}")));
+            }
             continue;
         }
         if name.starts_with("backup_") {
