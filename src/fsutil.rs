@@ -56,6 +56,20 @@ pub fn write_atomically(path: &Path, bytes: &[u8], new_mode: u32) -> Result<()> 
 }
 
 /// Makes a rename or a new file in `dir` durable.
+/// Reads until `buf` is full or the input ends; returns how many bytes were read.
+pub fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

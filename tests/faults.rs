@@ -3,11 +3,11 @@
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::require_docker;
-use crate::support::{Demo, add_bulk, stderr, without_dac_override};
+use crate::support::{Demo, Tmpfs, add_bulk, stderr, without_dac_override};
 
 /// Every service healthy, no archive (only a possible `lock`-free storage dir), and the catalog
 /// shows no complete backup.
@@ -72,28 +72,17 @@ fn not_enough_free_space_is_refused_in_preflight() {
     let demo = Demo::new(compose);
     demo.up();
     add_bulk(&demo, "dbdata", 8);
-    let small = tempfile::tempdir().unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(small.path())
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    struct Unmount<'a>(&'a std::path::Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _u = Unmount(small.path());
-    let out = demo.nuwax().arg("backup").env("NUWAX_STORAGE_DIR", small.path()).output().unwrap();
+    let base = tempfile::tempdir().unwrap();
+    let small = Tmpfs::new(base.path().join("small"), "2m");
+    let out = demo.nuwax().arg("backup").env("NUWAX_STORAGE_DIR", small.0.as_path()).output().unwrap();
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains("not enough free space: needs ~") && err.contains(&small.path().display().to_string()),
+        err.contains("not enough free space: needs ~")
+            && err.contains(&small.0.as_path().display().to_string()),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(small.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(small.0.as_path()).unwrap().count(), 0);
     assert_nothing_complete_and_all_running(&demo);
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_docker;
-use crate::support::{Demo, add_bulk, json, stderr, stdout, without_dac_override};
+use crate::support::{Demo, Tmpfs, add_bulk, json, stderr, stdout, without_dac_override};
 
 /// A backup (services stopped: the db writes all the time, so `--no-stop` could see a file
 /// change while it is read, and rightly fail).
@@ -177,28 +177,6 @@ fn schedule_runs_back_up_and_prune_and_sigterm_leaves_services_running() {
         demo.storage_files()
     );
     assert!(demo.list().iter().all(|r| r["status"] != "pending"));
-}
-
-/// A tmpfs mounted for the test (another filesystem), unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn new(dir: PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
-    }
 }
 
 #[test]

@@ -26,19 +26,6 @@ fn image_of(demo: &Demo, service: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn started_at(demo: &Demo) -> Vec<String> {
-    ["db", "app", "worker"]
-        .iter()
-        .map(|s| {
-            let out = Command::new("docker")
-                .args(["inspect", "--format", "{{.Id}} {{.State.StartedAt}}", &container_of(demo, s)])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        })
-        .collect()
-}
-
 fn bind_in(x: &Path, p: &Path) -> PathBuf {
     x.join(format!("binds/{}", p.display().to_string().trim_start_matches('/')))
 }
@@ -118,7 +105,7 @@ fn dry_run_and_refusals_change_nothing() {
     let uploads = demo.dir.join("uploads");
     std::fs::write(uploads.join("after.txt"), "after").unwrap();
     let before_tree = tree::snapshot(&uploads);
-    let before = started_at(&demo);
+    let before = demo.started_at();
 
     let out = demo.run(&["rollback", &id.to_string(), "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -141,7 +128,7 @@ fn dry_run_and_refusals_change_nothing() {
     let out = demo.run(&["rollback", &id.to_string(), "--yes"]);
     assert_eq!(out.status.code(), Some(7), "truncated: {}", stderr(&out));
 
-    assert_eq!(started_at(&demo), before, "a service was restarted");
+    assert_eq!(demo.started_at(), before, "a service was restarted");
     assert_eq!(tree::snapshot(&uploads), before_tree);
     assert_eq!(demo.list().len(), 1, "a safety backup was made although nothing was done");
 }
@@ -232,7 +219,7 @@ fn hostile_archives_imported_and_rolled_back_to_are_refused_with_services_untouc
     let vol = demo.volume("dbdata");
     let prefix = format!("volumes/{vol}");
     let outside = tempfile::tempdir().unwrap();
-    let before = started_at(&demo);
+    let before = demo.started_at();
     let root = meta(&prefix, EntryKind::Dir, 0, None);
     let escape = format!(
         "{}{}",
@@ -293,7 +280,7 @@ fn hostile_archives_imported_and_rolled_back_to_are_refused_with_services_untouc
         );
         std::fs::remove_file(&path).unwrap();
     }
-    assert_eq!(started_at(&demo), before, "a service was stopped");
+    assert_eq!(demo.started_at(), before, "a service was stopped");
 }
 
 #[test]

@@ -4,11 +4,11 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_docker;
-use crate::support::{Demo, add_bulk, gnu_untar, json, stderr, tree};
+use crate::support::{Demo, Tmpfs, add_bulk, gnu_untar, json, stderr, tree};
 
 /// Starts `nuwax --json backup ARGS` held at `point` (`NUWAX_TEST_PAUSE`); returns once it is there.
 fn backup_held_at(demo: &Demo, point: &str, pause: &Path, args: &[&str]) -> Child {
@@ -36,24 +36,6 @@ fn finish(mut child: Child) -> (std::process::ExitStatus, String, String) {
     child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     (status, out, err)
-}
-
-/// When each container last started: unchanged means never stopped.
-fn started_at(demo: &Demo) -> Vec<String> {
-    let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={}", demo.name)])
-        .output()
-        .unwrap();
-    let ids: Vec<String> =
-        String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-    let out = Command::new("docker")
-        .args(["inspect", "--format", "{{.Name}} {{.State.StartedAt}}"])
-        .args(&ids)
-        .output()
-        .unwrap();
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
-    v.sort();
-    v
 }
 
 fn snapshot_data(demo: &Demo) -> PathBuf {
@@ -117,7 +99,7 @@ fn sigkill_during_the_copy_while_running_stops_nothing_and_leaves_a_reusable_sna
     let demo = Demo::new(compose);
     demo.up();
     add_bulk(&demo, "dbdata", 32);
-    let before = started_at(&demo);
+    let before = demo.started_at();
     let mut child = demo
         .nuwax()
         .args(["backup"])
@@ -134,7 +116,7 @@ fn sigkill_during_the_copy_while_running_stops_nothing_and_leaves_a_reusable_sna
     std::thread::sleep(Duration::from_millis(1500));
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(started_at(&demo), before, "a service was stopped or restarted");
+    assert_eq!(demo.started_at(), before, "a service was stopped or restarted");
     // No backup row, no operation to recover: only the snapshot, without its index.
     let out = demo.run(&["list"]);
     assert!(out.status.success() && !stderr(&out).contains("recovered"), "{}", stderr(&out));
@@ -176,28 +158,6 @@ fn sigkill_while_stopped_for_the_changes_is_recovered_by_the_next_command() {
     assert!(json(&out)["precopy_ms"].is_u64());
 }
 
-/// A tmpfs of `size` mounted at a temp dir, unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn without_room_for_the_snapshot_the_backup_says_so_and_copies_in_one_phase() {
     let compose = require_docker!();
@@ -207,16 +167,19 @@ fn without_room_for_the_snapshot_the_backup_says_so_and_copies_in_one_phase() {
     }
     let demo = Demo::new(compose);
     demo.up();
+    let base = tempfile::tempdir().unwrap();
+    let on = |storage: &Path, args: &[&str]| {
+        demo.nuwax().args(args).env("NUWAX_STORAGE_DIR", storage).output().unwrap()
+    };
     // Seen before copying: room for the archive, not for the snapshot as well.
     add_bulk(&demo, "dbdata", 8);
-    let small = Tmpfs::new("14m");
-    let out =
-        demo.nuwax().args(["--json", "backup"]).env("NUWAX_STORAGE_DIR", small.0.path()).output().unwrap();
+    let small = Tmpfs::new(base.path().join("a"), "14m");
+    let out = on(&small.0, &["--json", "backup"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let o = json(&out);
     assert!(o["single_phase"].as_str().unwrap().contains("not enough room"), "{o}");
     assert!(o["precopy_ms"].is_null() && o["stopped_ms"].is_u64(), "{o}");
-    assert!(!small.0.path().join(".nuwax-snapshot").exists());
+    assert!(!small.0.join(".nuwax-snapshot").exists());
     std::fs::remove_file(demo.volume_path("dbdata").join("bulk.bin")).unwrap();
 
     // Found while copying: many small files take far more room on disk than their bytes.
@@ -225,19 +188,13 @@ fn without_room_for_the_snapshot_the_backup_says_so_and_copies_in_one_phase() {
     for i in 0..3000 {
         std::fs::write(many.join(format!("{i}")), "x").unwrap();
     }
-    let small = Tmpfs::new("10m");
-    let out =
-        demo.nuwax().args(["--json", "backup"]).env("NUWAX_STORAGE_DIR", small.0.path()).output().unwrap();
+    let small = Tmpfs::new(base.path().join("b"), "10m");
+    let out = on(&small.0, &["--json", "backup"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let o = json(&out);
     assert!(o["single_phase"].as_str().unwrap().contains("did not fit"), "{o}");
-    assert!(!small.0.path().join(".nuwax-snapshot").join(&demo.name).exists());
-    let out = demo
-        .nuwax()
-        .args(["verify", &o["id"].to_string()])
-        .env("NUWAX_STORAGE_DIR", small.0.path())
-        .output()
-        .unwrap();
+    assert!(!small.0.join(".nuwax-snapshot").join(&demo.name).exists());
+    let out = on(&small.0, &["verify", &o["id"].to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
     demo.wait_healthy(&["db", "app", "worker"]);
 }

@@ -35,15 +35,7 @@ impl Format {
         }
         let mut head = [0u8; 512];
         let mut file = File::open(path).map_err(Error::io(path))?;
-        let mut n = 0;
-        while n < head.len() {
-            match file.read(&mut head[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(path)(e)),
-            }
-        }
+        let n = crate::fsutil::read_full(&mut file, &mut head).map_err(Error::io(path))?;
         let head = &head[..n];
         Ok(if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
             Some(Format::TarZst)

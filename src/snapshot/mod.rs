@@ -148,18 +148,12 @@ impl Snapshot {
 pub fn is_no_space(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<io::Error>()
-            && (io.kind() == io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc_enospc()))
-        {
+        if err.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::StorageFull) {
             return true;
         }
         cur = err.source();
     }
     false
-}
-
-fn libc_enospc() -> i32 {
-    rustix::io::Errno::NOSPC.raw_os_error()
 }
 
 #[cfg(test)]

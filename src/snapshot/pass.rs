@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -224,7 +224,8 @@ impl<'a> Pass<'a> {
         while off < size {
             self.cancel.check()?;
             let want = usize::try_from(size - off).unwrap_or(BLOCK).min(BLOCK);
-            let n = read_full(&mut src_r, &mut self.bufs.0[..want]).map_err(archive::Error::io(host))?;
+            let n = crate::fsutil::read_full(&mut src_r, &mut self.bufs.0[..want])
+                .map_err(archive::Error::io(host))?;
             if n < want {
                 let detail = format!("shrank: {} of {size} bytes left unread", size - off - n as u64);
                 return Err(archive::Error::changed(host, detail));
@@ -295,19 +296,6 @@ fn remove_any(p: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn read_full_at(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {

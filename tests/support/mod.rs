@@ -197,6 +197,21 @@ impl Demo {
         v
     }
 
+    /// Each service's container id and when it last started: unchanged means never stopped.
+    pub fn started_at(&self) -> Vec<String> {
+        ["db", "app", "worker"]
+            .iter()
+            .map(|s| {
+                let id = String::from_utf8_lossy(&self.compose(&["ps", "-q", s]).stdout).trim().to_string();
+                let out = Command::new("docker")
+                    .args(["inspect", "--format", "{{.Id}} {{.State.StartedAt}}", &id])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            })
+            .collect()
+    }
+
     pub fn state_of(&self, service: &str) -> String {
         self.states().into_iter().find(|(s, _)| s == service).map(|(_, st)| st).unwrap_or_default()
     }
@@ -411,5 +426,28 @@ pub fn manifest(backup_id: i64, entries: Vec<EntryMeta>, compression: Compressio
         skipped: vec![],
         entries,
         checksums: ChecksumInfo::default(),
+    }
+}
+
+/// A tmpfs of `size` mounted at `dir` for the test (another, small filesystem), unmounted when
+/// dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn new(dir: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
     }
 }

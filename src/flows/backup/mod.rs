@@ -216,13 +216,13 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         );
     }
     let (sources, _spool) = find_sources(ctx, opts, &containers).await?;
-    let estimate = preflight(&ctx.project.storage_dir, &sources.plan, &sources.excludes, &sources.skip_dirs)?;
+    let room = preflight(&ctx.project.storage_dir, &sources.plan, &sources.excludes, &sources.skip_dirs)?;
     ctx.interrupt.check()?;
     let stop = opts.stop && ctx.engine.is_some();
     let live = !stop && (ctx.engine.is_none() || containers.iter().any(Container::is_running));
     let mut phases = PhaseReport::default();
     let pre = match stop {
-        true => match twophase::decide(ctx, opts.snapshot, &sources, &containers, estimate) {
+        true => match twophase::decide(ctx, opts.snapshot, &sources, &containers, &room) {
             Phases::Two(snap) => match twophase::precopy(ctx, snap, &sources).await? {
                 Ok(pre) => {
                     phases.precopy_ms = Some(pre.ms);

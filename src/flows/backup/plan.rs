@@ -108,14 +108,20 @@ pub(super) fn estimate(plan: &[Source], excludes: &globset::GlobSet, skip_dirs: 
     estimate
 }
 
-/// Refuses before anything is stopped: not enough room for the data. Returns the room the
-/// archive needs.
+/// What the preflight found: the bytes the sources hold (as [`estimate`] counts them) and the
+/// room the archive needs.
+pub(super) struct Room {
+    pub data: u64,
+    pub archive: u64,
+}
+
+/// Refuses before anything is stopped: not enough room for the data.
 pub(super) fn preflight(
     storage: &Path,
     plan: &[Source],
     excludes: &globset::GlobSet,
     skip_dirs: &[PathBuf],
-) -> Result<u64> {
+) -> Result<Room> {
     let estimate = estimate(plan, excludes, skip_dirs);
     let free = fsutil::free_space(storage)
         .with_context(|| format!("checking free space in {}", storage.display()))?;
@@ -129,7 +135,7 @@ pub(super) fn preflight(
         }
         .into());
     }
-    Ok(needed)
+    Ok(Room { data: estimate, archive: needed })
 }
 
 pub(super) fn build_excludes(globs: &[String]) -> Result<globset::GlobSet> {

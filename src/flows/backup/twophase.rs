@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use super::plan::Room;
 use super::write::Sources;
 use crate::archive::{self, ScanResult};
 use crate::engine::Container;
@@ -52,13 +53,13 @@ fn mirrored(s: &Source) -> bool {
     matches!(s.origin, Origin::Host(_)) && !matches!(s.role, Role::Images)
 }
 
-/// One phase or two, decided before anything is copied. `estimate` is the preflight's.
+/// One phase or two, decided before anything is copied, from the preflight's `room`.
 pub(super) fn decide(
     ctx: &Ctx,
     snapshot: SnapshotUse,
     sources: &Sources,
     containers: &[Container],
-    estimate: u64,
+    room: &Room,
 ) -> Phases {
     let (storage, project) = (&ctx.project.storage_dir, &ctx.project.name);
     if let SnapshotUse::Off(why) = snapshot {
@@ -75,25 +76,24 @@ pub(super) fn decide(
     if let Some(s) = sources.plan.iter().find(|s| matches!(s.origin, Origin::Engine { .. })) {
         return Phases::One(format!("{} is read through the engine, which needs the stop", s.prefix));
     }
-    let held = Snapshot::usage(storage, project).map_or(0, |u| u.bytes);
-    let data: u64 = super::plan::estimate(
-        &sources.plan.iter().filter(|s| mirrored(s)).cloned().collect::<Vec<_>>(),
-        &sources.excludes,
-        &sources.skip_dirs,
-    );
     let free = fsutil::free_space(storage).unwrap_or(u64::MAX);
-    let needed = data.saturating_sub(held).saturating_add(estimate);
+    // Only when room is short is it worth walking the snapshot for what it already holds.
+    let mut needed = room.data.saturating_add(room.archive);
     if free < needed {
-        // A snapshot that cannot be brought up to date only takes the archive's room.
-        if held > 0 {
-            let _ = Snapshot::remove(storage, project);
+        let held = Snapshot::usage(storage, project).map_or(0, |u| u.bytes);
+        needed = room.data.saturating_sub(held).saturating_add(room.archive);
+        if free < needed {
+            // A snapshot that cannot be brought up to date only takes the archive's room.
+            if held > 0 {
+                let _ = Snapshot::remove(storage, project);
+            }
+            return Phases::One(format!(
+                "not enough room in {} for the snapshot and the archive ({} needed, {} free)",
+                storage.display(),
+                fsutil::human_bytes(needed),
+                fsutil::human_bytes(free)
+            ));
         }
-        return Phases::One(format!(
-            "not enough room in {} for the snapshot and the archive ({} needed, {} free)",
-            storage.display(),
-            fsutil::human_bytes(needed),
-            fsutil::human_bytes(free)
-        ));
     }
     match Snapshot::open(storage, project) {
         Ok(snap) => Phases::Two(snap),

@@ -210,11 +210,11 @@ pub(super) async fn prestage(
         ctx.interrupt.check()?;
         stage(ctx, opts, plan, &op.journal, progress).await?;
         ctx.interrupt.check()?;
-        anyhow::Ok(())
+        op.advance(|j| j.staged = true).await
     }
     .await;
     match staged {
-        Ok(()) => op.advance(|j| j.staged = true).await,
+        Ok(()) => Ok(()),
         Err(e) => {
             let s = op.journal.slots.clone();
             engine::clear(&op.journal.engine);
