@@ -46,6 +46,10 @@ pub enum Pause {
     BackupAfterPrecopy,
     /// A two-phase backup stopped the services; the copy of what changed has not begun.
     BackupStopped,
+    /// A rollback staged the backup and copied its safety backup while running; nothing stopped.
+    RollbackBeforeStop,
+    /// A rollback is done and the services run again; its safety backup's archive is not written.
+    RollbackSafetyArchive,
 }
 
 impl Pause {
@@ -53,6 +57,8 @@ impl Pause {
         match self {
             Pause::BackupAfterPrecopy => "backup-after-precopy",
             Pause::BackupStopped => "backup-stopped",
+            Pause::RollbackBeforeStop => "rollback-before-stop",
+            Pause::RollbackSafetyArchive => "rollback-safety-archive",
         }
     }
 }

@@ -12,9 +12,15 @@ use crate::support::{Demo, Tmpfs, add_bulk, gnu_untar, json, stderr, tree};
 
 /// Starts `nuwax --json backup ARGS` held at `point` (`NUWAX_TEST_PAUSE`); returns once it is there.
 fn backup_held_at(demo: &Demo, point: &str, pause: &Path, args: &[&str]) -> Child {
+    let args: Vec<&str> = ["backup"].into_iter().chain(args.iter().copied()).collect();
+    held_at(demo, point, pause, &args)
+}
+
+/// Starts `nuwax --json ARGS` held at `point`; returns once it is there.
+fn held_at(demo: &Demo, point: &str, pause: &Path, args: &[&str]) -> Child {
     let child = demo
         .nuwax()
-        .args(["--json", "backup"])
+        .arg("--json")
         .args(args)
         .env("NUWAX_TEST_PAUSE", point)
         .env("NUWAX_TEST_PAUSE_FILE", pause)
@@ -223,4 +229,83 @@ fn a_rollback_to_a_two_phase_backup_is_byte_identical_to_one_to_a_one_phase_back
     let (a, b) = (restored(&two), restored(&one));
     assert!(a.0.contains_key("bulk.bin") && !a.1.contains_key("extra.txt"));
     assert_eq!(a, b);
+}
+
+#[test]
+fn a_rollbacks_safety_backup_is_copied_while_running_and_holds_what_changed_before_the_stop() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let vol = demo.volume_path("cache");
+    std::fs::write(vol.join("state.txt"), "as backed up").unwrap();
+    let target = json(&demo.run(&["--json", "backup"]));
+    std::fs::write(vol.join("state.txt"), "changed after the backup").unwrap();
+    add_bulk(&demo, "cache", 8);
+
+    let pause = demo.dir.join("pause");
+    let before = demo.started_at();
+    let child =
+        held_at(&demo, "rollback-before-stop", &pause, &["rollback", &target["id"].to_string(), "--yes"]);
+    // The backup is staged and the safety backup copied, all while the services run.
+    assert_eq!(demo.started_at(), before, "a service was stopped before the rollback's stop");
+    assert!(snapshot_data(&demo).join(format!("volumes/{}/bulk.bin", demo.volume("cache"))).is_file());
+    std::fs::write(vol.join("late.txt"), "written after the safety copy, before the stop").unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let (status, out, err) = finish(child);
+    assert!(status.success(), "{err}");
+    let o: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(o["safety_precopy_ms"].is_u64() && o["safety_single_phase"].is_null(), "{o}");
+    assert_eq!(std::fs::read_to_string(vol.join("state.txt")).unwrap(), "as backed up");
+    assert!(!vol.join("late.txt").exists());
+
+    // The safety backup holds the state at the stop, late write included, and verifies.
+    let safety = o["safety_backup_id"].to_string();
+    let out = demo.run(&["verify", &safety]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let x = gnu_untar(Path::new(o["safety_backup_path"].as_str().unwrap()));
+    let held = x.path().join("volumes").join(demo.volume("cache"));
+    assert_eq!(std::fs::read_to_string(held.join("state.txt")).unwrap(), "changed after the backup");
+    assert!(held.join("late.txt").is_file() && held.join("bulk.bin").is_file());
+    demo.wait_healthy(&["db", "app", "worker"]);
+}
+
+#[test]
+fn sigkill_while_a_rollbacks_safety_archive_is_written_leaves_the_rollback_done_and_services_up() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    demo.up();
+    let vol = demo.volume_path("cache");
+    std::fs::write(vol.join("state.txt"), "as backed up").unwrap();
+    let target = json(&demo.run(&["--json", "backup"]));
+    std::fs::write(vol.join("state.txt"), "changed after the backup").unwrap();
+
+    let pause = demo.dir.join("pause");
+    let mut child =
+        held_at(&demo, "rollback-safety-archive", &pause, &["rollback", &target["id"].to_string(), "--yes"]);
+    // The rollback is done and the services run before the safety archive is written.
+    assert_eq!(std::fs::read_to_string(vol.join("state.txt")).unwrap(), "as backed up");
+    demo.wait_healthy(&["db", "app", "worker"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(&pause);
+    let out = demo.run(&["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("recovered an unfinished backup"), "{}", stderr(&out));
+    // The safety backup is marked failed, nothing partial stays, and the rollback stands.
+    let list = demo.list();
+    let safety = list.iter().find(|r| r["kind"] == "pre-rollback").expect("a safety backup row");
+    assert_eq!(safety["status"], "failed", "{list:?}");
+    assert!(
+        demo.storage_files().iter().all(|f| !f.starts_with(".nuwax-partial")),
+        "{:?}",
+        demo.storage_files()
+    );
+    assert_eq!(std::fs::read_to_string(vol.join("state.txt")).unwrap(), "as backed up");
+    demo.wait_healthy(&["db", "app", "worker"]);
+    // The snapshot is compared by content next time, and the next backup is exact.
+    let o = json(&demo.run(&["--json", "backup"]));
+    assert!(o["precopy_ms"].is_u64(), "{o}");
+    let x = gnu_untar(Path::new(o["path"].as_str().unwrap()));
+    let held = x.path().join("volumes").join(demo.volume("cache"));
+    assert_eq!(std::fs::read_to_string(held.join("state.txt")).unwrap(), "as backed up");
 }

@@ -155,6 +155,14 @@ pub fn rollback(cli: &Cli, o: &crate::flows::rollback::RollbackOutcome) {
     }
     outln!("rolled back to backup {}", o.backup_id);
     outln!("  safety backup {}: {}", o.safety_backup_id, o.safety_backup_path.display());
+    match (&o.safety_single_phase, o.safety_precopy_ms) {
+        (Some(why), _) => outln!("    made inside the stop ({why})"),
+        (None, Some(ms)) => outln!(
+            "    copied while running ({}), only the changes while stopped; archive written after the start",
+            human_ms(ms)
+        ),
+        (None, None) => {}
+    }
     for i in &o.restored {
         outln!("  restored {} {} ({}, {} files)", i.kind, i.name, human_bytes(i.size), i.file_count);
     }

@@ -5,6 +5,7 @@
 //! without a scope of its own. Any failure abandons the backup: temp file and image tags go,
 //! the row is marked failed; recovery does the same after a crash.
 
+mod around;
 mod images;
 mod plan;
 mod twophase;
@@ -18,6 +19,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+pub use around::{InScope, Prepared, prepare};
 pub use images::release_images;
 pub(crate) use plan::check_storage;
 pub use twophase::SnapshotUse;
@@ -220,33 +222,16 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     ctx.interrupt.check()?;
     let stop = opts.stop && ctx.engine.is_some();
     let live = !stop && (ctx.engine.is_none() || containers.iter().any(Container::is_running));
-    let mut phases = PhaseReport::default();
-    let pre = match stop {
-        true => match twophase::decide(ctx, opts.snapshot, &sources, &containers, &room) {
-            Phases::Two(snap) => match twophase::precopy(ctx, snap, &sources).await? {
-                Ok(pre) => {
-                    phases.precopy_ms = Some(pre.ms);
-                    Some(pre)
-                }
-                Err(why) => {
-                    tracing::warn!("{why}: copying in one phase while the services are stopped");
-                    phases.single_phase = Some(why);
-                    None
-                }
-            },
-            Phases::One(why) => {
-                tracing::info!("copying in one phase while the services are stopped: {why}");
-                phases.single_phase = Some(why);
-                None
-            }
-        },
-        false => None,
+    let (pre, phases) = match stop {
+        true => copy_while_running(ctx, opts.snapshot, &sources, &containers, &room).await?,
+        false => (None, PhaseReport::default()),
     };
     if pre.is_some() {
         crate::faults::pause(crate::faults::Pause::BackupAfterPrecopy).await;
     }
     ctx.interrupt.check()?;
     let services = service_records(&containers, |c| c.is_running());
+    let mut phases = phases;
     let (mut op, pending, services) = begin(ctx, opts, services).await?;
     let written = match (stop, &pre) {
         (true, Some(pre)) => {
@@ -290,7 +275,37 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         }
     };
     let report = op.scope().cloned().unwrap_or_default();
-    finish(op, &pending, written, report, phases, started).await
+    finish(ctx, op, &pending, written, report, phases, started).await
+}
+
+/// Before the stop: into the snapshot while the services run, when two phases are possible;
+/// else why not.
+async fn copy_while_running(
+    ctx: &Ctx,
+    snapshot: SnapshotUse,
+    sources: &Sources,
+    containers: &[Container],
+    room: &plan::Room,
+) -> Result<(Option<twophase::Precopied>, PhaseReport)> {
+    let mut phases = PhaseReport::default();
+    let why = match twophase::decide(ctx, snapshot, sources, containers, room) {
+        Phases::Two(snap) => match twophase::precopy(ctx, snap, sources).await? {
+            Ok(pre) => {
+                phases.precopy_ms = Some(pre.ms);
+                return Ok((Some(pre), phases));
+            }
+            Err(why) => {
+                tracing::warn!("{why}: copying in one phase while the services are stopped");
+                why
+            }
+        },
+        Phases::One(why) => {
+            tracing::info!("copying in one phase while the services are stopped: {why}");
+            why
+        }
+    };
+    phases.single_phase = Some(why);
+    Ok((None, phases))
 }
 
 /// How the copy went: two phases, or one and why.
@@ -301,24 +316,19 @@ struct PhaseReport {
     single_phase: Option<String>,
 }
 
-/// A backup inside another operation's scope: the services that scope stopped stay stopped
-/// (and count as running for what the backup records); starting them is the scope's. The
-/// caller checked the room before its stop.
+/// A backup inside another operation's scope, in one phase: the services that scope stopped
+/// stay stopped (and count as running for what the backup records); starting them is the
+/// scope's. The caller checked the room before its stop.
 pub async fn backup_in(
     ctx: &Ctx,
     opts: &BackupOptions,
     scope: &Scope<'_>,
     progress: Arc<dyn Progress>,
 ) -> Result<BackupOutcome> {
-    let started = Instant::now();
     let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
-    let (sources, _spool) = find_sources(ctx, opts, &containers).await?;
-    ctx.interrupt.check()?;
-    let services = service_records(&containers, |c| scope.keeps_running(&c.service));
-    let (op, pending, services) = begin(ctx, opts, services).await?;
-    let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
-    let written = write(ctx, opts, &pending, &sources, services, moment, progress, Vec::new()).await;
-    finish(op, &pending, written, ScopeReport::default(), PhaseReport::default(), started).await
+    let prepared =
+        around::prepare(ctx, opts, &containers, Some("made inside another operation's stop")).await?;
+    prepared.freeze(ctx, opts, scope, progress.clone()).await?.complete(ctx, progress).await
 }
 
 /// Config files and every mount of `containers`; the images spooled when asked for.
@@ -415,6 +425,7 @@ async fn begin<'c>(
 
 /// Seals what was written, or abandons the backup; closes the operation either way.
 async fn finish(
+    ctx: &Ctx,
     mut op: Operation<'_, Journal>,
     pending: &Pending,
     written: Result<Written>,
@@ -422,7 +433,6 @@ async fn finish(
     phases: PhaseReport,
     started: Instant,
 ) -> Result<BackupOutcome> {
-    let ctx = op.ctx();
     let sealed = match written {
         Ok(w) => {
             let duration = started.elapsed().as_millis() as u64;

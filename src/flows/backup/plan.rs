@@ -115,6 +115,13 @@ pub(super) struct Room {
     pub archive: u64,
 }
 
+/// The room a backup of `plan` takes: the data as [`estimate`] counts it, plus a margin so the
+/// archive does not fill the disk to the last byte.
+pub(super) fn room(plan: &[Source], excludes: &globset::GlobSet, skip_dirs: &[PathBuf]) -> Room {
+    let data = estimate(plan, excludes, skip_dirs);
+    Room { data, archive: data + data / 20 + (1 << 20) }
+}
+
 /// Refuses before anything is stopped: not enough room for the data.
 pub(super) fn preflight(
     storage: &Path,
@@ -122,20 +129,18 @@ pub(super) fn preflight(
     excludes: &globset::GlobSet,
     skip_dirs: &[PathBuf],
 ) -> Result<Room> {
-    let estimate = estimate(plan, excludes, skip_dirs);
+    let room = room(plan, excludes, skip_dirs);
     let free = fsutil::free_space(storage)
         .with_context(|| format!("checking free space in {}", storage.display()))?;
-    // Keep a margin so the backup does not fill the disk to the last byte.
-    let needed = estimate + estimate / 20 + (1 << 20);
-    if needed > free {
+    if room.archive > free {
         return Err(crate::Error::NoSpace {
-            needed: fsutil::human_bytes(needed),
+            needed: fsutil::human_bytes(room.archive),
             free: fsutil::human_bytes(free),
             dir: storage.to_path_buf(),
         }
         .into());
     }
-    Ok(Room { data: estimate, archive: needed })
+    Ok(room)
 }
 
 pub(super) fn build_excludes(globs: &[String]) -> Result<globset::GlobSet> {

@@ -22,7 +22,6 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::Ctx;
-use super::backup::BackupOutcome;
 use crate::archive::Progress;
 use crate::engine::Container;
 use crate::runner::{self, Operation, OperationKind};
@@ -36,6 +35,11 @@ pub struct RollbackOutcome {
     pub backup_id: i64,
     pub safety_backup_id: i64,
     pub safety_backup_path: PathBuf,
+    /// The safety backup's copy while the services ran (its archive was written after they
+    /// started again); `null` when it was made in one phase inside the stop.
+    pub safety_precopy_ms: Option<u64>,
+    /// Why the safety backup was made in one phase inside the stop, when it was.
+    pub safety_single_phase: Option<String>,
     pub restored: Vec<Item>,
     pub images_retagged: Vec<ImageStep>,
     pub services_started: Vec<String>,
@@ -204,23 +208,57 @@ pub async fn rollback(
         load_images(ctx, &plan, prefix).await?;
     }
     let mut op = Operation::begin(ctx, Journal::new(ctx, &plan)).await?;
-    let prestaged = steps::prestage(&mut op, opts, &plan, progress.clone()).await;
-    if let Err(e) = prestaged {
-        op.close(Some("failed")).await?;
-        return Err(e.context(format!(
-            "rollback to backup {} failed before anything was stopped; nothing was changed",
-            plan.backup_id
-        )));
-    }
+    // While the services run: the backup's trees extracted, then the safety backup's copy.
+    let before_stop = match steps::prestage(&mut op, opts, &plan, progress.clone()).await {
+        Ok(()) => steps::prepare_safety(ctx, opts, &plan, &op.journal).await,
+        Err(e) => Err(e),
+    };
+    let prepared = match before_stop {
+        Ok(p) => p,
+        Err(e) => {
+            // Left open when the staging cannot go: the next command clears it.
+            steps::unstage(&op.journal).await?;
+            op.close(Some("failed")).await?;
+            return Err(e.context(format!(
+                "rollback to backup {} failed before anything was stopped; nothing was changed",
+                plan.backup_id
+            )));
+        }
+    };
+    crate::faults::pause(crate::faults::Pause::RollbackBeforeStop).await;
+    let safety = std::sync::Mutex::new(None);
     let (result, started_again) = op
-        .with_stopped_apart(&plan.containers, |op, scope| Box::pin(restore(op, scope, opts, &plan, progress)))
+        .with_stopped_apart(&plan.containers, |op, scope| {
+            Box::pin(restore(op, scope, opts, &plan, Some(prepared), &safety, progress.clone()))
+        })
         .await;
     let report = op.scope().cloned().unwrap_or_default();
     let phase = op.journal.phase;
-    let safety_id = op.journal.safety_backup_id.map(|i| i.to_string()).unwrap_or_else(|| "<id>".into());
     let retagged = op.journal.retag.clone();
     close(&mut op, &result).await?;
+    // With the services running again: the safety backup's archive, from the snapshot. Once the
+    // data is replaced it is finished whatever signal comes, like the rollback.
+    let swapped = matches!(phase, Phase::Swapping | Phase::Swapped);
+    let calm = Ctx { interrupt: crate::interrupt::Interrupt::none(), ..ctx.clone() };
+    let safety = safety.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if safety.is_some() {
+        crate::faults::pause(crate::faults::Pause::RollbackSafetyArchive).await;
+    }
+    let safety = match safety {
+        Some(s) => Some(s.complete(if swapped { &calm } else { ctx }, progress).await),
+        None => None,
+    };
     let id = plan.backup_id;
+    let failed_safety = |e: anyhow::Error| {
+        e.context(format!(
+            "the rollback to backup {id} is done (its data is in place, the services run), \
+             but the safety backup failed: the state before the rollback was not kept"
+        ))
+    };
+    let safety_id = match &safety {
+        Some(Ok(s)) => s.id.to_string(),
+        _ => "<id>".into(),
+    };
     let restored = match (result, started_again) {
         (Ok(r), Ok(())) => r,
         (Err(e), Ok(())) if phase == Phase::Undone => {
@@ -255,19 +293,26 @@ pub async fn rollback(
             )));
         }
     };
+    let safety = match safety {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return Err(failed_safety(e)),
+        None => return Err(failed_safety(anyhow::anyhow!("it was not made"))),
+    };
     if let Some(signal) = ctx.interrupt.received() {
         // From the swap on a rollback is finished, never left half done: say so, as interrupted.
         return Err(anyhow::Error::new(crate::Error::Interrupted { signal }).context(format!(
             "the rollback to backup {} had replaced the data when the signal came, so it was finished: \
              the backup's data, configs and images are in place and the services run; \
              `nuwax rollback {}` goes back to the state before",
-            plan.backup_id, restored.safety.id
+            plan.backup_id, safety.id
         )));
     }
     Ok(RollbackOutcome {
         backup_id: plan.backup_id,
-        safety_backup_id: restored.safety.id,
-        safety_backup_path: restored.safety.path,
+        safety_backup_id: safety.id,
+        safety_backup_path: safety.path,
+        safety_precopy_ms: safety.precopy_ms,
+        safety_single_phase: safety.single_phase,
         restored: plan.items,
         images_retagged: retagged,
         services_started: restored.services,
@@ -278,7 +323,6 @@ pub async fn rollback(
 
 /// What [`restore`] leaves.
 pub struct Restored {
-    pub safety: BackupOutcome,
     /// The services the scope keeps running from now on.
     pub services: Vec<String>,
 }
@@ -309,9 +353,7 @@ pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<String> {
             Ok("the failed rollback was undone: the project is as before it".into())
         }
         Phase::Staging => {
-            let s = j.slots.clone();
-            tokio::task::spawn_blocking(move || swap::clear_staging(&s)).await??;
-            engine::clear(&j.engine);
+            steps::unstage(j).await?;
             Ok("the rollback had not replaced anything: the project is as before it".into())
         }
         Phase::Swapping | Phase::Swapped => {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -15,50 +15,58 @@ use crate::engine::compose::Up;
 use crate::engine::{Container, ImageRef};
 use crate::faults::{self, Crash, Fail, Sigint};
 use crate::flows::Ctx;
-use crate::flows::backup::{BackupOptions, BackupOutcome, backup_in};
+use crate::flows::backup::{BackupOptions, InScope, Prepared, prepare};
 use crate::runner::{Operation, Scope};
 
 /// The rollback inside a stop scope, whoever owns it. Whatever runs now is stopped too (in a
-/// nested rollback, what the failed upgrade started).
-pub async fn restore(
-    op: &mut Operation<'_, Journal>,
+/// nested rollback, what the failed upgrade started). The safety backup goes into `safety`
+/// (from `prepared`, copied before the stop, when given): its archive may still have to be
+/// written once the services run again, whatever the rollback's outcome.
+pub async fn restore<'c>(
+    op: &mut Operation<'c, Journal>,
     scope: &mut Scope<'_>,
     opts: &RollbackOptions,
     plan: &Plan,
+    prepared: Option<Prepared>,
+    safety: &Mutex<Option<InScope<'c>>>,
     progress: Arc<dyn Progress>,
 ) -> Result<Restored> {
     let ctx = op.ctx();
     scope.stop(&ctx.engine()?.project_containers(&ctx.project.name).await?).await?;
-    let prepared = async {
+    let ready = async {
         ctx.interrupt.check()?;
-        let safety = safety_backup(ctx, scope, opts, plan, progress.clone()).await?;
-        op.advance(|j| j.safety_backup_id = Some(safety.id)).await?;
+        let made = safety_backup(ctx, scope, opts, plan, prepared, progress.clone()).await?;
+        let id = made.id();
+        *safety.lock().unwrap_or_else(|e| e.into_inner()) = Some(made);
+        op.advance(|j| j.safety_backup_id = Some(id)).await?;
         ctx.interrupt.check()?;
         if !op.journal.staged {
             stage(ctx, opts, plan, &op.journal, progress).await?;
             ctx.interrupt.check()?;
         }
-        anyhow::Ok(safety)
+        anyhow::Ok(id)
     }
     .await;
-    let safety = match prepared {
-        Ok(s) => s,
+    let safety_id = match ready {
+        Ok(id) => id,
         Err(e) => {
             // Nothing was replaced: only the staging goes.
-            let s = op.journal.slots.clone();
-            engine::clear(&op.journal.engine);
-            tokio::task::spawn_blocking(move || swap::clear_staging(&s)).await??;
+            unstage(&op.journal).await?;
             return Err(e);
         }
     };
     let before = scope.services().clone();
     let mut progress = SwapProgress::default();
     if let Err(e) = swap_in(op, scope, &mut progress).await {
-        return Err(match undo_failed(op, scope, before, &progress, &safety).await {
+        let archive = safety
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|s| s.archive().map(Path::to_path_buf));
+        return Err(match undo_failed(op, scope, before, &progress, archive.as_deref()).await {
             Ok(()) => e,
             Err(u) => e.context(format!(
-                "putting the previous state back failed ({u:#}); restore it with `nuwax rollback {}` (the safety backup)",
-                safety.id
+                "putting the previous state back failed ({u:#}); restore it with `nuwax rollback {safety_id}` (the safety backup)"
             )),
         });
     }
@@ -68,26 +76,62 @@ pub async fn restore(
         tracing::warn!("removing the replaced versions: {e:#}");
     }
     create(ctx, &op.journal).await?;
-    Ok(Restored { safety, services: scope.services().iter().cloned().collect() })
+    Ok(Restored { services: scope.services().iter().cloned().collect() })
 }
 
 /// A backup of the current state under the scope's stop, so the rollback can be rolled back.
-async fn safety_backup(
-    ctx: &Ctx,
+/// Volumes restored through the engine are put back from its archive when the swap fails, so
+/// then it is written inside the stop.
+async fn safety_backup<'c>(
+    ctx: &'c Ctx,
     scope: &Scope<'_>,
     opts: &RollbackOptions,
     plan: &Plan,
+    prepared: Option<Prepared>,
     progress: Arc<dyn Progress>,
-) -> Result<BackupOutcome> {
+) -> Result<InScope<'c>> {
+    let o = safety_options(opts, plan);
+    let prepared = match prepared {
+        Some(p) => p,
+        None => {
+            let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
+            prepare(ctx, &o, &containers, Some("made inside the rollback's stop")).await?
+        }
+    };
+    let made = prepared
+        .freeze(ctx, &o, scope, progress)
+        .await
+        .context("the safety backup failed; nothing was changed")?;
+    match made.archive() {
+        Some(path) => tracing::warn!("safety backup {} made: {}", made.id(), path.display()),
+        None => tracing::info!(
+            "safety backup {}: copied, its archive is written once the services run",
+            made.id()
+        ),
+    }
+    Ok(made)
+}
+
+/// The safety backup's options: the rollback's, with a note naming it.
+pub(super) fn safety_options(opts: &RollbackOptions, plan: &Plan) -> BackupOptions {
     let note = match opts.note.clone() {
         Some(n) => n,
         None => format!("the state before the rollback to backup {}", plan.backup_id),
     };
-    let o = BackupOptions { kind: BackupKind::PreRollback, note: Some(note), ..opts.safety.clone() };
-    let made =
-        backup_in(ctx, &o, scope, progress).await.context("the safety backup failed; nothing was changed")?;
-    tracing::warn!("safety backup {} made: {}", made.id, made.path.display());
-    Ok(made)
+    BackupOptions { kind: BackupKind::PreRollback, note: Some(note), ..opts.safety.clone() }
+}
+
+/// Before the stop: the safety backup's copy while the services run, where its archive can wait
+/// for the start (no volume is restored through the engine, whose undo needs it).
+pub(super) async fn prepare_safety(
+    ctx: &Ctx,
+    opts: &RollbackOptions,
+    plan: &Plan,
+    journal: &Journal,
+) -> Result<Prepared> {
+    let one_phase = (!journal.engine.is_empty())
+        .then_some("volumes restored through the engine are put back from its archive if the swap fails");
+    prepare(ctx, &safety_options(opts, plan), &plan.containers, one_phase).await
 }
 
 /// How far a swap got, for the way back.
@@ -151,7 +195,7 @@ async fn undo_failed(
     scope: &mut Scope<'_>,
     services_before: BTreeSet<String>,
     progress: &SwapProgress,
-    safety: &BackupOutcome,
+    safety: Option<&Path>,
 ) -> Result<()> {
     let ctx = op.ctx();
     let journaled = op
@@ -162,7 +206,7 @@ async fn undo_failed(
         .await;
     faults::crash(Crash::RollbackWhileUndoing);
     let undone = match journaled {
-        Ok(()) => undo(ctx, &op.journal, Some(&safety.path)).await,
+        Ok(()) => undo(ctx, &op.journal, safety).await,
         Err(e) => Err(e),
     };
     undone?;
@@ -206,22 +250,17 @@ pub(super) async fn prestage(
     progress: Arc<dyn Progress>,
 ) -> Result<()> {
     let ctx = op.ctx();
-    let staged = async {
-        ctx.interrupt.check()?;
-        stage(ctx, opts, plan, &op.journal, progress).await?;
-        ctx.interrupt.check()?;
-        op.advance(|j| j.staged = true).await
-    }
-    .await;
-    match staged {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let s = op.journal.slots.clone();
-            engine::clear(&op.journal.engine);
-            tokio::task::spawn_blocking(move || swap::clear_staging(&s)).await??;
-            Err(e)
-        }
-    }
+    ctx.interrupt.check()?;
+    stage(ctx, opts, plan, &op.journal, progress).await?;
+    ctx.interrupt.check()?;
+    op.advance(|j| j.staged = true).await
+}
+
+/// Nothing was replaced: the staging goes (host trees and engine volume tars).
+pub(super) async fn unstage(j: &Journal) -> Result<()> {
+    let s = j.slots.clone();
+    engine::clear(&j.engine);
+    tokio::task::spawn_blocking(move || swap::clear_staging(&s)).await?
 }
 
 /// Extracts every host target into its staging path and every engine volume into its tar.

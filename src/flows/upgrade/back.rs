@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::{Journal, Phase, record_end};
 use crate::archive::Progress;
@@ -55,9 +55,14 @@ pub(super) async fn roll_back(
     }
     let mut rop = Operation::begin(ctx, rollback::Journal::new(ctx, &plan)).await?;
     op.advance(|j| j.rollback_op = Some(rop.id())).await?;
-    let restored = rollback::restore(&mut rop, scope, &ropts, &plan, progress).await;
+    // Inside the upgrade's stop, the safety backup is made in one phase there.
+    let safety = std::sync::Mutex::new(None);
+    let restored = rollback::restore(&mut rop, scope, &ropts, &plan, None, &safety, progress.clone()).await;
     rollback::close(&mut rop, &restored).await?;
-    Ok(restored?.safety.id)
+    let safety = safety.into_inner().unwrap_or_else(|e| e.into_inner());
+    restored?;
+    let safety = safety.context("the rollback made no safety backup")?;
+    Ok(safety.complete(ctx, progress).await?.id)
 }
 
 /// Recovery of an upgrade a dead nuwax (operation `op_id`) left: nothing to do before the

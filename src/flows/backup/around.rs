@@ -1,0 +1,152 @@
+//! A backup made under another operation's stop (a rollback's safety backup, the pre-upgrade
+//! backup), split around that stop: [`prepare`] copies into the snapshot while the services
+//! still run; [`Prepared::freeze`], inside the stop, records the backup and copies only what
+//! changed since; [`InScope::complete`] writes the archive from the snapshot once the services
+//! run again. In one phase, `freeze` writes and seals the whole archive inside the stop, as
+//! [`super::backup_in`] always does.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::images::ImageSpool;
+use super::twophase::{self, Precopied};
+use super::write::{Moment, Sources, write};
+use super::{BackupOptions, BackupOutcome, Journal, Pending, PhaseReport, begin, finish, service_records};
+use crate::archive::Progress;
+use crate::archive::manifest::ServiceRecord;
+use crate::engine::Container;
+use crate::flows::Ctx;
+use crate::runner::{Operation, Scope, ScopeReport};
+
+/// What was done before the stop: the sources found and, in two phases, the copy while running.
+pub struct Prepared {
+    sources: Sources,
+    /// Kept until the archive is written: it holds the images the archive takes in.
+    spool: Option<ImageSpool>,
+    pre: Option<Precopied>,
+    phases: PhaseReport,
+    started: Instant,
+}
+
+/// Before the stop: finds what the backup reads and, unless `one_phase` says why not (or the
+/// snapshot cannot be used), copies it into the snapshot while the services run. The caller
+/// checked the room before; a copy that does not fit falls back to one phase.
+pub async fn prepare(
+    ctx: &Ctx,
+    opts: &BackupOptions,
+    containers: &[Container],
+    one_phase: Option<&str>,
+) -> Result<Prepared> {
+    let started = Instant::now();
+    let (sources, spool) = super::find_sources(ctx, opts, containers).await?;
+    let (pre, phases) = match one_phase {
+        Some(why) => (None, PhaseReport { single_phase: Some(why.to_string()), ..Default::default() }),
+        None => {
+            let (plan, excludes, skip) =
+                (sources.plan.clone(), sources.excludes.clone(), sources.skip_dirs.clone());
+            let room =
+                tokio::task::spawn_blocking(move || super::plan::room(&plan, &excludes, &skip)).await?;
+            super::copy_while_running(ctx, opts.snapshot, &sources, containers, &room).await?
+        }
+    };
+    ctx.interrupt.check()?;
+    Ok(Prepared { sources, spool, pre, phases, started })
+}
+
+/// A backup recorded inside a stop: sealed already (one phase), or frozen in the snapshot and
+/// waiting for [`InScope::complete`] once the services run again.
+pub enum InScope<'c> {
+    Done(Box<BackupOutcome>),
+    Held(Box<Held<'c>>),
+}
+
+/// A backup whose data the stop froze in the snapshot; its operation is open until it is
+/// written (a crash before that abandons it, like any unfinished backup).
+pub struct Held<'c> {
+    op: Operation<'c, Journal>,
+    pending: Pending,
+    opts: BackupOptions,
+    prepared: Prepared,
+    services: Vec<ServiceRecord>,
+    moment: Moment,
+    pre: Precopied,
+    frozen: twophase::Frozen,
+}
+
+impl Prepared {
+    /// Inside the caller's stop: records the backup, then either copies what changed into the
+    /// snapshot (two phases) or writes and seals the whole archive (one).
+    pub async fn freeze<'c>(
+        mut self,
+        ctx: &'c Ctx,
+        opts: &BackupOptions,
+        scope: &Scope<'_>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<InScope<'c>> {
+        ctx.interrupt.check()?;
+        let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
+        let services = service_records(&containers, |c| scope.keeps_running(&c.service));
+        let (op, pending, services) = begin(ctx, opts, services).await?;
+        let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
+        let Some(pre) = self.pre.take() else {
+            let written =
+                write(ctx, opts, &pending, &self.sources, services, moment, progress, Vec::new()).await;
+            let report = ScopeReport::default();
+            let made = finish(ctx, op, &pending, written, report, self.phases, self.started).await?;
+            return Ok(InScope::Done(Box::new(made)));
+        };
+        let frozen = match twophase::delta(ctx, &pre, &self.sources).await {
+            Ok(f) => f,
+            Err(e) => {
+                // Abandoned: `finish` marks it failed and returns the error.
+                let report = ScopeReport::default();
+                let made = finish(ctx, op, &pending, Err(e), report, self.phases, self.started).await;
+                return made.map(|b| InScope::Done(Box::new(b)));
+            }
+        };
+        self.phases.delta_bytes = Some(frozen.report.bytes_written);
+        let opts = opts.clone();
+        let held = Held { op, pending, opts, prepared: self, services, moment, pre, frozen };
+        Ok(InScope::Held(Box::new(held)))
+    }
+}
+
+impl InScope<'_> {
+    pub fn id(&self) -> i64 {
+        match self {
+            InScope::Done(b) => b.id,
+            InScope::Held(h) => h.pending.id,
+        }
+    }
+
+    /// The archive, once it is on disk: only a sealed backup has one yet.
+    pub fn archive(&self) -> Option<&Path> {
+        match self {
+            InScope::Done(b) => Some(&b.path),
+            InScope::Held(_) => None,
+        }
+    }
+
+    /// With the services running again: writes the archive from the snapshot, verifies and
+    /// seals it (a sealed backup is returned as it is). `ctx` decides which signals stop it.
+    pub async fn complete(self, ctx: &Ctx, progress: Arc<dyn Progress>) -> Result<BackupOutcome> {
+        let h = match self {
+            InScope::Done(b) => return Ok(*b),
+            InScope::Held(h) => *h,
+        };
+        let Held { op, pending, opts, prepared, services, moment, pre, frozen } = h;
+        let reads = frozen.reads;
+        let sources = &prepared.sources;
+        let written = write(ctx, &opts, &pending, sources, services, moment, progress, reads).await;
+        if written.is_ok() {
+            twophase::commit(pre.snap, frozen.index).await;
+        }
+        let report = ScopeReport::default();
+        let made = finish(ctx, op, &pending, written, report, prepared.phases, prepared.started).await;
+        drop(prepared.spool);
+        made
+    }
+}
