@@ -51,6 +51,19 @@ pub struct Settings {
     pub retention: Option<crate::retention::Policy>,
     /// `false`: no snapshot (copy while stopped only, in one phase); the snapshot is removed.
     pub snapshot: Option<bool>,
+    /// What a backup stops at once: the whole project (one point in time, the default) or each
+    /// group of services linked by `depends_on` or a shared mount in turn.
+    #[serde(default)]
+    pub stop: StopMode,
+}
+
+/// `stop` in nuwax.toml.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMode {
+    #[default]
+    Project,
+    Each,
 }
 
 /// What the compose files say about one service.

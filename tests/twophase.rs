@@ -309,3 +309,62 @@ fn sigkill_while_a_rollbacks_safety_archive_is_written_leaves_the_rollback_done_
     let held = x.path().join("volumes").join(demo.volume("cache"));
     assert_eq!(std::fs::read_to_string(held.join("state.txt")).unwrap(), "as backed up");
 }
+
+#[test]
+fn stop_each_stops_one_group_of_linked_services_at_a_time_while_the_others_run() {
+    let compose = require_docker!();
+    let demo = Demo::new(compose);
+    // The worker no longer depends on the app: {app, db} and {worker} are separate groups.
+    let file = demo.dir.join("compose.yaml");
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    let unlinked = yaml.replace("    depends_on:\n      app:\n        condition: service_healthy\n", "");
+    assert_ne!(yaml, unlinked);
+    std::fs::write(&file, unlinked).unwrap();
+    let mut toml = std::fs::read_to_string(demo.dir.join("nuwax.toml")).unwrap();
+    toml.push_str("stop = \"each\"\n");
+    std::fs::write(demo.dir.join("nuwax.toml"), toml).unwrap();
+    demo.up();
+    std::fs::write(demo.volume_path("cache").join("state.txt"), "worker data").unwrap();
+
+    let pause = demo.dir.join("pause");
+    let child = backup_held_at(&demo, "backup-stopped", &pause, &[]);
+    // The first window: app and db down, the worker runs.
+    assert!(demo.state_of("db").starts_with("exited") && demo.state_of("app").starts_with("exited"));
+    assert_eq!(demo.state_of("worker"), "running/healthy", "{:?}", demo.states());
+    std::fs::remove_file(&pause).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pause.exists() {
+        assert!(Instant::now() < deadline, "the second window never came");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The second: the worker down, app and db back and healthy.
+    assert!(demo.state_of("worker").starts_with("exited"), "{:?}", demo.states());
+    assert_eq!(demo.state_of("db"), "running/healthy", "{:?}", demo.states());
+    assert_eq!(demo.state_of("app"), "running/healthy", "{:?}", demo.states());
+    std::fs::remove_file(&pause).unwrap();
+    let (status, out, err) = finish(child);
+    assert!(status.success(), "{err}");
+    let o: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let windows: Vec<Vec<String>> = o["stop_windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let mut s: Vec<String> = serde_json::from_value(w["services"].clone()).unwrap();
+            s.sort();
+            s
+        })
+        .collect();
+    assert_eq!(windows, vec![vec!["app".to_string(), "db".into()], vec!["worker".into()]], "{o}");
+    let longest =
+        o["stop_windows"].as_array().unwrap().iter().map(|w| w["stopped_ms"].as_u64().unwrap()).max();
+    assert_eq!(o["downtime_ms"].as_u64(), longest, "{o}");
+    // Everything is in the archive, and it verifies.
+    let out = demo.run(&["verify", &o["id"].to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let x = gnu_untar(Path::new(o["path"].as_str().unwrap()));
+    let cache = x.path().join("volumes").join(demo.volume("cache"));
+    assert_eq!(std::fs::read_to_string(cache.join("state.txt")).unwrap(), "worker data");
+    assert!(x.path().join("volumes").join(demo.volume("dbdata")).join("data.db").is_file());
+    demo.wait_healthy(&["db", "app", "worker"]);
+}

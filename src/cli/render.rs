@@ -58,7 +58,13 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
         (_, _, Some(why)) => outln!("  copied in one phase while stopped: {why}"),
         _ => {}
     }
-    if !o.services_stopped.is_empty() {
+    if !o.stop_windows.is_empty() {
+        outln!("  stopped one group at a time (stop = \"each\"): each group is its own point in time");
+        for w in &o.stop_windows {
+            let ms = w.stopped_ms.map(human_ms).unwrap_or_else(|| "-".into());
+            outln!("    {} down {ms}", w.services.join(", "));
+        }
+    } else if !o.services_stopped.is_empty() {
         outln!("  services stopped and started again: {}", o.services_stopped.join(", "));
     }
     for s in &o.skipped {
@@ -503,6 +509,11 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # run, stop them only to copy what changed since, and write the archive after they start.
 # The snapshot costs up to the data's size on disk; false removes it and copies while stopped.
 # snapshot = true
+
+# What a backup stops at once. "project" (the default): every service, one point in time.
+# "each": one group of services at a time (those linked by depends_on, or sharing a mount),
+# while the others run; each group is then its own point in time. Needs the snapshot.
+# stop = "project"
 
 # Seconds a service gets to stop when its compose file sets no stop_grace_period.
 # stop_timeout = 10

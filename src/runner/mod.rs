@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 pub use crate::catalog::OperationKind;
 use crate::engine::Container;
 use crate::flows::Ctx;
-pub use scope::{Scope, ScopeJournal, ScopeReport, ensure_running};
+pub use scope::{Scope, ScopeJournal, ScopeReport, dependencies, ensure_running};
 
 /// The journal of one kind of operation.
 pub trait Journal: Serialize + DeserializeOwned + Send + Sync {

@@ -193,7 +193,8 @@ fn stop_timeout(ctx: &Ctx, c: &Container) -> u64 {
 }
 
 /// Service → the services it depends on: the compose files, and compose v2's labels.
-fn dependencies(ctx: &Ctx, containers: &[Container]) -> BTreeMap<String, BTreeSet<String>> {
+/// Service → the services it depends on: the compose files' and the containers' own labels.
+pub fn dependencies(ctx: &Ctx, containers: &[Container]) -> BTreeMap<String, BTreeSet<String>> {
     let mut deps = ctx.project.dependencies();
     for c in containers {
         deps.entry(c.service.clone()).or_default().extend(c.depends_on.iter().cloned());

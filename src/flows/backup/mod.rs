@@ -9,6 +9,7 @@ mod around;
 mod images;
 mod plan;
 mod twophase;
+mod windows;
 mod write;
 
 use std::path::PathBuf;
@@ -69,6 +70,8 @@ pub struct BackupOptions {
     pub with_images: bool,
     /// Copy while running into the snapshot, and only the changes while stopped.
     pub snapshot: SnapshotUse,
+    /// `stop = "each"`: stop one group of linked services at a time (two phases only).
+    pub stop_each: bool,
 }
 
 impl BackupOptions {
@@ -111,6 +114,7 @@ impl BackupOptions {
                 Some(false) => SnapshotUse::Off("snapshot = false in nuwax.toml"),
                 _ => SnapshotUse::On,
             },
+            stop_each: s.stop == crate::project::StopMode::Each,
         })
     }
 }
@@ -139,6 +143,9 @@ pub struct BackupOutcome {
     pub stopped_ms: Option<u64>,
     /// Why the data was copied in one phase while stopped (no snapshot), when it was.
     pub single_phase: Option<String>,
+    /// With `stop = "each"`: each group of services stopped in turn and for how long (the
+    /// downtime is the longest). Empty when the project stopped as one.
+    pub stop_windows: Vec<StopWindow>,
     /// Reading the data and writing the archive: after the services started again when two
     /// phases were used, else part of the downtime.
     pub archive_ms: u64,
@@ -154,6 +161,14 @@ pub struct BackupOutcome {
     /// Services the engine killed because they did not stop within their stop timeout.
     pub stop_killed: Vec<String>,
     pub skipped: Vec<Skipped>,
+}
+
+/// One stop of `stop = "each"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StopWindow {
+    pub services: Vec<String>,
+    /// First stop to last service ready, for this group.
+    pub stopped_ms: Option<u64>,
 }
 
 /// What a backup operation journals: enough to abandon it after a crash.
@@ -233,7 +248,27 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     let services = service_records(&containers, |c| c.is_running());
     let mut phases = phases;
     let (mut op, pending, services) = begin(ctx, opts, services).await?;
+    let mut report = None;
     let written = match (stop, &pre) {
+        (true, Some(pre)) if opts.stop_each => {
+            let each = stop_each(&mut op, pre, &sources, &containers).await;
+            let (frozen, killed, r, windows) = each;
+            phases.windows = windows;
+            report = Some(r);
+            match frozen {
+                Ok(frozen) => {
+                    phases.delta_bytes = Some(frozen.report.bytes_written);
+                    let moment = Moment { stopped: true, live: false, killed };
+                    let w =
+                        write(ctx, opts, &pending, &sources, services, moment, progress, frozen.reads).await;
+                    if w.is_ok() {
+                        twophase::commit(pre.snap.clone(), frozen.index).await;
+                    }
+                    w
+                }
+                Err(e) => Err(e),
+            }
+        }
         (true, Some(pre)) => {
             let sources = &sources;
             let frozen = op
@@ -274,8 +309,45 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             write(ctx, opts, &pending, &sources, services, moment, progress, Vec::new()).await
         }
     };
-    let report = op.scope().cloned().unwrap_or_default();
+    let report = report.unwrap_or_else(|| op.scope().cloned().unwrap_or_default());
     finish(ctx, op, &pending, written, report, phases, started).await
+}
+
+/// `stop = "each"`: each group of linked services stopped in turn for the changes to its data
+/// (the snapshot's pass spans the windows). Returns the frozen copy, the services killed at
+/// their stop timeout, the scopes' report taken together (the downtime is the longest window)
+/// and each window.
+async fn stop_each(
+    op: &mut Operation<'_, Journal>,
+    pre: &twophase::Precopied,
+    sources: &Sources,
+    containers: &[Container],
+) -> (Result<twophase::Frozen>, Vec<String>, ScopeReport, Vec<StopWindow>) {
+    let ctx = op.ctx();
+    let pass = windows::WindowPass::start(ctx, pre, sources);
+    let (mut killed, mut report, mut each) = (Vec::new(), ScopeReport::default(), Vec::new());
+    for w in windows::windows(ctx, containers, sources) {
+        let copy = pass.window(w.sources.clone());
+        let done = op
+            .with_stopped(&w.containers, |_, scope| {
+                Box::pin(async move {
+                    crate::faults::pause(crate::faults::Pause::BackupStopped).await;
+                    copy.run(ctx).await?;
+                    Ok(scope.killed().to_vec())
+                })
+            })
+            .await;
+        let r = op.scope().cloned().unwrap_or_default();
+        each.push(StopWindow { services: r.stopped.clone(), stopped_ms: r.downtime_ms });
+        report.stopped.extend(r.stopped);
+        report.killed.extend(r.killed);
+        report.downtime_ms = report.downtime_ms.max(r.downtime_ms);
+        match done {
+            Ok(k) => killed.extend(k),
+            Err(e) => return (Err(e), killed, report, each),
+        }
+    }
+    (pass.finish(ctx).await, killed, report, each)
 }
 
 /// Before the stop: into the snapshot while the services run, when two phases are possible;
@@ -314,6 +386,7 @@ struct PhaseReport {
     precopy_ms: Option<u64>,
     delta_bytes: Option<u64>,
     single_phase: Option<String>,
+    windows: Vec<StopWindow>,
 }
 
 /// A backup inside another operation's scope, in one phase: the services that scope stopped
@@ -463,6 +536,7 @@ async fn finish(
                 delta_bytes: phases.delta_bytes,
                 stopped_ms: report.downtime_ms,
                 single_phase: phases.single_phase,
+                stop_windows: phases.windows,
                 archive_ms: w.archive_ms,
                 sync_ms: s.sync_ms,
                 verify_ms: s.verify_ms,

@@ -49,7 +49,7 @@ pub(super) struct Frozen {
 
 /// The sources the snapshot holds: every host tree but the image spool (written before the
 /// stop, never changed).
-fn mirrored(s: &Source) -> bool {
+pub(super) fn mirrored(s: &Source) -> bool {
     matches!(s.origin, Origin::Host(_)) && !matches!(s.role, Role::Images)
 }
 
@@ -190,6 +190,6 @@ async fn pass_over<T: Send + 'static>(
         .map_err(|e| anyhow::anyhow!("the snapshot pass panicked: {e}"))?
 }
 
-fn is_cancelled(e: &anyhow::Error) -> bool {
+pub(super) fn is_cancelled(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<archive::Error>(), Some(archive::Error::Cancelled))
 }

@@ -27,7 +27,7 @@ use crate::engine::Container;
 use crate::runner::{self, Operation, OperationKind};
 use engine::EngineSlot;
 pub use plan::{ImageStep, Item, Plan, RollbackOptions, plan};
-pub use steps::{load_images, restore};
+pub use steps::{cleanup, load_images, restore};
 use swap::Slot;
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +235,9 @@ pub async fn rollback(
     let report = op.scope().cloned().unwrap_or_default();
     let phase = op.journal.phase;
     let retagged = op.journal.retag.clone();
+    if phase == Phase::Swapped {
+        steps::cleanup(&op.journal).await;
+    }
     close(&mut op, &result).await?;
     // With the services running again: the safety backup's archive, from the snapshot. Once the
     // data is replaced it is finished whatever signal comes, like the rollback.

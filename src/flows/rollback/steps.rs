@@ -70,11 +70,7 @@ pub async fn restore<'c>(
             )),
         });
     }
-    // From here on, forward only. The old versions go (a leftover is only disk space).
-    let s = op.journal.slots.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || swap::cleanup(&s)).await? {
-        tracing::warn!("removing the replaced versions: {e:#}");
-    }
+    // From here on, forward only. The old versions go once the services run ([`cleanup`]).
     create(ctx, &op.journal).await?;
     Ok(Restored { services: scope.services().iter().cloned().collect() })
 }
@@ -254,6 +250,17 @@ pub(super) async fn prestage(
     stage(ctx, opts, plan, &op.journal, progress).await?;
     ctx.interrupt.check()?;
     op.advance(|j| j.staged = true).await
+}
+
+/// After a swap that stands: the replaced versions go, with the services running again (a
+/// leftover is only disk space; the next rollback's staging removes it).
+pub async fn cleanup(j: &Journal) {
+    let s = j.slots.clone();
+    match tokio::task::spawn_blocking(move || swap::cleanup(&s)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("removing the replaced versions: {e:#}"),
+        Err(e) => tracing::warn!("removing the replaced versions: {e}"),
+    }
 }
 
 /// Nothing was replaced: the staging goes (host trees and engine volume tars).

@@ -58,6 +58,9 @@ pub(super) async fn roll_back(
     // Inside the upgrade's stop, the safety backup is made in one phase there.
     let safety = std::sync::Mutex::new(None);
     let restored = rollback::restore(&mut rop, scope, &ropts, &plan, None, &safety, progress.clone()).await;
+    if restored.is_ok() {
+        rollback::cleanup(&rop.journal).await;
+    }
     rollback::close(&mut rop, &restored).await?;
     let safety = safety.into_inner().unwrap_or_else(|e| e.into_inner());
     restored?;
