@@ -108,3 +108,85 @@ fn an_uncommitted_snapshot_shows_as_incomplete_and_remove_deletes_it() {
     assert!(Snapshot::remove(storage.path(), "p").unwrap());
     assert!(Snapshot::usage(storage.path(), "p").is_none());
 }
+
+/// A loop-mounted filesystem image for the reflink tests, unmounted and removed on drop.
+struct LoopFs {
+    dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// `None` (and a loud line) when this machine cannot make one: not root, or no mkfs.
+    fn new(fs: &str) -> Option<LoopFs> {
+        let mkfs = format!("mkfs.{fs}");
+        let have = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {mkfs}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have || !rustix::process::geteuid().is_root() {
+            // CI installs the tools and runs as root: there a skip is a failure.
+            assert!(std::env::var_os("CI").is_none(), "{mkfs} (or root) missing in CI");
+            eprintln!("SKIPPED (no {mkfs}, or not root): reflink test on {fs}");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (img, mnt) = (dir.path().join("fs.img"), dir.path().join("mnt"));
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::File::create(&img).unwrap().set_len(320 << 20).unwrap();
+        let opts: &[&str] = if fs == "xfs" { &["-q", "-m", "reflink=1"] } else { &["-q"] };
+        let ok = |c: &mut std::process::Command| c.status().is_ok_and(|s| s.success());
+        assert!(ok(std::process::Command::new(&mkfs).args(opts).arg(&img)), "{mkfs} failed");
+        assert!(
+            ok(std::process::Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&mnt)),
+            "mount failed"
+        );
+        Some(LoopFs { dir })
+    }
+
+    fn mnt(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.mnt()).status();
+    }
+}
+
+/// On a filesystem with reflinks (XFS, btrfs), the snapshot shares the source's blocks: no data
+/// is copied, and the copy stays the copy when the source changes afterwards.
+fn reflinks_on(fs: &str) {
+    let Some(loopfs) = LoopFs::new(fs) else { return };
+    let (src, storage) = (loopfs.mnt().join("src"), loopfs.mnt().join("storage"));
+    std::fs::create_dir_all(&src).unwrap();
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(src.join("db"), &big).unwrap();
+    let snap = Snapshot::open(&storage, "p").unwrap();
+    let (index, first) = pass(&snap, &Index::default(), PassKind::Running, &src);
+    assert_eq!((first.bytes_reflinked, first.bytes_written), (16 << 20, 0), "{first:?}");
+    assert_eq!(std::fs::read(snap.data("volumes/data/db")).unwrap(), big);
+
+    // Changed in place: cloned again, not compared block by block.
+    let f = std::fs::OpenOptions::new().write(true).open(src.join("db")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 9 << 20).unwrap();
+    drop(f);
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let (_, second) = pass(&snap, &index, PassKind::Stopped, &src);
+    assert_eq!((second.bytes_reflinked, second.bytes_written), (16 << 20, 0), "{second:?}");
+    let copied = std::fs::read(snap.data("volumes/data/db")).unwrap();
+    assert_eq!(copied, std::fs::read(src.join("db")).unwrap());
+
+    // The clone is a copy: writing the source leaves it as it was.
+    std::fs::write(src.join("db"), b"overwritten").unwrap();
+    assert_eq!(std::fs::read(snap.data("volumes/data/db")).unwrap(), copied);
+}
+
+#[test]
+fn on_xfs_the_snapshot_is_made_of_reflinks() {
+    reflinks_on("xfs");
+}
+
+#[test]
+fn on_btrfs_the_snapshot_is_made_of_reflinks() {
+    reflinks_on("btrfs");
+}

@@ -62,6 +62,7 @@ fn opts() -> BackupOptions {
         rate_limit: None,
         with_images: false,
         snapshot: super::SnapshotUse::On,
+        stop_each: false,
     }
 }
 

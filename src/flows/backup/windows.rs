@@ -3,6 +3,7 @@
 //! mounting the same source), copies what changed in their data, and starts them again before
 //! the next group stops. One snapshot pass spans the windows, so the index covers them all.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -27,65 +28,50 @@ pub(super) struct Window {
 /// running service mounts (configs, stopped services' data) are in none: nothing writes them.
 pub(super) fn windows(ctx: &Ctx, containers: &[Container], sources: &Sources) -> Vec<Window> {
     let running: Vec<&Container> = containers.iter().filter(|c| c.is_running()).collect();
-    let mut names: Vec<String> = running.iter().map(|c| c.service.clone()).collect();
-    names.sort();
-    names.dedup();
-    let index = |s: &str| names.iter().position(|n| n == s);
-    let mut group: Vec<usize> = (0..names.len()).collect();
-    fn root(g: &mut [usize], mut i: usize) -> usize {
-        while g[i] != i {
-            g[i] = g[g[i]];
-            i = g[i];
+    // Each running service starts as a group of its own; links merge groups.
+    let mut groups: Vec<BTreeSet<String>> = running
+        .iter()
+        .map(|c| BTreeSet::from([c.service.clone()]))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut link = |a: &str, b: &str| {
+        let find = |s: &str| groups.iter().position(|g| g.contains(s));
+        if let (Some(i), Some(j)) = (find(a), find(b))
+            && i != j
+        {
+            let merged = groups.remove(i.max(j));
+            groups[i.min(j)].extend(merged);
         }
-        i
-    }
-    let join = |g: &mut Vec<usize>, a: usize, b: usize| {
-        let (ra, rb) = (root(g, a), root(g, b));
-        g[ra.max(rb)] = ra.min(rb);
     };
-    let owners = |s: &Source| -> Vec<usize> {
+    let owners = |s: &Source| -> Vec<String> {
         match &s.role {
             Role::Mount { destinations, .. } => {
-                destinations.iter().filter_map(|d| index(d.split(':').next().unwrap_or_default())).collect()
+                destinations.iter().filter_map(|d| d.split(':').next().map(str::to_string)).collect()
             }
             _ => Vec::new(),
         }
     };
     for (service, deps) in crate::runner::dependencies(ctx, containers) {
         for d in deps {
-            if let (Some(a), Some(b)) = (index(&service), index(&d)) {
-                join(&mut group, a, b);
-            }
+            link(&service, &d);
         }
     }
     for s in &sources.plan {
-        let o = owners(s);
-        for w in o.windows(2) {
-            join(&mut group, w[0], w[1]);
+        for pair in owners(s).windows(2) {
+            link(&pair[0], &pair[1]);
         }
     }
-    let mut windows: Vec<Window> = Vec::new();
-    let mut roots: Vec<usize> = Vec::new();
-    for i in 0..names.len() {
-        let r = root(&mut group, i);
-        if !roots.contains(&r) {
-            roots.push(r);
-            windows.push(Window { containers: Vec::new(), sources: Vec::new() });
-        }
-        let w = roots.iter().position(|x| *x == r).unwrap_or_default();
-        windows[w].containers.extend(running.iter().filter(|c| c.service == names[i]).map(|c| (*c).clone()));
-    }
-    for (i, s) in sources.plan.iter().enumerate() {
-        if let Some(&o) = owners(s).first()
-            && mirrored(s)
-        {
-            let r = root(&mut group, o);
-            if let Some(w) = roots.iter().position(|x| *x == r) {
-                windows[w].sources.push(i);
-            }
-        }
-    }
-    windows
+    groups
+        .iter()
+        .map(|g| Window {
+            containers: running.iter().filter(|c| g.contains(&c.service)).map(|c| (*c).clone()).collect(),
+            sources: (sources.plan.iter().enumerate())
+                .filter(|(_, s)| mirrored(s) && owners(s).iter().any(|o| g.contains(o)))
+                .map(|(i, _)| i)
+                .collect(),
+        })
+        .collect()
 }
 
 /// What the pass of the windows is told.
