@@ -326,7 +326,11 @@ async fn stop_each(
     let ctx = op.ctx();
     let pass = windows::WindowPass::start(ctx, pre, sources);
     let (mut killed, mut report, mut each) = (Vec::new(), ScopeReport::default(), Vec::new());
-    for w in windows::windows(ctx, containers, sources) {
+    // A group whose services mount nothing is never stopped: there is nothing of theirs to copy.
+    for w in windows::windows(ctx, containers, sources).into_iter().filter(|w| !w.sources.is_empty()) {
+        if let Err(e) = ctx.interrupt.check() {
+            return (Err(e.into()), killed, report, each);
+        }
         let copy = pass.window(w.sources.clone());
         let done = op
             .with_stopped(&w.containers, |_, scope| {

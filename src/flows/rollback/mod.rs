@@ -217,7 +217,11 @@ pub async fn rollback(
         Ok(p) => p,
         Err(e) => {
             // Left open when the staging cannot go: the next command clears it.
-            steps::unstage(&op.journal).await?;
+            if let Err(u) = steps::unstage(&op.journal).await {
+                return Err(
+                    e.context(format!("and clearing the staging failed ({u:#}); the next command does"))
+                );
+            }
             op.close(Some("failed")).await?;
             return Err(e.context(format!(
                 "rollback to backup {} failed before anything was stopped; nothing was changed",
@@ -235,27 +239,33 @@ pub async fn rollback(
     let report = op.scope().cloned().unwrap_or_default();
     let phase = op.journal.phase;
     let retagged = op.journal.retag.clone();
-    if phase == Phase::Swapped {
-        steps::cleanup(&op.journal).await;
-    }
-    close(&mut op, &result).await?;
-    // With the services running again: the safety backup's archive, from the snapshot. Once the
-    // data is replaced it is finished whatever signal comes, like the rollback.
-    let swapped = matches!(phase, Phase::Swapping | Phase::Swapped);
+    // With the services running again: the safety backup's archive, from the snapshot, before
+    // the replaced trees go (while it is written they still hold the state before). Unless
+    // nothing was replaced, it is finished whatever signal comes, like the rollback.
     let calm = Ctx { interrupt: crate::interrupt::Interrupt::none(), ..ctx.clone() };
+    let nothing_replaced = matches!(phase, Phase::Staging | Phase::Undone);
     let safety = safety.lock().unwrap_or_else(|e| e.into_inner()).take();
     if safety.is_some() {
         crate::faults::pause(crate::faults::Pause::RollbackSafetyArchive).await;
     }
     let safety = match safety {
-        Some(s) => Some(s.complete(if swapped { &calm } else { ctx }, progress).await),
+        Some(s) => Some(s.complete(if nothing_replaced { ctx } else { &calm }, progress).await),
         None => None,
     };
+    let safety_kept = matches!(safety, Some(Ok(_)));
+    // Without a safety backup the replaced trees are all that holds the state before: kept.
+    let kept: Vec<String> =
+        op.journal.slots.iter().filter(|s| s.old.exists()).map(|s| s.old.display().to_string()).collect();
+    if phase == Phase::Swapped && safety_kept {
+        steps::cleanup(&op.journal).await;
+    }
+    close(&mut op, &result).await?;
     let id = plan.backup_id;
     let failed_safety = |e: anyhow::Error| {
         e.context(format!(
             "the rollback to backup {id} is done (its data is in place, the services run), \
-             but the safety backup failed: the state before the rollback was not kept"
+             but the safety backup failed; the state before the rollback is kept in {}",
+            kept.join(", ")
         ))
     };
     let safety_id = match &safety {

@@ -51,7 +51,9 @@ pub async fn restore<'c>(
         Ok(id) => id,
         Err(e) => {
             // Nothing was replaced: only the staging goes.
-            unstage(&op.journal).await?;
+            if let Err(u) = unstage(&op.journal).await {
+                return Err(e.context(format!("and clearing the staging failed ({u:#})")));
+            }
             return Err(e);
         }
     };
