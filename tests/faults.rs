@@ -65,8 +65,7 @@ fn storage_dir_not_writable_refuses_before_stopping_anything() {
 #[test]
 fn not_enough_free_space_is_refused_in_preflight() {
     let compose = require_docker!();
-    if !crate::support::is_root() {
-        eprintln!("not_enough_free_space: needs root to mount a small tmpfs; skipped");
+    if !crate::support::can_mount_tmpfs("not_enough_free_space") {
         return;
     }
     let demo = Demo::new(compose);

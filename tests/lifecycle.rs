@@ -182,8 +182,7 @@ fn schedule_runs_back_up_and_prune_and_sigterm_leaves_services_running() {
 #[test]
 fn storage_migrates_to_another_filesystem_resumes_after_sigkill_and_rolls_back_from_there() {
     let compose = require_docker!();
-    if !crate::support::is_root() {
-        eprintln!("SKIPPED (mounting a tmpfs needs root)");
+    if !crate::support::can_mount_tmpfs("storage_migrates") {
         return;
     }
     let demo = Demo::new(compose);

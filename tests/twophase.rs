@@ -36,6 +36,23 @@ fn held_at(demo: &Demo, point: &str, pause: &Path, args: &[&str]) -> Child {
     child
 }
 
+/// Kills nuwax where it is held and lets the pause go.
+fn kill_held(mut child: Child, pause: &Path) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(pause);
+}
+
+/// `state.txt` in the cache volume, backed up as "as backed up", then changed: the volume's
+/// path and the backup (`--json`).
+fn backed_up_then_changed(demo: &Demo) -> (PathBuf, serde_json::Value) {
+    let vol = demo.volume_path("cache");
+    std::fs::write(vol.join("state.txt"), "as backed up").unwrap();
+    let target = json(&demo.run(&["--json", "backup"]));
+    std::fs::write(vol.join("state.txt"), "changed after the backup").unwrap();
+    (vol, target)
+}
+
 fn finish(mut child: Child) -> (std::process::ExitStatus, String, String) {
     let status = child.wait().unwrap();
     let (mut out, mut err) = (String::new(), String::new());
@@ -145,11 +162,9 @@ fn sigkill_while_stopped_for_the_changes_is_recovered_by_the_next_command() {
     let demo = Demo::new(compose);
     demo.up();
     let pause = demo.dir.join("pause");
-    let mut child = backup_held_at(&demo, "backup-stopped", &pause, &[]);
+    let child = backup_held_at(&demo, "backup-stopped", &pause, &[]);
     assert!(demo.state_of("db").starts_with("exited"), "{:?}", demo.states());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = std::fs::remove_file(&pause);
+    kill_held(child, &pause);
     let out = demo.run(&["list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("recovered an unfinished backup"), "{}", stderr(&out));
@@ -167,8 +182,7 @@ fn sigkill_while_stopped_for_the_changes_is_recovered_by_the_next_command() {
 #[test]
 fn without_room_for_the_snapshot_the_backup_says_so_and_copies_in_one_phase() {
     let compose = require_docker!();
-    if !crate::support::is_root() {
-        eprintln!("without_room_for_the_snapshot: needs root to mount a small tmpfs; skipped");
+    if !crate::support::can_mount_tmpfs("without_room_for_the_snapshot") {
         return;
     }
     let demo = Demo::new(compose);
@@ -236,10 +250,7 @@ fn a_rollbacks_safety_backup_is_copied_while_running_and_holds_what_changed_befo
     let compose = require_docker!();
     let demo = Demo::new(compose);
     demo.up();
-    let vol = demo.volume_path("cache");
-    std::fs::write(vol.join("state.txt"), "as backed up").unwrap();
-    let target = json(&demo.run(&["--json", "backup"]));
-    std::fs::write(vol.join("state.txt"), "changed after the backup").unwrap();
+    let (vol, target) = backed_up_then_changed(&demo);
     add_bulk(&demo, "cache", 8);
 
     let pause = demo.dir.join("pause");
@@ -274,20 +285,15 @@ fn sigkill_while_a_rollbacks_safety_archive_is_written_leaves_the_rollback_done_
     let compose = require_docker!();
     let demo = Demo::new(compose);
     demo.up();
-    let vol = demo.volume_path("cache");
-    std::fs::write(vol.join("state.txt"), "as backed up").unwrap();
-    let target = json(&demo.run(&["--json", "backup"]));
-    std::fs::write(vol.join("state.txt"), "changed after the backup").unwrap();
+    let (vol, target) = backed_up_then_changed(&demo);
 
     let pause = demo.dir.join("pause");
-    let mut child =
+    let child =
         held_at(&demo, "rollback-safety-archive", &pause, &["rollback", &target["id"].to_string(), "--yes"]);
     // The rollback is done and the services run before the safety archive is written.
     assert_eq!(std::fs::read_to_string(vol.join("state.txt")).unwrap(), "as backed up");
     demo.wait_healthy(&["db", "app", "worker"]);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = std::fs::remove_file(&pause);
+    kill_held(child, &pause);
     let out = demo.run(&["list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("recovered an unfinished backup"), "{}", stderr(&out));

@@ -381,6 +381,14 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Whether `test` can mount a small tmpfs (root only); says SKIPPED when it cannot.
+pub fn can_mount_tmpfs(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("SKIPPED {test}: mounting a small tmpfs needs root");
+    }
+    is_root()
+}
+
 /// Wraps `cmd` so that, as root, it runs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file
 /// permissions then apply to it as to any user.
 pub fn without_dac_override(cmd: Command) -> Command {

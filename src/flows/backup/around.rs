@@ -12,9 +12,12 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::images::ImageSpool;
+use super::plan::Room;
 use super::twophase::{self, Precopied};
 use super::write::{Moment, Sources, write};
-use super::{BackupOptions, BackupOutcome, Journal, Pending, PhaseReport, begin, finish, service_records};
+use super::{
+    BackupOptions, BackupOutcome, Journal, Pending, PhaseReport, begin, finish, service_records, write_frozen,
+};
 use crate::archive::Progress;
 use crate::archive::manifest::ServiceRecord;
 use crate::engine::Container;
@@ -33,22 +36,28 @@ pub struct Prepared {
 
 /// Before the stop: finds what the backup reads and, unless `one_phase` says why not (or the
 /// snapshot cannot be used), copies it into the snapshot while the services run. The caller
-/// checked the room before; a copy that does not fit falls back to one phase.
+/// checked the room before, for `data` bytes when it says (else they are counted here); a copy
+/// that does not fit falls back to one phase.
 pub async fn prepare(
     ctx: &Ctx,
     opts: &BackupOptions,
     containers: &[Container],
     one_phase: Option<&str>,
+    data: Option<u64>,
 ) -> Result<Prepared> {
     let started = Instant::now();
     let (sources, spool) = super::find_sources(ctx, opts, containers).await?;
     let (pre, phases) = match one_phase {
         Some(why) => (None, PhaseReport { single_phase: Some(why.to_string()), ..Default::default() }),
         None => {
-            let (plan, excludes, skip) =
-                (sources.plan.clone(), sources.excludes.clone(), sources.skip_dirs.clone());
-            let room =
-                tokio::task::spawn_blocking(move || super::plan::room(&plan, &excludes, &skip)).await?;
+            let room = match data {
+                Some(data) => Room::for_data(data),
+                None => {
+                    let (plan, excludes, skip) =
+                        (sources.plan.clone(), sources.excludes.clone(), sources.skip_dirs.clone());
+                    tokio::task::spawn_blocking(move || super::plan::room(&plan, &excludes, &skip)).await?
+                }
+            };
             super::copy_while_running(ctx, opts.snapshot, &sources, containers, &room).await?
         }
     };
@@ -72,7 +81,6 @@ pub struct Held<'c> {
     prepared: Prepared,
     services: Vec<ServiceRecord>,
     moment: Moment,
-    pre: Precopied,
     frozen: twophase::Frozen,
 }
 
@@ -109,7 +117,7 @@ impl Prepared {
         };
         self.phases.delta_bytes = Some(frozen.report.bytes_written);
         let opts = opts.clone();
-        let held = Held { op, pending, opts, prepared: self, services, moment, pre, frozen };
+        let held = Held { op, pending, opts, prepared: self, services, moment, frozen };
         Ok(InScope::Held(Box::new(held)))
     }
 }
@@ -137,13 +145,9 @@ impl InScope<'_> {
             InScope::Done(b) => return Ok(*b),
             InScope::Held(h) => *h,
         };
-        let Held { op, pending, opts, prepared, services, moment, pre, frozen } = h;
-        let reads = frozen.reads;
+        let Held { op, pending, opts, prepared, services, moment, frozen } = h;
         let sources = &prepared.sources;
-        let written = write(ctx, &opts, &pending, sources, services, moment, progress, reads).await;
-        if written.is_ok() {
-            twophase::commit(pre.snap, frozen.index).await;
-        }
+        let written = write_frozen(ctx, &opts, &pending, sources, services, moment, progress, frozen).await;
         let report = ScopeReport::default();
         let made = finish(ctx, op, &pending, written, report, prepared.phases, prepared.started).await;
         drop(prepared.spool);

@@ -237,7 +237,7 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     ctx.interrupt.check()?;
     let stop = opts.stop && ctx.engine.is_some();
     let live = !stop && (ctx.engine.is_none() || containers.iter().any(Container::is_running));
-    let (pre, phases) = match stop {
+    let (pre, mut phases) = match stop {
         true => copy_while_running(ctx, opts.snapshot, &sources, &containers, &room).await?,
         false => (None, PhaseReport::default()),
     };
@@ -246,7 +246,6 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     }
     ctx.interrupt.check()?;
     let services = service_records(&containers, |c| c.is_running());
-    let mut phases = phases;
     let (mut op, pending, services) = begin(ctx, opts, services).await?;
     let mut report = None;
     let written = match (stop, &pre) {
@@ -259,12 +258,7 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
                 Ok(frozen) => {
                     phases.delta_bytes = Some(frozen.report.bytes_written);
                     let moment = Moment { stopped: true, live: false, killed };
-                    let w =
-                        write(ctx, opts, &pending, &sources, services, moment, progress, frozen.reads).await;
-                    if w.is_ok() {
-                        twophase::commit(pre.snap.clone(), frozen.index).await;
-                    }
-                    w
+                    write_frozen(ctx, opts, &pending, &sources, services, moment, progress, frozen).await
                 }
                 Err(e) => Err(e),
             }
@@ -284,12 +278,7 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
                 Ok((frozen, killed)) => {
                     phases.delta_bytes = Some(frozen.report.bytes_written);
                     let moment = Moment { stopped: true, live: false, killed };
-                    let reads = frozen.reads;
-                    let w = write(ctx, opts, &pending, sources, services, moment, progress, reads).await;
-                    if w.is_ok() {
-                        twophase::commit(pre.snap.clone(), frozen.index).await;
-                    }
-                    w
+                    write_frozen(ctx, opts, &pending, sources, services, moment, progress, frozen).await
                 }
                 Err(e) => Err(e),
             }
@@ -311,6 +300,26 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     };
     let report = report.unwrap_or_else(|| op.scope().cloned().unwrap_or_default());
     finish(ctx, op, &pending, written, report, phases, started).await
+}
+
+/// The archive, written from the snapshot the stop froze; once it is, the snapshot's index is
+/// committed for the next backup.
+#[allow(clippy::too_many_arguments)]
+async fn write_frozen(
+    ctx: &Ctx,
+    opts: &BackupOptions,
+    pending: &Pending,
+    sources: &Sources,
+    services: Vec<ServiceRecord>,
+    moment: Moment,
+    progress: Arc<dyn Progress>,
+    frozen: twophase::Frozen,
+) -> Result<Written> {
+    let w = write(ctx, opts, pending, sources, services, moment, progress, frozen.reads).await;
+    if w.is_ok() {
+        twophase::commit(frozen.snap, frozen.index).await;
+    }
+    w
 }
 
 /// `stop = "each"`: each group of linked services stopped in turn for the changes to its data
@@ -404,7 +413,7 @@ pub async fn backup_in(
 ) -> Result<BackupOutcome> {
     let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
     let prepared =
-        around::prepare(ctx, opts, &containers, Some("made inside another operation's stop")).await?;
+        around::prepare(ctx, opts, &containers, Some("made inside another operation's stop"), None).await?;
     prepared.freeze(ctx, opts, scope, progress.clone()).await?.complete(ctx, progress).await
 }
 

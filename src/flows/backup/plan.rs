@@ -115,11 +115,16 @@ pub(super) struct Room {
     pub archive: u64,
 }
 
+impl Room {
+    pub fn for_data(data: u64) -> Room {
+        Room { data, archive: data + data / 20 + (1 << 20) }
+    }
+}
+
 /// The room a backup of `plan` takes: the data as [`estimate`] counts it, plus a margin so the
 /// archive does not fill the disk to the last byte.
 pub(super) fn room(plan: &[Source], excludes: &globset::GlobSet, skip_dirs: &[PathBuf]) -> Room {
-    let data = estimate(plan, excludes, skip_dirs);
-    Room { data, archive: data + data / 20 + (1 << 20) }
+    Room::for_data(estimate(plan, excludes, skip_dirs))
 }
 
 /// Refuses before anything is stopped: not enough room for the data.

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::plan::Room;
+use super::windows::WindowPass;
 use super::write::Sources;
 use crate::archive::{self, ScanResult};
 use crate::engine::Container;
@@ -42,6 +43,7 @@ pub(super) struct Precopied {
 /// What the stop froze: per source of the plan, the scan made while stopped and the mirror the
 /// archive reads it from (`None`: read from the source itself, e.g. the image spool).
 pub(super) struct Frozen {
+    pub snap: Snapshot,
     pub reads: Vec<Option<(ScanResult, PathBuf)>>,
     pub index: Index,
     pub report: PassReport,
@@ -122,12 +124,9 @@ pub(super) async fn precopy(
         }
         Ok(pass.finish()?.0)
     });
-    match work.await {
+    match signalled(ctx, work.await) {
         Ok(index) => Ok(Ok(Precopied { snap, index, ms: started.elapsed().as_millis() as u64 })),
-        Err(e) if is_cancelled(&e) => {
-            ctx.interrupt.check()?;
-            Err(e)
-        }
+        Err(e) if is_cancelled(&e) => Err(e),
         Err(e) if snapshot::is_no_space(e.as_ref()) => {
             let _ = Snapshot::remove(&ctx.project.storage_dir, &ctx.project.name);
             Ok(Err(format!("the snapshot did not fit ({e:#}); it was removed")))
@@ -136,31 +135,10 @@ pub(super) async fn precopy(
     }
 }
 
-/// Inside the stop: the snapshot brought up to date with what changed since [`precopy`].
+/// Inside the stop: the snapshot brought up to date with what changed since [`precopy`] (one
+/// window holding every source).
 pub(super) async fn delta(ctx: &Ctx, pre: &Precopied, sources: &Sources) -> Result<Frozen> {
-    let (snap, old) = (pre.snap.clone(), pre.index.clone());
-    let work = pass_over(ctx, sources, move |sources, excludes, skip_dirs, cancel, rate| {
-        let mut pass = Pass::new(&snap, &old, PassKind::Stopped, cancel, rate);
-        let mut reads = Vec::with_capacity(sources.len());
-        for src in &sources {
-            reads.push(match &src.origin {
-                Origin::Host(root) if mirrored(src) => {
-                    let scan = pass.source(&src.prefix, root, &excludes, &skip_dirs)?;
-                    Some((scan, snap.data(&src.prefix)))
-                }
-                _ => None,
-            });
-        }
-        let (index, report) = pass.finish()?;
-        Ok(Frozen { reads, index, report })
-    });
-    match work.await {
-        Err(e) if is_cancelled(&e) => {
-            ctx.interrupt.check()?;
-            Err(e)
-        }
-        other => other,
-    }
+    WindowPass::start(ctx, pre, sources).finish(ctx).await
 }
 
 /// The archive was written from the snapshot: it is on disk and the next backup may trust it.
@@ -190,6 +168,17 @@ async fn pass_over<T: Send + 'static>(
         .map_err(|e| anyhow::anyhow!("the snapshot pass panicked: {e}"))?
 }
 
-pub(super) fn is_cancelled(e: &anyhow::Error) -> bool {
+fn is_cancelled(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<archive::Error>(), Some(archive::Error::Cancelled))
+}
+
+/// A pass cancelled by a signal fails with the signal's error (exit code and message).
+pub(super) fn signalled<T>(ctx: &Ctx, r: Result<T>) -> Result<T> {
+    match r {
+        Err(e) if is_cancelled(&e) => {
+            ctx.interrupt.check()?;
+            Err(e)
+        }
+        other => other,
+    }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::twophase::{Frozen, Precopied, is_cancelled, mirrored};
+use super::twophase::{Frozen, Precopied, mirrored, signalled};
 use super::write::Sources;
 use crate::archive::{self, ScanResult};
 use crate::engine::Container;
@@ -129,7 +129,7 @@ impl WindowPass {
                 copy(&mut pass, i)?;
             }
             let (index, report) = pass.finish()?;
-            Ok(Frozen { reads, index, report })
+            Ok(Frozen { snap, reads, index, report })
         });
         WindowPass { steps: tx, pass }
     }
@@ -143,13 +143,7 @@ impl WindowPass {
     pub async fn finish(self, ctx: &Ctx) -> Result<Frozen> {
         let _ = self.steps.send(Step::Rest);
         let frozen = self.pass.await.map_err(|e| anyhow::anyhow!("the snapshot pass panicked: {e}"))?;
-        match frozen {
-            Err(e) if is_cancelled(&e) => {
-                ctx.interrupt.check()?;
-                Err(e)
-            }
-            other => other,
-        }
+        signalled(ctx, frozen)
     }
 }
 
@@ -165,12 +159,6 @@ impl WindowCopy {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let ended = || anyhow::anyhow!("the snapshot pass ended");
         self.steps.send(Step::Window(self.sources, tx)).map_err(|_| ended())?;
-        match rx.await.map_err(|_| ended())? {
-            Err(e) if is_cancelled(&e) => {
-                ctx.interrupt.check()?;
-                Err(e)
-            }
-            other => other,
-        }
+        signalled(ctx, rx.await.map_err(|_| ended())?)
     }
 }

@@ -90,6 +90,9 @@ pub struct Plan {
     pub(super) backup_running: Vec<String>,
     #[serde(skip)]
     pub(super) containers: Vec<Container>,
+    /// Bytes the safety backup reads, as the room check estimated them.
+    #[serde(skip)]
+    pub safety_bytes: u64,
 }
 
 impl Plan {
@@ -137,7 +140,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
              container that receives the data, and neither the backup nor the project names one"
         );
     }
-    check_room(ctx, &containers, &items).await?;
+    let safety_bytes = check_room(ctx, &containers, &items).await?;
     Ok(Plan {
         backup_id: rec.id,
         archive,
@@ -152,6 +155,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
         carrier_image,
         backup_running: manifest.services.iter().filter(|s| s.running).map(|s| s.service.clone()).collect(),
         containers,
+        safety_bytes,
     })
 }
 
@@ -356,8 +360,8 @@ async fn image_steps(
 
 /// Room for the staged copies, on each target's filesystem (the tars of volumes restored
 /// through the engine are staged in the storage directory), and for the safety backup, which
-/// is made after the stop without checking again.
-async fn check_room(ctx: &Ctx, containers: &[Container], items: &[Item]) -> Result<()> {
+/// is made after the stop without checking again. Returns what the safety backup reads.
+async fn check_room(ctx: &Ctx, containers: &[Container], items: &[Item]) -> Result<u64> {
     let storage = &ctx.project.storage_dir;
     let mut need: BTreeMap<PathBuf, u64> = BTreeMap::new();
     let safety = super::super::backup::estimate(ctx, containers).await?;
@@ -380,7 +384,7 @@ async fn check_room(ctx: &Ctx, containers: &[Container], items: &[Item]) -> Resu
             });
         }
     }
-    Ok(())
+    Ok(safety)
 }
 
 /// The volume of this project that takes what the backup's volume `name` held: for a backup
