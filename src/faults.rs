@@ -50,6 +50,10 @@ pub enum Pause {
     RollbackBeforeStop,
     /// A rollback is done and the services run again; its safety backup's archive is not written.
     RollbackSafetyArchive,
+    /// An upgrade copied its pre-upgrade backup while running; nothing stopped.
+    UpgradeBeforeStop,
+    /// An upgrade's new version passed its gate and runs; the pre-upgrade archive is not written.
+    UpgradeBackupArchive,
 }
 
 impl Pause {
@@ -59,6 +63,8 @@ impl Pause {
             Pause::BackupStopped => "backup-stopped",
             Pause::RollbackBeforeStop => "rollback-before-stop",
             Pause::RollbackSafetyArchive => "rollback-safety-archive",
+            Pause::UpgradeBeforeStop => "upgrade-before-stop",
+            Pause::UpgradeBackupArchive => "upgrade-backup-archive",
         }
     }
 }

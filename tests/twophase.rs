@@ -281,7 +281,7 @@ fn a_rollbacks_safety_backup_is_copied_while_running_and_holds_what_changed_befo
 }
 
 #[test]
-fn sigkill_while_a_rollbacks_safety_archive_is_written_leaves_the_rollback_done_and_services_up() {
+fn sigkill_while_a_rollbacks_safety_archive_is_written_finishes_it_from_the_snapshot() {
     let compose = require_docker!();
     let demo = Demo::new(compose);
     demo.up();
@@ -296,24 +296,40 @@ fn sigkill_while_a_rollbacks_safety_archive_is_written_leaves_the_rollback_done_
     kill_held(child, &pause);
     let out = demo.run(&["list"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("recovered an unfinished backup"), "{}", stderr(&out));
-    // The safety backup is marked failed, nothing partial stays, and the rollback stands.
+    assert!(stderr(&out).contains("written from the snapshot"), "{}", stderr(&out));
+    // The next command wrote the safety backup from the snapshot the stop froze: complete,
+    // verified, holding the state before the rollback; nothing partial or replaced stays.
     let list = demo.list();
     let safety = list.iter().find(|r| r["kind"] == "pre-rollback").expect("a safety backup row");
-    assert_eq!(safety["status"], "failed", "{list:?}");
+    assert_eq!(safety["status"], "complete", "{list:?}");
+    let v = demo.run(&["verify", &safety["id"].to_string()]);
+    assert!(v.status.success(), "{}", stderr(&v));
+    let x = gnu_untar(Path::new(safety["path"].as_str().unwrap()));
+    let held = x.path().join("volumes").join(demo.volume("cache"));
+    assert_eq!(std::fs::read_to_string(held.join("state.txt")).unwrap(), "changed after the backup");
+    let files = demo.storage_files();
     assert!(
-        demo.storage_files().iter().all(|f| !f.starts_with(".nuwax-partial")),
-        "{:?}",
-        demo.storage_files()
+        files.iter().all(|f| !f.starts_with(".nuwax-partial") && !f.starts_with(".nuwax-frozen")),
+        "{files:?}"
     );
+    let beside: Vec<String> = std::fs::read_dir(vol.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("nuwax-old") || n.contains("nuwax-new"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
     assert_eq!(std::fs::read_to_string(vol.join("state.txt")).unwrap(), "as backed up");
     demo.wait_healthy(&["db", "app", "worker"]);
-    // The snapshot is compared by content next time, and the next backup is exact.
+    // Rolling back to it brings the state before the first rollback back.
+    let back = demo.run(&["rollback", &safety["id"].to_string(), "--yes"]);
+    assert!(back.status.success(), "{}", stderr(&back));
+    assert_eq!(std::fs::read_to_string(vol.join("state.txt")).unwrap(), "changed after the backup");
+    // The next backup is exact.
     let o = json(&demo.run(&["--json", "backup"]));
     assert!(o["precopy_ms"].is_u64(), "{o}");
     let x = gnu_untar(Path::new(o["path"].as_str().unwrap()));
     let held = x.path().join("volumes").join(demo.volume("cache"));
-    assert_eq!(std::fs::read_to_string(held.join("state.txt")).unwrap(), "as backed up");
+    assert_eq!(std::fs::read_to_string(held.join("state.txt")).unwrap(), "changed after the backup");
 }
 
 #[test]
@@ -373,4 +389,83 @@ fn stop_each_stops_one_group_of_linked_services_at_a_time_while_the_others_run()
     assert_eq!(std::fs::read_to_string(cache.join("state.txt")).unwrap(), "worker data");
     assert!(x.path().join("volumes").join(demo.volume("dbdata")).join("data.db").is_file());
     demo.wait_healthy(&["db", "app", "worker"]);
+}
+
+#[test]
+fn an_upgrades_pre_upgrade_backup_copies_while_running_and_only_the_changes_inside_the_stop() {
+    let compose = require_docker!();
+    let crate::upgrade::V1 { demo, pkg, .. } = crate::upgrade::v1_with_package_2(compose);
+    let pause = demo.dir.join("pause");
+    let child =
+        held_at(&demo, "upgrade-before-stop", &pause, &["upgrade", "--package", pkg.to_str().unwrap()]);
+    // The copy while running is done and nothing was stopped.
+    for (service, state) in demo.states() {
+        assert_eq!(state, "running/healthy", "{service}");
+    }
+    let dbdata = demo.volume_path("dbdata");
+    std::fs::write(dbdata.join("late.txt"), "written after the copy while running").unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let (status, out, err) = finish(child);
+    assert!(status.success(), "{err}");
+    let o: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(o["status"], "upgraded", "{o}");
+    assert!(o["backup_precopy_ms"].is_u64() && o["backup_single_phase"].is_null(), "{o}");
+    let id = o["backup_id"].as_i64().unwrap();
+    let list = demo.list();
+    let pre = list.iter().find(|r| r["id"].as_i64() == Some(id)).expect("the pre-upgrade backup");
+    assert_eq!(pre["status"], "complete", "{pre}");
+    let v = demo.run(&["verify", &id.to_string()]);
+    assert!(v.status.success(), "{}", stderr(&v));
+    let x = gnu_untar(Path::new(pre["path"].as_str().unwrap()));
+    let held = x.path().join("volumes").join(demo.volume("dbdata"));
+    assert_eq!(
+        std::fs::read_to_string(held.join("late.txt")).unwrap(),
+        "written after the copy while running"
+    );
+    // The v1 schema, not what v2's migration wrote after the stop.
+    assert_eq!(std::fs::read_to_string(held.join("schema_version")).unwrap().trim(), "1");
+    assert!(
+        demo.storage_files().iter().all(|f| !f.starts_with(".nuwax-frozen")),
+        "{:?}",
+        demo.storage_files()
+    );
+}
+
+#[test]
+fn sigkill_after_an_upgrades_gate_keeps_the_new_version_and_finishes_its_pre_upgrade_backup() {
+    let compose = require_docker!();
+    let crate::upgrade::V1 { demo, pkg, before, v1_image } = crate::upgrade::v1_with_package_2(compose);
+    let pause = demo.dir.join("pause");
+    let child =
+        held_at(&demo, "upgrade-backup-archive", &pause, &["upgrade", "--package", pkg.to_str().unwrap()]);
+    // The new version passed its gate and runs; the pre-upgrade archive is not written yet.
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_ne!(demo.image_of("app"), v1_image);
+    kill_held(child, &pause);
+    let out = demo.run(&["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("written from the snapshot") && err.contains("passed its health gate"), "{err}");
+    // The upgrade stands, recorded as done, and its pre-upgrade backup is complete.
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_ne!(demo.image_of("app"), v1_image);
+    let h = crate::upgrade::history(&demo);
+    assert_eq!(h[0]["status"], "upgraded", "{h:?}");
+    let id = h[0]["backup_id"].as_i64().unwrap();
+    let list = demo.list();
+    let pre = list.iter().find(|r| r["id"].as_i64() == Some(id)).expect("the pre-upgrade backup");
+    assert_eq!(pre["status"], "complete", "{pre}");
+    assert!(
+        demo.storage_files()
+            .iter()
+            .all(|f| !f.starts_with(".nuwax-partial") && !f.starts_with(".nuwax-frozen")),
+        "{:?}",
+        demo.storage_files()
+    );
+    // It is the way back to v1, exactly.
+    let back = demo.run(&["rollback", &id.to_string(), "--yes"]);
+    assert!(back.status.success(), "{}", stderr(&back));
+    demo.wait_healthy(&["db", "app", "worker"]);
+    assert_eq!(demo.image_of("app"), v1_image);
+    crate::upgrade::assert_unchanged(&demo, &before);
 }

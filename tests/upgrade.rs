@@ -215,6 +215,8 @@ fn sigkill_while_applying_is_rolled_back_by_the_next_command() {
     let out = demo.run(&["list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("rolled back to backup"), "{}", stderr(&out));
+    // The pre-upgrade backup was frozen in the snapshot: its archive was written first.
+    assert!(stderr(&out).contains("written from the snapshot"), "{}", stderr(&out));
     demo.wait_healthy(&["db", "app", "worker"]);
     assert_eq!(demo.image_of("app"), v1_image);
     assert_unchanged(&demo, &before);

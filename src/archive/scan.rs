@@ -13,7 +13,7 @@ use super::manifest::{EntryKind, EntryMeta, Skipped};
 use super::{Error, Result, check_archive_path};
 
 /// What a scan found. `entries` are in archive order (a directory before its content).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScanResult {
     pub entries: Vec<EntryMeta>,
     pub skipped: Vec<Skipped>,

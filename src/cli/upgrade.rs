@@ -159,6 +159,14 @@ fn render_outcome(cli: &Cli, o: &UpgradeOutcome) {
         o.upgrade_id,
         o.backup_id
     );
+    match (&o.backup_single_phase, o.backup_precopy_ms) {
+        (Some(why), _) => outln!("  pre-upgrade backup made inside the stop ({why})"),
+        (None, Some(ms)) => outln!(
+            "  pre-upgrade backup copied while running ({}), only the changes while stopped; archive written after the start",
+            crate::fsutil::human_ms(ms)
+        ),
+        (None, None) => {}
+    }
     if !o.hooks_run.is_empty() {
         outln!("  hooks run: {}", o.hooks_run.join(", "));
     }

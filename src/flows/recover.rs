@@ -104,8 +104,15 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
 
 /// Names of what operations keep in the storage dir while they run: partial archives, staged
 /// restores, image spools, unpacked packages, loaded images, half-copied archives.
-pub const LEFTOVER_PREFIXES: [&str; 6] =
-    [".nuwax-partial-", ".nuwax-restore-", ".nuwax-images-", ".nuwax-pkg-", ".nuwax-load-", ".nuwax-copy-"];
+pub const LEFTOVER_PREFIXES: [&str; 7] = [
+    ".nuwax-partial-",
+    ".nuwax-restore-",
+    ".nuwax-images-",
+    ".nuwax-pkg-",
+    ".nuwax-load-",
+    ".nuwax-copy-",
+    ".nuwax-frozen-",
+];
 
 /// The files and dirs in `storage` that only a running operation would own.
 pub fn leftovers(storage: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -144,6 +151,7 @@ async fn recover_kind(ctx: &Ctx, op: &Operation) -> Result<Recovery> {
                     temp_path: op.temp_path.clone().unwrap_or_default(),
                     final_path: None,
                     tagged: Vec::new(),
+                    frozen: None,
                 },
             };
             Recovery::note(super::backup::recover(ctx, &j, op.pid).await?)
@@ -225,6 +233,7 @@ mod tests {
             temp_path: temp.clone(),
             final_path: None,
             tagged: vec![],
+            frozen: None,
         };
         let op = crate::runner::Operation::begin(&ctx, j).await.unwrap();
         let mut scope = ScopeJournal::default();

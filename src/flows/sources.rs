@@ -9,7 +9,7 @@ use crate::engine::{Container, Engine, MountType};
 use crate::project::Project;
 
 /// Where the bytes of a source come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Origin {
     Host(PathBuf),
     /// Through the engine: `container` mounts the data at `path`.
@@ -19,7 +19,7 @@ pub enum Origin {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     Config {
         source: String,
@@ -34,7 +34,7 @@ pub enum Role {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Source {
     /// Archive path the data goes under.
     pub prefix: String,

@@ -28,7 +28,7 @@ const INDEX: &str = "index.json";
 const DATA: &str = "data";
 
 /// One project's mirror.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     dir: PathBuf,
 }
@@ -104,10 +104,15 @@ impl Snapshot {
         Ok(index)
     }
 
+    /// Flushes the filesystem the mirror is on.
+    pub fn sync(&self) -> io::Result<()> {
+        let data = std::fs::File::open(self.data_root())?;
+        Ok(rustix::fs::syncfs(&data)?)
+    }
+
     /// The mirror is on disk and matches `index`: written, so the next backup trusts it.
     pub fn commit(&self, index: &Index) -> io::Result<()> {
-        let data = std::fs::File::open(self.data_root())?;
-        rustix::fs::syncfs(&data)?;
+        self.sync()?;
         let bytes = serde_json::to_vec(index).map_err(io::Error::other)?;
         fsutil::write_atomically(&self.dir.join(INDEX), &bytes, 0o600).map_err(io::Error::other)
     }

@@ -5,6 +5,7 @@
 //! run again. In one phase, `freeze` writes and seals the whole archive inside the stop, as
 //! [`super::backup_in`] always does.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use anyhow::Result;
 
 use super::images::ImageSpool;
 use super::plan::Room;
+use super::resume;
 use super::twophase::{self, Precopied};
 use super::write::{Moment, Sources, write};
 use super::{
@@ -61,6 +63,14 @@ pub async fn prepare(
             super::copy_while_running(ctx, opts.snapshot, &sources, containers, &room).await?
         }
     };
+    if let Some(pre) = &pre {
+        // `freeze` syncs the snapshot inside the stop (the saved state must not point at lost
+        // bytes): flushed now, only the changes are left to flush then.
+        let snap = pre.snap.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || snap.sync()).await? {
+            tracing::warn!("syncing the snapshot: {e}");
+        }
+    }
     ctx.interrupt.check()?;
     Ok(Prepared { sources, spool, pre, phases, started })
 }
@@ -97,7 +107,7 @@ impl Prepared {
         ctx.interrupt.check()?;
         let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
         let services = service_records(&containers, |c| scope.keeps_running(&c.service));
-        let (op, pending, services) = begin(ctx, opts, services).await?;
+        let (mut op, pending, services) = begin(ctx, opts, services).await?;
         let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
         let Some(pre) = self.pre.take() else {
             let written =
@@ -116,9 +126,46 @@ impl Prepared {
             }
         };
         self.phases.delta_bytes = Some(frozen.report.bytes_written);
+        // The caller's way back from here on: a crash must not lose it.
+        if let Err(e) = self.keep(&mut op, opts, &pending, &services, &moment, &frozen).await {
+            let report = ScopeReport::default();
+            let made = finish(ctx, op, &pending, Err(e), report, self.phases, self.started).await;
+            return made.map(|b| InScope::Done(Box::new(b)));
+        }
         let opts = opts.clone();
         let held = Held { op, pending, opts, prepared: self, services, moment, frozen };
         Ok(InScope::Held(Box::new(held)))
+    }
+
+    /// Saves what the archive will be written from, so that recovery can write it.
+    async fn keep(
+        &self,
+        op: &mut Operation<'_, Journal>,
+        opts: &BackupOptions,
+        pending: &Pending,
+        services: &[ServiceRecord],
+        moment: &Moment,
+        frozen: &twophase::Frozen,
+    ) -> Result<()> {
+        let sources = &self.sources;
+        let saved = resume::Saved {
+            pending: Cow::Borrowed(pending),
+            kind: opts.kind,
+            compression: opts.compression.as_str().to_string(),
+            level: opts.level,
+            plan: Cow::Borrowed(&sources.plan),
+            skipped: Cow::Borrowed(&sources.skipped),
+            skip_dirs: Cow::Borrowed(&sources.skip_dirs),
+            services: Cow::Borrowed(services),
+            killed: Cow::Borrowed(&moment.killed),
+            reads: Cow::Borrowed(&frozen.reads),
+            snapshot: Cow::Borrowed(&frozen.snap),
+            index: Cow::Borrowed(&frozen.index),
+        };
+        let ctx = op.ctx();
+        let path = resume::path(&ctx.project.storage_dir, pending.id);
+        resume::save(path.clone(), &saved).await?;
+        op.advance(|j| j.frozen = Some(path)).await
     }
 }
 

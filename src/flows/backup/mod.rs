@@ -8,6 +8,7 @@
 mod around;
 mod images;
 mod plan;
+mod resume;
 mod twophase;
 mod windows;
 mod write;
@@ -182,6 +183,10 @@ pub struct Journal {
     /// Services whose images were tagged to keep them: released when the backup fails.
     #[serde(default)]
     pub tagged: Vec<String>,
+    /// Frozen in the snapshot for another operation, its state saved here: recovery writes
+    /// the archive instead of abandoning it.
+    #[serde(default)]
+    pub frozen: Option<PathBuf>,
 }
 
 impl runner::Journal for Journal {
@@ -193,6 +198,7 @@ impl runner::Journal for Journal {
 }
 
 /// The backup row and its paths, recorded before anything is written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Pending {
     pub id: i64,
     pub version: String,
@@ -500,6 +506,7 @@ async fn begin<'c>(
         temp_path: pending.temp_path.clone(),
         final_path: Some(pending.final_path.clone()),
         tagged,
+        frozen: None,
     };
     let op = Operation::begin(ctx, journal).await?;
     tracing::info!(id, path = %pending.final_path.display(), "backup started");
@@ -526,6 +533,9 @@ async fn finish(
         }
         Err(e) => Err(e),
     };
+    if let Some(f) = &op.journal.frozen {
+        let _ = std::fs::remove_file(f);
+    }
     match sealed {
         Ok((w, s)) => {
             op.close(None).await?;
@@ -586,14 +596,26 @@ async fn abandon(ctx: &Ctx, j: &Journal, error: &str, downtime_ms: Option<u64>) 
     ctx.catalog.fail(j.backup_id, error, downtime_ms).await
 }
 
-/// Recovery of a backup a dead nuwax (pid `pid`) left: abandoned.
+/// Recovery of a backup a dead nuwax (pid `pid`) left: finished from the snapshot when its
+/// stop had frozen it for another operation, else abandoned.
 pub async fn recover(ctx: &Ctx, j: &Journal, pid: i64) -> Result<String> {
-    let msg = format!(
-        "interrupted: nuwax (pid {pid}) ended before the backup finished; recovered by pid {}",
-        std::process::id()
-    );
+    let mut why = format!("nuwax (pid {pid}) ended before the backup finished");
+    if let Some(saved) = &j.frozen {
+        tracing::warn!("backup {}: writing its archive from the snapshot its stop froze", j.backup_id);
+        match resume::finish(ctx, j, saved).await {
+            Ok(()) => {
+                return Ok(format!(
+                    "backup {} was finished: its archive was written from the snapshot its stop had frozen",
+                    j.backup_id
+                ));
+            }
+            Err(e) => why = format!("{why}, and writing it from the snapshot failed: {e:#}"),
+        }
+        let _ = std::fs::remove_file(saved);
+    }
+    let msg = format!("interrupted: {why}; recovered by pid {}", std::process::id());
     abandon(ctx, j, &msg, None).await?;
-    Ok(format!("backup {} was abandoned (marked failed, its partial file removed)", j.backup_id))
+    Ok(format!("backup {} was abandoned (marked failed, its partial file removed): {why}", j.backup_id))
 }
 
 fn kind_str(k: &str) -> &'static str {

@@ -370,10 +370,25 @@ pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<String> {
             Ok("the rollback had not replaced anything: the project is as before it".into())
         }
         Phase::Swapping | Phase::Swapped => {
-            steps::finish_swap(ctx, j).await?;
+            // The replaced trees go only once the safety backup holds them (its own recovery,
+            // which ran first, wrote it when the stop had frozen it).
+            let safe = match j.safety_backup_id {
+                Some(id) => ctx.catalog.get(id).await?.is_some_and(|r| r.is_complete()),
+                None => false,
+            };
+            steps::finish_swap(ctx, j, !safe).await?;
             steps::create(ctx, j).await?;
+            let kept: Vec<String> =
+                j.slots.iter().filter(|s| s.old.exists()).map(|s| s.old.display().to_string()).collect();
+            let kept = match kept.is_empty() {
+                true => String::new(),
+                false => format!(
+                    "; the safety backup was not made, so the state before the rollback is kept in {}",
+                    kept.join(", ")
+                ),
+            };
             Ok(format!(
-                "the rollback to backup {} was finished: the project holds the backup's data",
+                "the rollback to backup {} was finished: the project holds the backup's data{kept}",
                 j.backup_id
             ))
         }

@@ -349,9 +349,13 @@ fn keep_local_storage(ctx: &Ctx, journal: &Journal) -> Result<()> {
 
 /// Finishes a swap (idempotent): host targets, volumes through the engine, image references,
 /// the version; then the replaced versions go.
-pub(super) async fn finish_swap(ctx: &Ctx, j: &Journal) -> Result<()> {
+pub(super) async fn finish_swap(ctx: &Ctx, j: &Journal, keep_replaced: bool) -> Result<()> {
     let s = j.slots.clone();
-    tokio::task::spawn_blocking(move || swap::complete(&s)).await??;
+    tokio::task::spawn_blocking(move || match keep_replaced {
+        true => swap::swap_in(&s),
+        false => swap::complete(&s),
+    })
+    .await??;
     let engine = ctx.engine.as_ref().context("finishing the rollback needs the Docker engine")?;
     engine::complete(&**engine, &ctx.project.name, &j.engine).await?;
     for i in &j.retag {

@@ -76,6 +76,23 @@ pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<Recovery> {
         let _ = std::fs::remove_dir_all(dir);
     }
     let started = Instant::now();
+    if let (Some(backup_id), Phase::Applied) = (j.backup_id, j.phase) {
+        // The new version had passed its gate; only the pre-upgrade backup's archive was left
+        // (its own recovery, which ran first, wrote it from the snapshot or gave it up).
+        let written = ctx.catalog.get(backup_id).await?.is_some_and(|r| r.is_complete());
+        let lost = (!written).then(|| format!("the pre-upgrade backup {backup_id} could not be finished"));
+        record_end(ctx, j.upgrade_id, started, UpgradeStatus::Upgraded, lost.clone(), None, None).await?;
+        return Ok(Recovery::note(match lost {
+            None => format!(
+                "the upgrade to {} had passed its health gate: it stays, its pre-upgrade backup {backup_id} is complete",
+                j.to_version
+            ),
+            Some(lost) => format!(
+                "the upgrade to {} had passed its health gate: it stays, but {lost}: run `nuwax backup`",
+                j.to_version
+            ),
+        }));
+    }
     let (Some(backup_id), Phase::Applying | Phase::RollingBack) = (j.backup_id, j.phase) else {
         let cause = Some("interrupted before anything changed".to_string());
         record_end(ctx, j.upgrade_id, started, UpgradeStatus::Failed, cause, None, None).await?;

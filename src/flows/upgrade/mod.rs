@@ -1,11 +1,14 @@
 //! `nuwax upgrade --package P`: end healthy on the new version or, automatically, back on the
 //! old one with its data, with one backup id tying the two together.
 //!
-//! plan (preflight) → load the package's images (services untouched) → [stop] → pre-upgrade
-//! backup (its id recorded at once) → apply (place files and `.env`, compose creates the new
-//! version, before-start hooks, start, after-start hooks, health gate) → on failure, the
-//! rollback to that backup inside the same scope → [start] → record. A crash is rolled back by
-//! the next nuwax command.
+//! plan (preflight) → load the package's images (services untouched) → the pre-upgrade
+//! backup's copy into the snapshot (services running) → [stop] → the pre-upgrade backup frozen
+//! (only what changed since copied; its id recorded at once) → apply (place files and `.env`,
+//! compose creates the new version, before-start hooks, start, after-start hooks, health gate)
+//! → on failure, the backup's archive written and the rollback to it inside the same scope →
+//! [start] → the backup's archive written from the snapshot → record. A crash before the new
+//! version passed its gate is rolled back by the next nuwax command (which first writes the
+//! frozen backup's archive); one after it keeps the new version.
 
 mod apply;
 mod back;
@@ -20,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::Ctx;
-use super::backup::{BackupOptions, BackupOutcome, backup_in};
+use super::backup::{self, BackupOptions, InScope, Prepared};
 use crate::archive::Progress;
 use crate::catalog::{BackupKind, NewUpgrade, UpgradeEnd, UpgradeStatus};
 use crate::faults::{self, Sigint};
@@ -51,6 +54,11 @@ pub struct UpgradeOutcome {
     pub from_version: String,
     pub to_version: String,
     pub backup_id: i64,
+    /// The pre-upgrade backup's copy while the services ran (its archive was written after the
+    /// new version started); `null` when it was made in one phase inside the stop.
+    pub backup_precopy_ms: Option<u64>,
+    /// Why the pre-upgrade backup was made in one phase inside the stop, when it was.
+    pub backup_single_phase: Option<String>,
     pub status: &'static str,
     pub hooks_run: Vec<String>,
     /// Services of the new version running and healthy.
@@ -69,6 +77,9 @@ pub enum Phase {
     Backup,
     /// The new version is being placed and started: recovery rolls back.
     Applying,
+    /// The new version passed its health gate; the pre-upgrade backup's archive is being
+    /// written: recovery keeps the new version.
+    Applied,
     /// Rolling back to the pre-upgrade backup: recovery finishes that.
     RollingBack,
 }
@@ -150,16 +161,49 @@ pub async fn upgrade(
         }
     }
     let containers = engine.project_containers(&project.name).await?;
-    let plan_ref = &plan;
+    let o = BackupOptions {
+        kind: BackupKind::PreUpgrade,
+        note: Some(format!("before upgrade to {} {}", plan.package_name, plan.to_version)),
+        ..opts.backup.clone()
+    };
+    // While the services run: the pre-upgrade backup's copy into the snapshot.
+    let prepared = match backup::prepare(ctx, &o, &containers, None, Some(plan.backup_bytes)).await {
+        Ok(p) => p,
+        Err(e) => {
+            end(UpgradeStatus::Failed, Some(format!("the pre-upgrade backup failed: {e:#}")), None, None)
+                .await?;
+            op.close(Some("failed before any change")).await?;
+            return Err(e.context("the pre-upgrade backup failed; nothing was changed, services untouched"));
+        }
+    };
+    faults::pause(faults::Pause::UpgradeBeforeStop).await;
+    let (plan_ref, o_ref) = (&plan, &o);
+    let held = std::sync::Mutex::new(None);
+    let held_ref = &held;
+    let after = progress.clone();
     let (ended, started_again) = op
         .with_stopped_apart(&containers, |op, scope| {
             Box::pin(async move {
-                let made = pre_upgrade_backup(op, scope, opts, plan_ref, progress.clone()).await?;
-                Ok(apply_or_roll_back(op, scope, opts, plan_ref, made.id, progress).await)
+                let id = pre_upgrade_backup(op, scope, o_ref, prepared, held_ref, progress.clone()).await?;
+                Ok(apply_or_roll_back(op, scope, opts, plan_ref, id, held_ref, progress).await)
             })
         })
         .await;
     let downtime = op.scope().and_then(|s| s.downtime_ms);
+    // With the services running again: the pre-upgrade backup's archive, from the snapshot,
+    // finished whatever signal comes (it is the way back).
+    let calm = Ctx { interrupt: Interrupt::none(), ..ctx.clone() };
+    let held = held.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if held.is_some() {
+        faults::pause(faults::Pause::UpgradeBackupArchive).await;
+    }
+    let (made, unwritten) = match held {
+        Some(h) => match h.complete(&calm, after).await {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        },
+        None => (None, None),
+    };
     let ended = match ended {
         Ok(e) => e,
         Err(e) => {
@@ -178,7 +222,12 @@ pub async fn upgrade(
     // Services the end of the scope could not bring back, said with the outcome.
     let down = started_again.err().map(|e| format!("; but services did not all come back: {e:#}"));
     let upgrade = Recorded { ctx, upgrade_id, started, downtime, from: plan.from_version.clone() };
-    upgrade.conclude(ended, down, plan.to_version.clone()).await
+    let mut outcome = upgrade.conclude(ended, down, unwritten, plan.to_version.clone()).await?;
+    if let Some(b) = made {
+        outcome.backup_precopy_ms = b.precopy_ms;
+        outcome.backup_single_phase = b.single_phase;
+    }
+    Ok(outcome)
 }
 
 /// An upgrade's row, for recording how it ended.
@@ -196,18 +245,36 @@ impl Recorded<'_> {
     }
 
     /// Records how the upgrade ended and turns it into the command's outcome.
-    async fn conclude(&self, ended: Ended, down: Option<String>, to: String) -> Result<UpgradeOutcome> {
+    /// `unwritten`: why the pre-upgrade backup's archive could not be written after the stop.
+    async fn conclude(
+        &self,
+        ended: Ended,
+        down: Option<String>,
+        unwritten: Option<String>,
+        to: String,
+    ) -> Result<UpgradeOutcome> {
         match ended {
             Ended::Upgraded { backup_id, hooks_run, services, left_stopped } => {
-                self.end(UpgradeStatus::Upgraded, None, None).await?;
+                let lost = unwritten
+                    .map(|e| format!("the pre-upgrade backup {backup_id} could not be written: {e}"));
+                self.end(UpgradeStatus::Upgraded, lost.clone(), None).await?;
                 if let Some(down) = down {
                     bail!(crate::Error::ServicesDown { detail: format!("upgraded to {to}{down}") });
+                }
+                if let Some(lost) = lost {
+                    bail!(
+                        "upgraded to {to} and the new version runs, but {lost}; there is no backup of version {} \
+                         from this upgrade: run `nuwax backup` now",
+                        self.from
+                    );
                 }
                 Ok(UpgradeOutcome {
                     upgrade_id: self.upgrade_id,
                     from_version: self.from.clone(),
                     to_version: to,
                     backup_id,
+                    backup_precopy_ms: None,
+                    backup_single_phase: None,
                     status: "upgraded",
                     hooks_run,
                     services,
@@ -218,12 +285,15 @@ impl Recorded<'_> {
             }
             Ended::LeftInPlace { backup_id, cause } => {
                 self.end(UpgradeStatus::Failed, Some(cause.clone()), None).await?;
+                let back = match unwritten {
+                    None => format!("go back with `nuwax rollback {backup_id}` (the pre-upgrade backup)"),
+                    Some(e) => format!("and the pre-upgrade backup {backup_id} could not be written ({e})"),
+                };
                 bail!(crate::Error::UpgradeNotRolledBack {
                     to,
                     cause,
                     state: format!(
-                        "--no-auto-rollback left it in place for inspection, services as the failure left them{}; \
-                         go back with `nuwax rollback {backup_id}` (the pre-upgrade backup)",
+                        "--no-auto-rollback left it in place for inspection, services as the failure left them{}; {back}",
                         down.unwrap_or_default()
                     ),
                 })
@@ -270,46 +340,55 @@ impl Recorded<'_> {
     }
 }
 
-/// The pre-upgrade backup, under the upgrade's stop; its id recorded at once.
-async fn pre_upgrade_backup(
-    op: &mut Operation<'_, Journal>,
+/// The pre-upgrade backup, under the upgrade's stop: frozen in the snapshot (or, in one phase,
+/// written and sealed) and its id recorded at once. A frozen one waits in `held` for its archive.
+async fn pre_upgrade_backup<'c>(
+    op: &mut Operation<'c, Journal>,
     scope: &Scope<'_>,
-    opts: &UpgradeOptions,
-    plan: &Plan,
+    o: &BackupOptions,
+    prepared: Prepared,
+    held: &std::sync::Mutex<Option<InScope<'c>>>,
     progress: Arc<dyn Progress>,
-) -> Result<BackupOutcome> {
+) -> Result<i64> {
     let ctx = op.ctx();
     ctx.interrupt.check()?;
-    let o = BackupOptions {
-        kind: BackupKind::PreUpgrade,
-        note: Some(format!("before upgrade to {} {}", plan.package_name, plan.to_version)),
-        ..opts.backup.clone()
-    };
-    let made = backup_in(ctx, &o, scope, progress).await?;
-    ctx.catalog.set_upgrade_backup(op.journal.upgrade_id, made.id).await?;
+    let made = prepared.freeze(ctx, o, scope, progress).await?;
+    let id = made.id();
+    match made.archive() {
+        Some(path) => tracing::warn!("pre-upgrade backup {id} made: {}", path.display()),
+        None => tracing::warn!(
+            "pre-upgrade backup {id} frozen in the snapshot; its archive is written after the start"
+        ),
+    }
+    *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(made);
+    ctx.catalog.set_upgrade_backup(op.journal.upgrade_id, id).await?;
     op.advance(|j| {
-        j.backup_id = Some(made.id);
+        j.backup_id = Some(id);
         j.phase = Phase::Applying;
     })
     .await?;
-    tracing::warn!("pre-upgrade backup {} made: {}", made.id, made.path.display());
-    Ok(made)
+    Ok(id)
 }
 
-/// Applies the new version; on failure rolls back to `backup_id` in the same scope (unless
-/// `--no-auto-rollback`).
-async fn apply_or_roll_back(
-    op: &mut Operation<'_, Journal>,
+/// Applies the new version; on failure writes the pre-upgrade backup's archive (when `held`
+/// still has it) and rolls back to it in the same scope (unless `--no-auto-rollback`).
+async fn apply_or_roll_back<'c>(
+    op: &mut Operation<'c, Journal>,
     scope: &mut Scope<'_>,
     opts: &UpgradeOptions,
     plan: &Plan,
     backup_id: i64,
+    held: &std::sync::Mutex<Option<InScope<'c>>>,
     progress: Arc<dyn Progress>,
 ) -> Ended {
     let ctx = op.ctx();
     let mut hooks_run = Vec::new();
     let cause = match apply::apply(op, scope, opts, plan, &mut hooks_run).await {
         Ok(left_stopped) => {
+            // Gated: from here a crash keeps the new version.
+            if let Err(e) = op.advance(|j| j.phase = Phase::Applied).await {
+                tracing::warn!("journaling the upgrade as applied: {e:#}");
+            }
             let services = scope.services().iter().cloned().collect();
             return Ended::Upgraded { backup_id, hooks_run, services, left_stopped };
         }
@@ -326,6 +405,13 @@ async fn apply_or_roll_back(
     // The way back is the safe path: a signal (the one that stopped the upgrade, or a later one)
     // does not stop it.
     let calm = Ctx { interrupt: Interrupt::none(), ..ctx.clone() };
+    let frozen = held.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(h) = frozen
+        && let Err(e) = h.complete(&calm, progress.clone()).await
+    {
+        let error = format!("the pre-upgrade backup {backup_id} could not be written: {e:#}");
+        return Ended::RollbackFailed { backup_id, cause, error };
+    }
     match roll_back(&calm, op, Some(scope), &opts.backup, backup_id, &op.journal.clone(), progress).await {
         Ok(safety) => Ended::RolledBack { backup_id, cause, safety },
         Err(e) => Ended::RollbackFailed { backup_id, cause, error: format!("{e:#}") },

@@ -55,6 +55,9 @@ pub struct Plan {
     /// What the pre-upgrade backup will hold.
     pub backup: String,
     pub warnings: Vec<String>,
+    /// Bytes the pre-upgrade backup reads, as the room check estimated them.
+    #[serde(skip)]
+    pub backup_bytes: u64,
     #[serde(skip)]
     pub(super) package: Package,
 }
@@ -131,6 +134,7 @@ pub async fn plan(
             fsutil::human_bytes(estimate)
         ),
         warnings: checks.warnings,
+        backup_bytes: estimate,
         package,
     })
 }
