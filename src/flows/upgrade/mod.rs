@@ -191,14 +191,14 @@ pub async fn upgrade(
         .await;
     let downtime = op.scope().and_then(|s| s.downtime_ms);
     // With the services running again: the pre-upgrade backup's archive, from the snapshot,
-    // finished whatever signal comes (it is the way back).
+    // finished whatever signal comes once the upgrade changed anything (it is the way back).
     let calm = Ctx { interrupt: Interrupt::none(), ..ctx.clone() };
     let held = held.lock().unwrap_or_else(|e| e.into_inner()).take();
     if held.is_some() {
         faults::pause(faults::Pause::UpgradeBackupArchive).await;
     }
     let (made, unwritten) = match held {
-        Some(h) => match h.complete(&calm, after).await {
+        Some(h) => match h.complete(if ended.is_ok() { &calm } else { ctx }, after).await {
             Ok(b) => (Some(b), None),
             Err(e) => (None, Some(format!("{e:#}"))),
         },
