@@ -14,15 +14,16 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::write::{Moment, Sources, seal, write};
-use super::{BackupOptions, Journal, Pending, SnapshotUse};
+use super::twophase::Frozen;
+use super::write::{Moment, Sources, seal};
+use super::{BackupOptions, Journal, Pending, SnapshotUse, write_frozen};
 use crate::archive::manifest::{ServiceRecord, Skipped};
 use crate::archive::{NoProgress, ScanResult};
 use crate::catalog::BackupKind;
 use crate::flows::Ctx;
 use crate::flows::sources::{Source, VolumeAccess};
 use crate::fsutil;
-use crate::snapshot::{Index, Snapshot};
+use crate::snapshot::{Index, PassReport, Snapshot};
 
 /// Leftover prefix: swept once recovery has finished every operation.
 pub const PREFIX: &str = ".nuwax-frozen-";
@@ -94,10 +95,15 @@ pub(super) async fn finish(ctx: &Ctx, j: &Journal, path: &Path) -> Result<()> {
     };
     let moment = Moment { stopped: true, live: false, killed: saved.killed.into_owned() };
     let services = saved.services.into_owned();
-    let reads = saved.reads.into_owned();
-    let w = write(ctx, &opts, &pending, &sources, services, moment, Arc::new(NoProgress), reads).await?;
+    let frozen = Frozen {
+        snap: saved.snapshot.into_owned(),
+        reads: saved.reads.into_owned(),
+        index: saved.index.into_owned(),
+        report: PassReport::default(),
+    };
+    let progress = Arc::new(NoProgress);
+    let w = write_frozen(ctx, &opts, &pending, &sources, services, moment, progress, frozen).await?;
     seal(ctx, &pending, &w, started.elapsed().as_millis() as u64, None).await?;
-    super::twophase::commit(saved.snapshot.into_owned(), saved.index.into_owned()).await;
     let _ = std::fs::remove_file(path);
     Ok(())
 }

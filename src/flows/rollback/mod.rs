@@ -254,8 +254,7 @@ pub async fn rollback(
     };
     let safety_kept = matches!(safety, Some(Ok(_)));
     // Without a safety backup the replaced trees are all that holds the state before: kept.
-    let kept: Vec<String> =
-        op.journal.slots.iter().filter(|s| s.old.exists()).map(|s| s.old.display().to_string()).collect();
+    let kept = steps::replaced(&op.journal);
     if phase == Phase::Swapped && safety_kept {
         steps::cleanup(&op.journal).await;
     }
@@ -378,8 +377,7 @@ pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<String> {
             };
             steps::finish_swap(ctx, j, !safe).await?;
             steps::create(ctx, j).await?;
-            let kept: Vec<String> =
-                j.slots.iter().filter(|s| s.old.exists()).map(|s| s.old.display().to_string()).collect();
+            let kept = steps::replaced(j);
             let kept = match kept.is_empty() {
                 true => String::new(),
                 false => format!(

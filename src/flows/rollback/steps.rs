@@ -265,6 +265,11 @@ pub async fn cleanup(j: &Journal) {
     }
 }
 
+/// The replaced trees still beside their targets (the state before the rollback).
+pub(super) fn replaced(j: &Journal) -> Vec<String> {
+    j.slots.iter().filter(|s| s.old.exists()).map(|s| s.old.display().to_string()).collect()
+}
+
 /// Nothing was replaced: the staging goes (host trees and engine volume tars).
 pub(super) async fn unstage(j: &Journal) -> Result<()> {
     let s = j.slots.clone();
