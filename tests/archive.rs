@@ -36,6 +36,7 @@ fn opts(compression: Compression) -> WriteOptions {
         threads: 2,
         rate_limit: None,
         hash_output: true,
+        spill_dir: None,
     }
 }
 
@@ -47,8 +48,7 @@ fn scan(prefix: &str, root: &Path) -> ScanResult {
 fn archive_tree(prefix: &str, root: &Path, out: &Path, opts: &WriteOptions) -> (ScanResult, WriteSummary) {
     let scanned = scan(prefix, root);
     let summary =
-        write_archive(out, opts, &scanned.entries, |w| w.append_host(prefix, root, &scanned.entries))
-            .unwrap();
+        write_archive(out, opts, &list(&scanned), |w| w.append_host(prefix, root, &scanned.entries)).unwrap();
     (scanned, summary)
 }
 
@@ -60,9 +60,14 @@ fn write_archive(
 ) -> nuwax::archive::Result<WriteSummary> {
     let file = fs::File::create(out).unwrap();
     let mut writer = ArchiveWriter::new(file, opts, Cancel::default(), Arc::new(NoProgress))?;
-    writer.write_manifest(&manifest(entries.to_vec(), opts.compression))?;
+    writer.write_manifest(&manifest(vec![], opts.compression), &entries.to_vec())?;
     body(&mut writer)?;
     writer.finish()
+}
+
+/// A scan's entries, in memory.
+fn list(scanned: &ScanResult) -> Vec<EntryMeta> {
+    scanned.entries.to_vec().unwrap()
 }
 
 fn check(path: &Path) -> nuwax::archive::Result<nuwax::archive::VerifyReport> {
@@ -109,8 +114,8 @@ fn gnu_extract(archive: &Path, dest: &Path) {
 /// Same entries (path, kind, size, mode, owner, mtime, target) and the same file bytes.
 fn assert_same_tree(prefix: &str, original: &Path, original_scan: &ScanResult, extracted: &Path) {
     let again = scan(prefix, extracted);
-    assert_eq!(again.entries, original_scan.entries);
-    for entry in original_scan.entries.iter().filter(|e| e.kind == EntryKind::File) {
+    assert_eq!(list(&again), list(original_scan));
+    for entry in list(original_scan).iter().filter(|e| e.kind == EntryKind::File) {
         let rel = entry.path.strip_prefix(prefix).unwrap().trim_start_matches('/');
         let (a, b) = if rel.is_empty() {
             (original.to_path_buf(), extracted.to_path_buf())
@@ -284,7 +289,7 @@ proptest! {
         for compression in ALL {
             let out = tmp.path().join(format!("backup.{}", compression.extension()));
             let (scanned, summary) = archive_tree(prefix, &src, &out, &opts(compression));
-            prop_assert_eq!(&scanned.entries, &expected);
+            prop_assert_eq!(&list(&scanned), &expected);
             let report = check(&out).unwrap();
             prop_assert_eq!(Some(report.archive_sha256), summary.archive_sha256);
             prop_assert_eq!(report.content_bytes, scanned.size);
@@ -407,13 +412,14 @@ fn verify_rejects_truncated_archives() {
 #[test]
 fn verify_rejects_a_flipped_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    // Uncompressed: the flip lands in a file's content, which only the digests can catch.
+    // Uncompressed: the flip lands in a file's content, which only the digests can catch (they
+    // are compared as one stream, so the error names their list, not the file).
     let bytes = fs::read(small_archive(tmp.path(), Compression::None)).unwrap();
     let at = bytes.windows(13).position(|w| w == b"UNIQUE-MARKER").unwrap();
     let mut flipped = bytes.clone();
     flipped[at] ^= 0x01;
     let err = damaged(tmp.path(), &flipped).unwrap_err();
-    assert!(matches!(&err, Error::Mismatch { path, .. } if path == "vol/a.txt"), "{err:?}");
+    assert!(matches!(&err, Error::Mismatch { path, .. } if path == "checksums.jsonl"), "{err:?}");
     for compression in [Compression::Zstd, Compression::Gzip] {
         let dir = tempfile::tempdir_in(tmp.path()).unwrap();
         let bytes = fs::read(small_archive(dir.path(), compression)).unwrap();
@@ -482,10 +488,22 @@ fn verify_rejects_missing_entries_and_a_missing_trailer() {
 fn verify_rejects_a_tampered_trailer_or_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let bytes = fs::read(small_archive(tmp.path(), Compression::None)).unwrap();
+    // A file's digest changed in the list, or the list's own digest in the trailer.
+    let a_txt = regex_lite_digest_of(&bytes, "vol/a.txt");
+    let tampered = repack(&bytes, |(path, header, data)| {
+        let data = if path == "checksums.jsonl" {
+            String::from_utf8(data).unwrap().replace(&a_txt, &"0".repeat(64)).into_bytes()
+        } else {
+            data
+        };
+        vec![(path, header, data)]
+    });
+    let err = damaged(tmp.path(), &tampered).unwrap_err();
+    assert!(matches!(&err, Error::Mismatch { path, .. } if path == "checksums.jsonl"), "{err:?}");
     let tampered = repack(&bytes, |(path, header, data)| {
         let data = if path == "checksums.json" {
             let mut sums: nuwax::archive::Checksums = serde_json::from_slice(&data).unwrap();
-            sums.files.insert("vol/a.txt".into(), "0".repeat(64));
+            sums.digests.as_mut().unwrap().sha256 = "0".repeat(64);
             serde_json::to_vec(&sums).unwrap()
         } else {
             data
@@ -493,7 +511,7 @@ fn verify_rejects_a_tampered_trailer_or_manifest() {
         vec![(path, header, data)]
     });
     let err = damaged(tmp.path(), &tampered).unwrap_err();
-    assert!(matches!(&err, Error::Mismatch { path, .. } if path == "vol/a.txt"), "{err:?}");
+    assert!(matches!(&err, Error::Mismatch { path, .. } if path == "checksums.jsonl"), "{err:?}");
     let reformatted = repack(&bytes, |(path, header, data)| {
         let data = if path == "manifest.json" {
             serde_json::to_vec(&serde_json::from_slice::<Manifest>(&data).unwrap()).unwrap()
@@ -504,6 +522,14 @@ fn verify_rejects_a_tampered_trailer_or_manifest() {
     });
     let err = damaged(tmp.path(), &reformatted).unwrap_err();
     assert!(matches!(&err, Error::Mismatch { path, .. } if path == "manifest.json"), "{err:?}");
+}
+
+/// The digest `checksums.jsonl` lists for `file`, from an uncompressed archive's bytes.
+fn regex_lite_digest_of(archive: &[u8], file: &str) -> String {
+    let text = String::from_utf8_lossy(archive);
+    let key = format!("{{\"path\":\"{file}\",\"sha256\":\"");
+    let at = text.find(&key).expect("the file is listed") + key.len();
+    text[at..at + 64].to_owned()
 }
 
 /// A zstd skippable frame (magic 0x184D2A50..5F, a length, that many bytes): decoders skip it.
@@ -638,7 +664,7 @@ fn read_manifest_rejects_foreign_files_and_newer_formats() {
         Arc::new(NoProgress),
     )
     .unwrap();
-    writer.write_manifest(&m).unwrap();
+    writer.write_manifest(&m, &Vec::<EntryMeta>::new()).unwrap();
     writer.finish().unwrap();
     let err = read_manifest(&newer).unwrap_err();
     assert!(
@@ -668,6 +694,7 @@ fn gnu_tools_read_the_compressed_archives_directly() {
             .collect();
         let expected = [
             "manifest.json",
+            "index.jsonl",
             "vol/",
             "vol/a.txt",
             "vol/big.bin",
@@ -675,6 +702,7 @@ fn gnu_tools_read_the_compressed_archives_directly() {
             "vol/link",
             "vol/sub/",
             "vol/sub/b.txt",
+            "checksums.jsonl",
             "checksums.json",
         ];
         assert_eq!(names, expected, "{compression}");
@@ -703,7 +731,7 @@ fn special_files_are_skipped_and_reported() {
     assert_eq!(skipped.len(), 2, "{skipped:?}");
     assert!(skipped[0].0 == "vol/fifo" && skipped[0].1.contains("FIFO"), "{skipped:?}");
     assert!(skipped[1].0 == "vol/sock" && skipped[1].1.contains("socket"), "{skipped:?}");
-    assert!(scanned.entries.iter().all(|e| !e.path.ends_with("fifo") && !e.path.ends_with("sock")));
+    assert!(list(&scanned).iter().all(|e| !e.path.ends_with("fifo") && !e.path.ends_with("sock")));
     check(&out).unwrap();
     // A FIFO as the root yields nothing to archive, only a report.
     let alone = scan("lonely", &root.join("fifo"));
@@ -726,7 +754,8 @@ fn scan_honours_excludes_skip_dirs_and_single_roots() {
     // Spelled through a symlink: skip dirs are recognised by identity, not by spelling.
     std::os::unix::fs::symlink(root.join("storage"), tmp.path().join("alias")).unwrap();
     let scanned = scan_host("p", &root, &globs, &[tmp.path().join("alias")]).unwrap();
-    let paths: Vec<&str> = scanned.entries.iter().map(|e| e.path.as_str()).collect();
+    let entries = list(&scanned);
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(paths, ["p", "p/a.txt", "p/big.bin", "p/empty", "p/link", "p/sub", "p/sub/b.txt"]);
     assert_eq!(scanned.skipped.len(), 1);
     assert_eq!(scanned.skipped[0].path, "p/storage");
@@ -735,13 +764,15 @@ fn scan_honours_excludes_skip_dirs_and_single_roots() {
 
     let file = scan("cfg/a.txt", &root.join("a.txt"));
     assert_eq!(file.entries.len(), 1);
-    assert_eq!((file.entries[0].path.as_str(), file.entries[0].kind), ("cfg/a.txt", EntryKind::File));
+    let file_list = list(&file);
+    assert_eq!((file_list[0].path.as_str(), file_list[0].kind), ("cfg/a.txt", EntryKind::File));
     let link = scan("cfg/link", &root.join("link"));
-    assert_eq!(link.entries[0].kind, EntryKind::Symlink);
-    assert_eq!(link.entries[0].link_target.as_deref(), Some("a.txt"));
+    let link_list = list(&link);
+    assert_eq!(link_list[0].kind, EntryKind::Symlink);
+    assert_eq!(link_list[0].link_target.as_deref(), Some("a.txt"));
     // Single-file and symlink roots archive and extract like any entry.
     let out = tmp.path().join("single.tar");
-    let entries: Vec<EntryMeta> = file.entries.iter().chain(&link.entries).cloned().collect();
+    let entries: Vec<EntryMeta> = file_list.iter().chain(&link_list).cloned().collect();
     write_archive(&out, &opts(Compression::None), &entries, |w| {
         w.append_host("cfg/a.txt", &root.join("a.txt"), &file.entries)?;
         w.append_host("cfg/link", &root.join("link"), &link.entries)
@@ -778,7 +809,7 @@ fn archive_after(change: impl FnOnce(&Path)) -> Error {
     let scanned = scan("vol", &root);
     change(&root);
     let out = tmp.path().join("changed.tar");
-    write_archive(&out, &opts(Compression::None), &scanned.entries, |w| {
+    write_archive(&out, &opts(Compression::None), &list(&scanned), |w| {
         w.append_host("vol", &root, &scanned.entries)
     })
     .unwrap_err()
@@ -843,13 +874,13 @@ fn entries_must_follow_the_manifest() {
     let scanned = scan("vol", &root);
     let out = tmp.path().join("x.tar");
     // Declared entries never appended.
-    let err = write_archive(&out, &opts(Compression::None), &scanned.entries, |w| {
-        w.append_host("vol", &root, &scanned.entries[..3])
+    let err = write_archive(&out, &opts(Compression::None), &list(&scanned), |w| {
+        w.append_host("vol", &root, &list(&scanned)[..3].to_vec())
     })
     .unwrap_err();
     assert!(matches!(err, Error::MissingEntries { count: 4, .. }), "{err:?}");
     // Entries the manifest does not declare.
-    let err = write_archive(&out, &opts(Compression::None), &scanned.entries[1..], |w| {
+    let err = write_archive(&out, &opts(Compression::None), &list(&scanned)[1..], |w| {
         w.append_host("vol", &root, &scanned.entries)
     })
     .unwrap_err();
@@ -869,7 +900,7 @@ fn cancel_stops_writing_promptly() {
     // 1 MiB/s: the 8 MiB file would take 8 s.
     let slow = WriteOptions { rate_limit: Some(1 << 20), ..opts(Compression::Zstd) };
     let mut writer = ArchiveWriter::new(Vec::new(), &slow, cancel.clone(), Arc::new(NoProgress)).unwrap();
-    writer.write_manifest(&manifest(scanned.entries.clone(), Compression::Zstd)).unwrap();
+    writer.write_manifest(&manifest(vec![], Compression::Zstd), &list(&scanned)).unwrap();
     let canceller = {
         let cancel = cancel.clone();
         std::thread::spawn(move || {
@@ -906,7 +937,7 @@ fn progress_sees_every_content_byte() {
     let count = Arc::new(Count::default());
     let mut writer =
         ArchiveWriter::new(Vec::new(), &opts(Compression::Gzip), Cancel::default(), count.clone()).unwrap();
-    writer.write_manifest(&manifest(scanned.entries.clone(), Compression::Gzip)).unwrap();
+    writer.write_manifest(&manifest(vec![], Compression::Gzip), &list(&scanned)).unwrap();
     writer.append_host("vol", &root, &scanned.entries).unwrap();
     let summary = writer.finish().unwrap();
     assert_eq!(summary.content_bytes, scanned.size);
@@ -968,18 +999,19 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
 fn engine_tar_streams_scan_and_archive() {
     let stream = engine_stream(b"alpha\n");
     let scanned = scan_tar_stream("volumes/db", stream.as_slice()).unwrap();
-    let paths: Vec<&str> = scanned.entries.iter().map(|e| e.path.as_str()).collect();
+    let entries = list(&scanned);
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     let long = format!("volumes/db/{}", "p".repeat(150));
     assert_eq!(
         paths,
         ["volumes/db", "volumes/db/a", &long, "volumes/db/link", "volumes/db/sub", "volumes/db/sub/b"]
     );
-    let root = &scanned.entries[0];
+    let root = &entries[0];
     assert_eq!(
         (root.kind, root.mode, root.uid, root.gid, root.mtime),
         (EntryKind::Dir, 0o700, 999, 999, 1_600_000_000)
     );
-    assert_eq!(scanned.entries[3].link_target.as_deref(), Some("/var/lib/data/a"));
+    assert_eq!(entries[3].link_target.as_deref(), Some("/var/lib/data/a"));
     let skipped: Vec<&str> = scanned.skipped.iter().map(|s| s.path.as_str()).collect();
     assert_eq!(skipped, ["volumes/db/fifo", "volumes/db/hard"]);
     assert_eq!((scanned.file_count, scanned.size), (3, 6 + 5 + 3));
@@ -987,7 +1019,7 @@ fn engine_tar_streams_scan_and_archive() {
     let tmp = tempfile::tempdir().unwrap();
     for compression in ALL {
         let out = tmp.path().join(format!("engine.{}", compression.extension()));
-        write_archive(&out, &opts(compression), &scanned.entries, |w| {
+        write_archive(&out, &opts(compression), &entries, |w| {
             w.append_tar_stream("volumes/db", stream.as_slice(), &scanned.entries)
         })
         .unwrap();
@@ -1000,8 +1032,8 @@ fn engine_tar_streams_scan_and_archive() {
         assert_eq!(fs::read(dest.join("volumes/db/sub/b")).unwrap(), b"bbb");
         if is_root() {
             // Same entries; the engine's order need not be the order a host scan sorts into.
-            let mut again = scan("volumes/db", &dest.join("volumes/db")).entries;
-            let mut expected = scanned.entries.clone();
+            let mut again = list(&scan("volumes/db", &dest.join("volumes/db")));
+            let mut expected = entries.clone();
             again.sort_by(|a, b| a.path.cmp(&b.path));
             expected.sort_by(|a, b| a.path.cmp(&b.path));
             assert_eq!(again, expected);
@@ -1011,13 +1043,13 @@ fn engine_tar_streams_scan_and_archive() {
     // The second fetch differs from the scanned one.
     let out = tmp.path().join("changed.tar");
     let changed = engine_stream(b"alpha, longer now\n");
-    let err = write_archive(&out, &opts(Compression::None), &scanned.entries, |w| {
+    let err = write_archive(&out, &opts(Compression::None), &list(&scanned), |w| {
         w.append_tar_stream("volumes/db", changed.as_slice(), &scanned.entries)
     })
     .unwrap_err();
     assert!(matches!(&err, Error::Changed { path, .. } if path.ends_with("volumes/db/a")), "{err:?}");
     let truncated = &stream[..stream.len() - 2048];
-    let err = write_archive(&out, &opts(Compression::None), &scanned.entries, |w| {
+    let err = write_archive(&out, &opts(Compression::None), &list(&scanned), |w| {
         w.append_tar_stream("volumes/db", truncated, &scanned.entries)
     })
     .unwrap_err();
@@ -1053,4 +1085,49 @@ fn compression_names_and_magic() {
     assert_eq!(detect_compression(&[0x1F, 0x8B, 8]), Compression::Gzip);
     assert_eq!(detect_compression(b"manifest.json"), Compression::None);
     assert_eq!(detect_compression(&[]), Compression::None);
+}
+
+// ---- many entries -------------------------------------------------------------------------
+
+#[test]
+fn a_listing_too_long_for_memory_spills_and_archives_verifies_and_extracts_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, spill) = (tmp.path().join("tree"), tmp.path().join("spill"));
+    fs::create_dir(&spill).unwrap();
+    for d in 0..50 {
+        let dir = root.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f:03}")), format!("file {f} of {d}\n")).unwrap();
+        }
+    }
+    let spilled = nuwax::archive::ScanOpts { spill_dir: Some(&spill), ..Default::default() };
+    let scanned = nuwax::archive::scan_host_with("vol", &root, &GlobSet::empty(), &[], spilled).unwrap();
+    assert!(scanned.entries.is_spilled() && scanned.entries.len() > nuwax::archive::SPILL_AFTER as u64);
+    assert_eq!(fs::read_dir(&spill).unwrap().count(), 1);
+    let out = tmp.path().join("many.tar.zst");
+    let opts = WriteOptions { spill_dir: Some(spill.clone()), ..opts(Compression::Zstd) };
+    let mut writer =
+        ArchiveWriter::new(fs::File::create(&out).unwrap(), &opts, Cancel::default(), Arc::new(NoProgress))
+            .unwrap();
+    writer.write_manifest(&manifest(vec![], Compression::Zstd), &vec![scanned.entries.clone()]).unwrap();
+    writer.append_host("vol", &root, &scanned.entries).unwrap();
+    writer.finish().unwrap();
+    let report = check(&out).unwrap();
+    assert_eq!(report.entries, 5051);
+    assert_eq!(report.manifest.file_count(), 5000);
+    let mut listed = 0;
+    nuwax::archive::read_entries(&out, |_| {
+        listed += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(listed, 5051);
+    let dest = tmp.path().join("out");
+    let target = nuwax::archive::Target { prefix: "vol".into(), dest: dest.clone() };
+    nuwax::archive::extract(&out, &[target], &Cancel::default(), &NoProgress).unwrap();
+    assert_same_tree("vol", &root, &scanned, &dest);
+    // The last listing gone, its file goes.
+    drop(scanned);
+    assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
 }

@@ -107,17 +107,18 @@ fn volume_tree(root: &Path) {
 /// Writes one archive holding each `(prefix, root)` in turn.
 fn archive_roots(out: &Path, compression: Compression, roots: &[(&str, &Path)]) -> Vec<ScanResult> {
     let scans: Vec<ScanResult> = roots.iter().map(|(prefix, root)| scan(prefix, root)).collect();
-    let entries = scans.iter().flat_map(|s| s.entries.clone()).collect();
+    let entries: Vec<nuwax::archive::Listing> = scans.iter().map(|s| s.entries.clone()).collect();
     let opts = WriteOptions {
         compression,
         level: compression.default_level(),
         threads: 2,
         rate_limit: None,
         hash_output: true,
+        spill_dir: None,
     };
     let file = fs::File::create(out).unwrap();
     let mut writer = ArchiveWriter::new(file, &opts, Cancel::new(), Arc::new(NoProgress)).unwrap();
-    writer.write_manifest(&manifest(entries, compression)).unwrap();
+    writer.write_manifest(&manifest(vec![], compression), &entries).unwrap();
     for ((prefix, root), scanned) in roots.iter().zip(&scans) {
         writer.append_host(prefix, root, &scanned.entries).unwrap();
     }
@@ -127,8 +128,9 @@ fn archive_roots(out: &Path, compression: Compression, roots: &[(&str, &Path)]) 
 
 /// Same entries (path, kind, size, mode, owner, mtime, link target) and the same bytes.
 fn assert_same_tree(prefix: &str, original: &Path, scanned: &ScanResult, extracted: &Path) {
-    assert_eq!(scan(prefix, extracted).entries, scanned.entries);
-    for entry in scanned.entries.iter().filter(|e| e.kind == EntryKind::File) {
+    let entries = scanned.entries.to_vec().unwrap();
+    assert_eq!(scan(prefix, extracted).entries.to_vec().unwrap(), entries);
+    for entry in entries.iter().filter(|e| e.kind == EntryKind::File) {
         let rel = entry.path.strip_prefix(prefix).unwrap().trim_start_matches('/');
         let (a, b) = if rel.is_empty() {
             (original.to_path_buf(), extracted.to_path_buf())
@@ -286,6 +288,58 @@ pub(crate) enum Data {
 /// with the digests of the members given as bytes that are regular files, then the end marker.
 fn craft(path: &Path, compression: Compression, declared: Vec<EntryMeta>, members: Vec<(tar::Header, Data)>) {
     craft_manifest(path, compression, &manifest(declared, compression), members);
+}
+
+/// [`craft`] in format 2: `index.jsonl` declaring `declared` after the manifest, the members,
+/// `checksums.jsonl` with the digests of the members given as bytes, the trailer.
+fn craft_v2(path: &Path, compression: Compression, declared: Vec<EntryMeta>, members: Vec<Member>) {
+    use nuwax::archive::manifest::{DigestsInfo, IndexInfo};
+    let hex = |bytes: &[u8]| format!("{:x}", Sha256::digest(bytes));
+    let mut index = Vec::new();
+    for decl in &declared {
+        serde_json::to_writer(&mut index, decl).unwrap();
+        index.push(b'\n');
+    }
+    let files = declared.iter().filter(|e| e.kind == EntryKind::File);
+    let info = IndexInfo {
+        entries: declared.len() as u64,
+        files: files.clone().count() as u64,
+        content_bytes: files.map(|e| e.size).sum(),
+        bytes: index.len() as u64,
+        sha256: hex(&index),
+    };
+    let m = Manifest { index: Some(info), ..manifest(vec![], compression) };
+    let manifest = serde_json::to_vec_pretty(&m).unwrap();
+    let mut builder = tar::Builder::new(encoder(path, compression));
+    let json = |builder: &mut tar::Builder<_>, name: &str, bytes: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(bytes.len() as u64);
+        builder.append_data(&mut header, name, bytes).unwrap();
+    };
+    json(&mut builder, "manifest.json", &manifest);
+    json(&mut builder, "index.jsonl", &index);
+    let (mut digests, mut count, mut total) = (Vec::new(), 0, 0);
+    for (header, bytes) in members {
+        if header.entry_type().is_file() {
+            let name = String::from_utf8(header.path_bytes().into_owned()).unwrap();
+            let line = serde_json::json!({ "path": name, "sha256": hex(&bytes) });
+            digests.extend(format!("{line}\n").into_bytes());
+            count += 1;
+            total += bytes.len() as u64;
+        }
+        builder.append(&header, bytes.as_slice()).unwrap();
+    }
+    json(&mut builder, "checksums.jsonl", &digests);
+    let sums = Checksums {
+        algorithm: "sha256".into(),
+        manifest: hex(&manifest),
+        total_bytes: total,
+        digests: Some(DigestsInfo { files: count, bytes: digests.len() as u64, sha256: hex(&digests) }),
+        ..Checksums::default()
+    };
+    json(&mut builder, "checksums.json", &serde_json::to_vec(&sums).unwrap());
+    builder.into_inner().unwrap().flush().unwrap();
 }
 
 /// [`craft`] with a manifest of the caller's.
@@ -469,8 +523,11 @@ fn hostile_archives_are_refused_and_leave_nothing_behind() {
             let size = usize::try_from(header.entry_size().unwrap()).unwrap();
             members.push((header, vec![b'x'; size]));
         }
-        craft(&env.archive(), ALL[i % ALL.len()], declared, bytes(members));
-        env.assert_refused(case, expected);
+        craft(&env.archive(), ALL[i % ALL.len()], declared.clone(), bytes(members.clone()));
+        env.assert_refused(case, &expected);
+        // The same in format 2, whose declarations are read as a stream.
+        craft_v2(&env.archive(), ALL[(i + 1) % ALL.len()], declared, members);
+        env.assert_refused(&format!("{case} (format 2)"), &expected);
     }
 }
 

@@ -2,7 +2,6 @@
 //! the same single pass that verifies the archive, and refuses anything that could write
 //! outside them. On any error, every destination it created is removed again.
 
-use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -12,7 +11,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, CWD, Gid, Mode, OFlags, Timespec, Timestamps, UTIME_OMIT, Uid};
 use rustix::io::Errno;
 
-use super::manifest::{EntryKind, EntryMeta, Manifest};
+use super::manifest::{EntryKind, EntryMeta};
 use super::reader::{Visitor, walk};
 use super::{Cancel, Error, NoProgress, Progress, Result, archive_path_problem, check_archive_path};
 
@@ -54,8 +53,7 @@ pub fn extract(
     check_targets(targets)?;
     check_dests(targets)?;
     let mut extractor = Extractor::new(targets, true);
-    let result = walk(archive, cancel, progress, &mut extractor)
-        .and_then(|walked| extractor.finish_dirs(&walked.manifest));
+    let result = walk(archive, cancel, progress, &mut extractor).and_then(|_| extractor.finish_dirs());
     match result {
         Ok(()) => Ok(extractor.report),
         Err(err) => {
@@ -166,6 +164,9 @@ struct Extractor<'a> {
     write: bool,
     root: bool,
     trees: Vec<Tree>,
+    /// The checks of the declarations, then (afresh) of the entries as archived.
+    declared: Shape,
+    archived: Shape,
     /// The file being written and its host path (for messages).
     file: Option<(File, PathBuf)>,
     /// Whether the current entry is under a target.
@@ -175,12 +176,19 @@ struct Extractor<'a> {
 
 impl<'a> Extractor<'a> {
     fn new(targets: &'a [Target], write: bool) -> Self {
-        let trees = targets.iter().map(|t| Tree { dest: t.dest.clone(), created: false, stack: Vec::new() });
+        let trees = targets.iter().map(|t| Tree {
+            dest: t.dest.clone(),
+            created: false,
+            stack: Vec::new(),
+            unfinished: Vec::new(),
+        });
         Self {
             targets,
             write,
             root: rustix::process::geteuid().is_root(),
             trees: trees.collect(),
+            declared: Shape::new(targets.len()),
+            archived: Shape::new(targets.len()),
             file: None,
             extracting: false,
             report: ExtractReport::default(),
@@ -191,26 +199,37 @@ impl<'a> Extractor<'a> {
         self.targets.iter().enumerate().find_map(|(i, t)| locate_in(path, &t.prefix).map(|rel| (i, rel)))
     }
 
-    /// Directory owners, modes and mtimes, children before parents: creating entries changes a
-    /// directory's mtime, and a read-only mode would stop its content from being written.
-    fn finish_dirs(&mut self, manifest: &Manifest) -> Result<()> {
+    /// The owners, modes and mtimes of the directories still unfinished, children before
+    /// parents (each other directory was finished when the walk left it).
+    fn finish_dirs(&mut self) -> Result<()> {
         if !self.write {
             return Ok(());
         }
-        for decl in manifest.entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
-            if let Some((t, rel)) = self.locate(&decl.path) {
-                let root = self.root;
-                let tree = &mut self.trees[t];
-                let host = tree.host(rel);
-                let (dir, name) = tree.at(rel, decl)?;
-                let fd = rustix::fs::openat(dir, name, dir_flags(), Mode::empty()).map_err(io_err(&host))?;
-                let owned = owned(rustix::fs::fchown(&fd, uid(decl), gid(decl)), root, &host)?;
-                rustix::fs::fchmod(&fd, mode(decl, owned)).map_err(io_err(&host))?;
-                rustix::fs::futimens(&fd, &times(decl)).map_err(io_err(&host))?;
-            }
+        for t in 0..self.trees.len() {
+            self.leave_dirs(t, None)?;
+            self.trees[t].stack.clear();
         }
-        for tree in &mut self.trees {
-            tree.stack.clear();
+        Ok(())
+    }
+
+    /// Finishes the directories of tree `t` that entry `rel` is not in (all of them for
+    /// `None`): the walk is depth first, so nothing more goes into them. Creating entries
+    /// changes a directory's mtime, and a read-only mode would stop its content from being
+    /// written, so both are set only now.
+    fn leave_dirs(&mut self, t: usize, rel: Option<&str>) -> Result<()> {
+        let root = self.root;
+        let tree = &mut self.trees[t];
+        while let Some((dir, _)) = tree.unfinished.last() {
+            if rel.is_some_and(|rel| is_within(rel, dir)) {
+                break;
+            }
+            let Some((dir, decl)) = tree.unfinished.pop() else { break };
+            let host = tree.host(&dir);
+            let (parent, name) = tree.at(&dir, &decl)?;
+            let fd = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()).map_err(io_err(&host))?;
+            let owned = owned(rustix::fs::fchown(&fd, uid(&decl), gid(&decl)), root, &host)?;
+            rustix::fs::fchmod(&fd, mode(&decl, owned)).map_err(io_err(&host))?;
+            rustix::fs::futimens(&fd, &times(&decl)).map_err(io_err(&host))?;
         }
         Ok(())
     }
@@ -229,45 +248,13 @@ impl<'a> Extractor<'a> {
 
 impl Visitor for Extractor<'_> {
     /// Everything that can be refused from the declarations alone is refused here, before
-    /// anything is written; the walk then holds every entry to its declaration.
-    fn manifest(&mut self, manifest: &Manifest) -> Result<()> {
-        let mut names = HashSet::with_capacity(manifest.entries.len());
-        // Directories under a target, in the order extraction will create them.
-        let mut dirs: HashSet<&str> = HashSet::new();
-        let mut found = vec![false; self.targets.len()];
-        for decl in &manifest.entries {
-            let path = decl.path.as_str();
-            if let Some(problem) = archive_path_problem(path) {
-                return Err(Error::refused(path, format!("the name {problem}")));
-            }
-            if !names.insert(path) {
-                return Err(Error::refused(path, "declared twice"));
-            }
-            let Some((t, rel)) = self.locate(path) else { continue };
-            found[t] = true;
-            let parent = path.rsplit_once('/').map_or("", |(parent, _)| parent);
-            if !rel.is_empty() && !dirs.contains(parent) {
-                return Err(Error::refused(path, "its parent is not a directory extracted before it"));
-            }
-            if u32::try_from(decl.uid).is_err() || u32::try_from(decl.gid).is_err() {
-                return Err(Error::refused(path, "uid or gid out of range"));
-            }
-            match (decl.kind, decl.link_target.as_deref()) {
-                (EntryKind::Dir, _) => {
-                    dirs.insert(path);
-                }
-                (EntryKind::Symlink, None | Some("")) => return Err(Error::refused(path, "empty symlink")),
-                (EntryKind::Symlink, Some(target)) if target.contains('\0') => {
-                    return Err(Error::refused(path, "symlink target contains a NUL byte"));
-                }
-                (EntryKind::Symlink, Some(target)) if link_escapes(rel, target) => {
-                    let reason = format!("symlink to {target} points outside its destination");
-                    return Err(Error::refused(path, reason));
-                }
-                _ => {}
-            }
-        }
-        if let Some(t) = found.iter().position(|f| !f) {
+    /// anything is written; the walk then holds every entry to the same rules.
+    fn declare(&mut self, decl: &EntryMeta) -> Result<()> {
+        self.declared.check(self.targets, decl)
+    }
+
+    fn declared_all(&mut self) -> Result<()> {
+        if let Some(t) = self.declared.found.iter().position(|f| !f) {
             return Err(Error::Usage(format!("{} is not in the archive", self.targets[t].prefix)));
         }
         Ok(())
@@ -291,6 +278,7 @@ impl Visitor for Extractor<'_> {
     }
 
     fn start(&mut self, decl: &EntryMeta) -> Result<()> {
+        self.archived.check(self.targets, decl)?;
         let located = self.locate(&decl.path);
         self.extracting = located.is_some();
         let Some((t, rel)) = located.filter(|_| self.write) else {
@@ -298,10 +286,16 @@ impl Visitor for Extractor<'_> {
             return Ok(());
         };
         self.report.entries += 1;
+        if !rel.is_empty() {
+            self.leave_dirs(t, Some(rel))?;
+        }
         let tree = &mut self.trees[t];
         let host = tree.host(rel);
         match decl.kind {
-            EntryKind::Dir => tree.mkdir(rel, decl, &host)?,
+            EntryKind::Dir => {
+                tree.mkdir(rel, decl, &host)?;
+                tree.unfinished.push((rel.to_owned(), decl.clone()));
+            }
             EntryKind::File => {
                 let (dir, name) = tree.at(rel, decl)?;
                 let flags =
@@ -346,6 +340,72 @@ impl Visitor for Extractor<'_> {
     }
 }
 
+/// `path` is below `dir` (both relative to a dest; "" is the dest itself).
+fn is_within(path: &str, dir: &str) -> bool {
+    dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The rules every declared entry under a target must follow, checked one entry at a time in
+/// flat memory: a safe name, owners in range, symlinks that stay inside their destination, and
+/// a depth-first order, each entry's parent being a directory on the path down to the last
+/// one (so a directory, once left, gets nothing more). What this leaves unchecked (a name
+/// declared twice inside a target) fails extraction, which never replaces an existing entry.
+struct Shape {
+    /// Per target: its prefix entry was seen.
+    found: Vec<bool>,
+    /// Per target: the directories from its root down to the last one entered.
+    path: Vec<Vec<String>>,
+}
+
+impl Shape {
+    fn new(targets: usize) -> Self {
+        Self { found: vec![false; targets], path: vec![Vec::new(); targets] }
+    }
+
+    fn check(&mut self, targets: &[Target], decl: &EntryMeta) -> Result<()> {
+        let path = decl.path.as_str();
+        if let Some(problem) = archive_path_problem(path) {
+            return Err(Error::refused(path, format!("the name {problem}")));
+        }
+        let located =
+            targets.iter().enumerate().find_map(|(i, t)| locate_in(path, &t.prefix).map(|r| (i, r)));
+        let Some((t, rel)) = located else { return Ok(()) };
+        if u32::try_from(decl.uid).is_err() || u32::try_from(decl.gid).is_err() {
+            return Err(Error::refused(path, "uid or gid out of range"));
+        }
+        match (decl.kind, decl.link_target.as_deref()) {
+            (EntryKind::Symlink, None | Some("")) => return Err(Error::refused(path, "empty symlink")),
+            (EntryKind::Symlink, Some(target)) if target.contains('\0') => {
+                return Err(Error::refused(path, "symlink target contains a NUL byte"));
+            }
+            (EntryKind::Symlink, Some(target)) if link_escapes(rel, target) => {
+                let reason = format!("symlink to {target} points outside its destination");
+                return Err(Error::refused(path, reason));
+            }
+            _ => {}
+        }
+        let dirs = &mut self.path[t];
+        if rel.is_empty() {
+            if std::mem::replace(&mut self.found[t], true) {
+                return Err(Error::refused(path, "declared twice"));
+            }
+            dirs.clear();
+        } else {
+            let parent = rel.rsplit_once('/').map_or("", |(parent, _)| parent);
+            while dirs.last().is_some_and(|dir| dir != parent && !is_within(parent, dir)) {
+                dirs.pop();
+            }
+            if !self.found[t] || dirs.last().map(String::as_str) != Some(parent) {
+                return Err(Error::refused(path, "its parent is not a directory extracted before it"));
+            }
+        }
+        if decl.kind == EntryKind::Dir {
+            dirs.push(rel.to_owned());
+        }
+        Ok(())
+    }
+}
+
 /// One target's destination: the directories opened so far, each relative to its parent.
 struct Tree {
     dest: PathBuf,
@@ -354,6 +414,9 @@ struct Tree {
     /// (path relative to dest, descriptor): dest ("") at the bottom, then the directories down
     /// to the one last used.
     stack: Vec<(String, OwnedFd)>,
+    /// Directories created whose owner, mode and mtime are not set yet: the path down to the
+    /// last one created.
+    unfinished: Vec<(String, EntryMeta)>,
 }
 
 impl Tree {

@@ -5,8 +5,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped when the archive layout changes in a way older readers cannot handle.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped when the archive layout changes in a way older readers cannot handle. Version 2
+/// declares the entries in `index.jsonl` (second entry) instead of the manifest, and lists the
+/// file digests in `checksums.jsonl` (before the trailer), so neither side holds every entry in
+/// memory. Version 1 archives are still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// Name of the second entry (format 2): one [`EntryMeta`] per line, the declared entries.
+pub const INDEX_NAME: &str = "index.jsonl";
+/// Name of the entry before the trailer (format 2): one [`FileDigest`] per line, per file.
+pub const DIGESTS_NAME: &str = "checksums.jsonl";
 /// Name of the first entry of every archive.
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// Name of the last entry of every archive.
@@ -49,8 +56,13 @@ pub struct Manifest {
     /// Archive path of the services' images in `docker save` format (`backup --with-images`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images_archive: Option<String>,
-    /// Every entry that follows the manifest, in archive order (the trailer excluded).
+    /// Format 1: every entry that follows the manifest, in archive order (the trailer
+    /// excluded). Empty in format 2, whose entries are declared in [`INDEX_NAME`].
+    #[serde(default)]
     pub entries: Vec<EntryMeta>,
+    /// Format 2: what [`INDEX_NAME`] holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexInfo>,
     pub checksums: ChecksumInfo,
 }
 
@@ -141,6 +153,29 @@ pub struct EntryMeta {
     pub link_target: Option<String>,
 }
 
+/// What the manifest says of [`INDEX_NAME`]: enough to check it, and to know the backup's size,
+/// without reading it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct IndexInfo {
+    /// Declared entries (lines).
+    pub entries: u64,
+    /// File entries among them.
+    pub files: u64,
+    /// Total content bytes of the files.
+    pub content_bytes: u64,
+    /// Size of the index entry.
+    pub bytes: u64,
+    /// Hex digest of the index entry.
+    pub sha256: String,
+}
+
+/// One line of [`DIGESTS_NAME`]: a file entry and the digest of its content, in archive order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileDigest {
+    pub path: String,
+    pub sha256: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChecksumInfo {
     pub algorithm: String,
@@ -160,8 +195,63 @@ pub struct Checksums {
     pub algorithm: String,
     /// Hex digest of the exact `manifest.json` bytes in the archive.
     pub manifest: String,
-    /// Archive path → hex digest of the file's content, for every file entry.
+    /// Format 1: archive path → hex digest of the file's content, for every file entry.
+    /// Empty in format 2, whose digests are in [`DIGESTS_NAME`].
+    #[serde(default)]
     pub files: BTreeMap<String, String>,
     /// Total content bytes of all file entries.
     pub total_bytes: u64,
+    /// Format 2: the digest of [`DIGESTS_NAME`] and how many files it lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<DigestsInfo>,
+}
+
+/// What the trailer says of [`DIGESTS_NAME`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct DigestsInfo {
+    pub files: u64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl Manifest {
+    /// Declared entries, whatever the format.
+    pub fn entry_count(&self) -> u64 {
+        self.index.as_ref().map_or(self.entries.len() as u64, |i| i.entries)
+    }
+
+    /// File entries, whatever the format.
+    pub fn file_count(&self) -> u64 {
+        self.index.as_ref().map_or_else(
+            || self.entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64,
+            |i| i.files,
+        )
+    }
+
+    /// Content bytes of the files, whatever the format.
+    pub fn content_bytes(&self) -> u64 {
+        self.index.as_ref().map_or_else(
+            || self.entries.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum(),
+            |i| i.content_bytes,
+        )
+    }
+}
+
+/// Appends `entry`'s line of [`INDEX_NAME`] to `out`: the writer and every reader make it the
+/// same way, so the digest of the lines proves the entries are the declared ones.
+pub(super) fn index_line(entry: &EntryMeta, out: &mut Vec<u8>) {
+    // Serializing a plain struct into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *out, entry);
+    out.push(b'\n');
+}
+
+/// Appends a file's line of [`DIGESTS_NAME`] to `out` (a [`FileDigest`]).
+pub(super) fn digest_line(path: &str, sha256: &str, out: &mut Vec<u8>) {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        path: &'a str,
+        sha256: &'a str,
+    }
+    let _ = serde_json::to_writer(&mut *out, &Line { path, sha256 });
+    out.push(b'\n');
 }

@@ -4,6 +4,7 @@
 mod codec;
 mod extract;
 mod host;
+mod listing;
 pub mod manifest;
 mod reader;
 mod repack;
@@ -21,10 +22,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use extract::{ExtractReport, Target, check_extractable, extract, verify_extractable};
 pub(crate) use host::HostTree;
+pub use listing::{Entries, Item, Listing, ListingBuilder, ListingIter, SPILL_AFTER, SPILL_PREFIX};
 pub use manifest::{Checksums, EntryKind, EntryMeta, FORMAT_VERSION, Manifest, Skipped};
-pub use reader::{VerifyReport, file_sha256, read_manifest, verify};
+pub use reader::{VerifyReport, file_sha256, read_entries, read_manifest, verify};
 pub use repack::repack;
-pub use scan::{ScanResult, Stamp, scan_host, scan_host_stamped, scan_tar_stream};
+pub use scan::{
+    ScanOpts, ScanResult, Stamp, count_host, scan_host, scan_host_stamped, scan_host_with, scan_tar_stream,
+    scan_tar_stream_in,
+};
 pub use writer::{ArchiveWriter, WriteOptions, WriteSummary};
 
 /// Size of the buffers used to copy entry content. Large copies keep the per-syscall and

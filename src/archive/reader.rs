@@ -1,6 +1,6 @@
 //! Reads archives back: the manifest alone (cheap), or a full verification pass that proves
-//! every byte against the manifest and the trailer while holding only those two in memory —
-//! the same pass extraction writes from, through a [`Visitor`].
+//! every byte against the declarations and the digests in flat memory — the same pass
+//! extraction writes from, through a [`Visitor`].
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::codec::{Counting, Decoder, RawReader, is_raw_read_error};
 use super::manifest::{
-    CHECKSUMS_NAME, Checksums, EntryKind, EntryMeta, FORMAT_VERSION, MANIFEST_NAME, Manifest,
+    CHECKSUMS_NAME, Checksums, DIGESTS_NAME, DigestsInfo, EntryKind, EntryMeta, FORMAT_VERSION, INDEX_NAME,
+    IndexInfo, MANIFEST_NAME, Manifest, digest_line,
 };
 use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, detect_compression, hex};
 
@@ -37,6 +38,23 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let mut archive = tar::Archive::new(open(path)?.0);
     let mut entries = archive.entries().map_err(read_error(path))?;
     let (manifest, _) = read_manifest_entry(path, entries.next())?;
+    Ok(manifest)
+}
+
+/// Reads the manifest and then the declared entries, one at a time into `each`, from the start
+/// of the archive only (its data is not read: see [`verify`] for that).
+pub fn read_entries(path: &Path, mut each: impl FnMut(EntryMeta) -> Result<()>) -> Result<Manifest> {
+    let manifest = read_manifest(path)?;
+    match &manifest.index {
+        None => manifest.entries.iter().cloned().try_for_each(&mut each)?,
+        Some(index) => {
+            let mut declared = Declarations::open(path, index)?;
+            while let Some(decl) = declared.next()? {
+                each(decl)?;
+            }
+            declared.finish()?;
+        }
+    }
     Ok(manifest)
 }
 
@@ -77,14 +95,26 @@ pub(super) trait Visitor {
         Ok(())
     }
 
+    /// Each declared entry, in order, before any entry's data (from the manifest in format 1,
+    /// from `index.jsonl` in format 2).
+    fn declare(&mut self, _decl: &EntryMeta) -> Result<()> {
+        Ok(())
+    }
+
+    /// Every declaration was shown.
+    fn declared_all(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Each tar entry after the manifest (trailer included), before it is matched against the
     /// manifest and before any of its data is read.
     fn screen(&mut self, _name: &str, _entry_type: tar::EntryType, _link: Option<&[u8]>) -> Result<()> {
         Ok(())
     }
 
-    /// A declared entry whose header matched its declaration (so its size is the declared
-    /// one), before its content.
+    /// An entry whose header matched its declaration (format 1) or made it (format 2; the
+    /// walk fails at the end if the lines they make are not the declared ones), before its
+    /// content.
     fn start(&mut self, _decl: &EntryMeta) -> Result<()> {
         Ok(())
     }
@@ -112,8 +142,9 @@ pub(super) struct Walked {
 }
 
 /// The one pass behind [`verify`] and extraction: everything [`verify`] checks, in archive
-/// order, with `visitor` shown each step. Memory stays at the manifest, the trailer and one
-/// copy buffer; an entry's size is checked against its declaration before its data is read.
+/// order, with `visitor` shown each step. Memory stays flat: the declarations and digests are
+/// read as a stream and compared through digests (format 2; format 1 holds them in the
+/// manifest and trailer, in memory), and an entry's size is checked before its data is read.
 pub(super) fn walk(
     path: &Path,
     cancel: &Cancel,
@@ -125,58 +156,331 @@ pub(super) fn walk(
     let mut entries = archive.entries().map_err(read_error(path))?;
     let (manifest, manifest_digest) = read_manifest_entry(path, entries.next())?;
     visitor.manifest(&manifest)?;
-    let declared = &manifest.entries;
-    progress.set_total(declared.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum());
-
     let mut buf = vec![0u8; BUF_SIZE];
-    // Digests of the file entries in manifest order; paths are in the manifest already.
-    let mut digests: Vec<[u8; 32]> = Vec::new();
-    let mut content_bytes = 0u64;
-    let mut next = 0usize;
-    let trailer_end = loop {
-        cancel.check()?;
-        let Some(entry) = entries.next() else {
-            let (count, first) = match declared.get(next) {
-                Some(first) => (declared.len() - next, first.path.as_str()),
-                None => (1, CHECKSUMS_NAME),
+    let pass = Pass { path, cancel, progress, manifest_digest: &manifest_digest };
+    let (next, content_bytes, trailer_end) = match &manifest.index {
+        Some(index) => pass.v2(&mut entries, index, &mut buf, visitor)?,
+        None => pass.v1(&mut entries, &manifest, &mut buf, visitor)?,
+    };
+    if let Some(extra) = entries.next() {
+        let extra = extra.map_err(read_error(path))?;
+        return Err(Error::Undeclared { path: entry_name(&extra) });
+    }
+    let raw = check_end(path, archive.into_inner(), compression, trailer_end, &mut buf, cancel)?;
+    Ok(Walked { entries: next, content_bytes, raw, manifest })
+}
+
+/// What both formats' passes need.
+struct Pass<'a> {
+    path: &'a Path,
+    cancel: &'a Cancel,
+    progress: &'a dyn Progress,
+    manifest_digest: &'a str,
+}
+
+/// A line of `index.jsonl` longer than this is damage, not an entry.
+const MAX_LINE: u64 = 1 << 20;
+
+impl Pass<'_> {
+    /// Format 1: the declarations are the manifest's, the digests the trailer's. Returns the
+    /// entries found, their content bytes and where the trailer ends.
+    fn v1<R: Read>(
+        &self,
+        entries: &mut tar::Entries<'_, R>,
+        manifest: &Manifest,
+        buf: &mut [u8],
+        visitor: &mut impl Visitor,
+    ) -> Result<(u64, u64, u64)> {
+        let path = self.path;
+        let declared = &manifest.entries;
+        for decl in declared {
+            visitor.declare(decl)?;
+        }
+        visitor.declared_all()?;
+        self.progress.set_total(manifest.content_bytes());
+        // Digests of the file entries in manifest order; paths are in the manifest already.
+        let mut digests: Vec<[u8; 32]> = Vec::new();
+        let mut content_bytes = 0u64;
+        let mut next = 0usize;
+        loop {
+            self.cancel.check()?;
+            let Some(entry) = entries.next() else {
+                let (count, first) = match declared.get(next) {
+                    Some(first) => (declared.len() - next, first.path.as_str()),
+                    None => (1, CHECKSUMS_NAME),
+                };
+                return Err(Error::MissingEntries { count: count as u64, first: first.to_owned() });
             };
-            return Err(Error::MissingEntries { count: count as u64, first: first.to_owned() });
-        };
-        let mut entry = entry.map_err(read_error(path))?;
-        let name = entry_name(&entry);
-        visitor.screen(&name, entry.header().entry_type(), entry.link_name_bytes().as_deref())?;
-        if let Some(decl) = declared.get(next).filter(|d| d.path == name) {
-            check_header(&entry, decl)?;
-            visitor.start(decl)?;
+            let mut entry = entry.map_err(read_error(path))?;
+            let name = entry_name(&entry);
+            visitor.screen(&name, entry.header().entry_type(), entry.link_name_bytes().as_deref())?;
+            if let Some(decl) = declared.get(next).filter(|d| d.path == name) {
+                check_header(&entry, decl)?;
+                visitor.start(decl)?;
+                if decl.kind == EntryKind::File {
+                    digests.push(self.content(&mut entry, decl, buf, visitor)?);
+                    content_bytes += decl.size;
+                }
+                visitor.end(decl)?;
+                next += 1;
+                continue;
+            }
+            if name != CHECKSUMS_NAME || !is_regular(&entry) {
+                return Err(Error::Undeclared { path: name });
+            }
+            if let Some(first) = declared.get(next) {
+                let count = (declared.len() - next) as u64;
+                return Err(Error::MissingEntries { count, first: first.path.clone() });
+            }
+            let bytes = read_json_entry(path, &mut entry)?;
+            let trailer: Checksums = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::corrupt(format!("{CHECKSUMS_NAME} does not parse: {e}")))?;
+            check_trailer(&trailer, declared, &digests, self.manifest_digest, content_bytes)?;
+            let end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+            return Ok((next as u64, content_bytes, end));
+        }
+    }
+
+    /// Format 2: `index.jsonl` is read line by line (each declaration shown to the visitor
+    /// before any data), then every entry's header makes its line again: the digest of those
+    /// lines must be the index's. Likewise the digests of the files must make
+    /// `checksums.jsonl`, whose digest the trailer holds.
+    fn v2<R: Read>(
+        &self,
+        entries: &mut tar::Entries<'_, R>,
+        index: &IndexInfo,
+        buf: &mut [u8],
+        visitor: &mut impl Visitor,
+    ) -> Result<(u64, u64, u64)> {
+        let path = self.path;
+        let missing = |count: u64, first: &str| Error::MissingEntries { count, first: first.to_owned() };
+        let mut entry = entries.next().ok_or_else(|| missing(index.entries + 2, INDEX_NAME))?;
+        let mut index_entry = entry.map_err(read_error(path))?;
+        if entry_name(&index_entry) != INDEX_NAME || !is_regular(&index_entry) {
+            return Err(Error::corrupt(format!("the second entry is not {INDEX_NAME}")));
+        }
+        if index_entry.size() != index.bytes {
+            let detail = format!("declared {} bytes, archive holds {}", index.bytes, index_entry.size());
+            return Err(Error::mismatch(INDEX_NAME, detail));
+        }
+        self.read_index(&mut index_entry, index, visitor)?;
+        drop(index_entry);
+        self.progress.set_total(index.content_bytes);
+
+        // The declarations again, from a second reader of the same file, one at a time.
+        let mut declared = Declarations::open(path, index)?;
+        let mut sums = Sha256::new();
+        let (mut found, mut files, mut content_bytes) = (0u64, 0u64, 0u64);
+        let mut line = Vec::new();
+        let mut digests_entry = loop {
+            self.cancel.check()?;
+            let decl = declared.next()?;
+            let remaining = index.entries - found;
+            entry = entries.next().ok_or_else(|| match &decl {
+                Some(decl) => missing(remaining + 2, &decl.path),
+                None => missing(2, DIGESTS_NAME),
+            })?;
+            let mut entry = entry.map_err(read_error(path))?;
+            let name = entry_name(&entry);
+            visitor.screen(&name, entry.header().entry_type(), entry.link_name_bytes().as_deref())?;
+            let decl = match decl {
+                Some(decl) if decl.path == name => decl,
+                decl => match (name.as_str(), decl) {
+                    (DIGESTS_NAME, None) if is_regular(&entry) => break entry,
+                    (CHECKSUMS_NAME, None) => return Err(missing(1, DIGESTS_NAME)),
+                    (DIGESTS_NAME | CHECKSUMS_NAME, Some(decl)) => {
+                        return Err(missing(remaining, &decl.path));
+                    }
+                    _ => return Err(Error::Undeclared { path: name }),
+                },
+            };
+            check_header(&entry, &decl)?;
+            visitor.start(&decl)?;
             if decl.kind == EntryKind::File {
-                digests.push(read_content(path, &mut entry, decl, &mut buf, cancel, progress, visitor)?);
+                let digest = self.content(&mut entry, &decl, buf, visitor)?;
+                line.clear();
+                digest_line(&decl.path, &hex(&digest), &mut line);
+                sums.update(&line);
+                files += 1;
                 content_bytes += decl.size;
             }
-            visitor.end(decl)?;
-            next += 1;
-            continue;
+            visitor.end(&decl)?;
+            found += 1;
+        };
+        declared.finish()?;
+
+        let mut stored = Sha256::new();
+        let digests_bytes = digests_entry.size();
+        let mut left = digests_bytes;
+        while left > 0 {
+            self.cancel.check()?;
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let n = digests_entry.read(&mut buf[..want]).map_err(read_error(path))?;
+            if n == 0 {
+                return Err(Error::corrupt(format!("archive ends inside {DIGESTS_NAME}")));
+            }
+            stored.update(&buf[..n]);
+            left -= n as u64;
         }
-        if name != CHECKSUMS_NAME || !is_regular(&entry) {
+        let stored = hex(&stored.finalize());
+        if stored != hex(&sums.finalize()) {
+            return Err(Error::mismatch(
+                DIGESTS_NAME,
+                "the content of the files differs from their digests (the archive is damaged)",
+            ));
+        }
+        drop(digests_entry);
+
+        let trailer_entry = entries.next().ok_or_else(|| missing(1, CHECKSUMS_NAME))?;
+        let mut trailer_entry = trailer_entry.map_err(read_error(path))?;
+        let name = entry_name(&trailer_entry);
+        visitor.screen(&name, trailer_entry.header().entry_type(), None)?;
+        if name != CHECKSUMS_NAME || !is_regular(&trailer_entry) {
             return Err(Error::Undeclared { path: name });
         }
-        if let Some(first) = declared.get(next) {
-            let count = (declared.len() - next) as u64;
-            return Err(Error::MissingEntries { count, first: first.path.clone() });
-        }
-        let bytes = read_json_entry(path, &mut entry)?;
+        let bytes = read_json_entry(path, &mut trailer_entry)?;
         let trailer: Checksums = serde_json::from_slice(&bytes)
             .map_err(|e| Error::corrupt(format!("{CHECKSUMS_NAME} does not parse: {e}")))?;
-        check_trailer(&trailer, declared, &digests, &manifest_digest, content_bytes)?;
-        let end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-        if let Some(extra) = entries.next() {
-            let extra = extra.map_err(read_error(path))?;
-            return Err(Error::Undeclared { path: entry_name(&extra) });
+        if trailer.manifest != self.manifest_digest {
+            return Err(Error::mismatch(MANIFEST_NAME, format!("digest differs from {CHECKSUMS_NAME}")));
         }
-        break end;
-    };
+        let expected = DigestsInfo { files, bytes: digests_bytes, sha256: stored };
+        if trailer.digests.as_ref() != Some(&expected) || !trailer.files.is_empty() {
+            return Err(Error::mismatch(
+                DIGESTS_NAME,
+                format!("differs from what {CHECKSUMS_NAME} says of it"),
+            ));
+        }
+        if trailer.total_bytes != content_bytes
+            || content_bytes != index.content_bytes
+            || files != index.files
+        {
+            let detail = format!("total_bytes {} but the files hold {content_bytes}", trailer.total_bytes);
+            return Err(Error::mismatch(CHECKSUMS_NAME, detail));
+        }
+        let end = trailer_entry.raw_file_position() + trailer_entry.size().div_ceil(512) * 512;
+        Ok((found, content_bytes, end))
+    }
 
-    let raw = check_end(path, archive.into_inner(), compression, trailer_end, &mut buf, cancel)?;
-    Ok(Walked { entries: next as u64, content_bytes, raw, manifest })
+    /// Reads `index.jsonl` line by line, showing each declaration to `visitor`; the lines must
+    /// be as many as declared and have the declared digest.
+    fn read_index<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        index: &IndexInfo,
+        visitor: &mut impl Visitor,
+    ) -> Result<()> {
+        let path = self.path;
+        let mut reader = BufReader::with_capacity(1 << 16, entry);
+        let (mut hasher, mut count, mut line) = (Sha256::new(), 0u64, Vec::new());
+        loop {
+            self.cancel.check()?;
+            line.clear();
+            let n = (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line).map_err(read_error(path))?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                return Err(Error::corrupt(format!(
+                    "{INDEX_NAME} line {} is cut short or too long",
+                    count + 1
+                )));
+            }
+            hasher.update(&line);
+            let decl: EntryMeta = serde_json::from_slice(&line).map_err(|e| {
+                Error::corrupt(format!("{INDEX_NAME} line {} does not parse: {e}", count + 1))
+            })?;
+            count += 1;
+            visitor.declare(&decl)?;
+        }
+        if count != index.entries || hex(&hasher.finalize()) != index.sha256 {
+            let detail = format!("{count} lines, {} declared, or a different digest", index.entries);
+            return Err(Error::mismatch(INDEX_NAME, detail));
+        }
+        visitor.declared_all()
+    }
+
+    fn content<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        decl: &EntryMeta,
+        buf: &mut [u8],
+        visitor: &mut impl Visitor,
+    ) -> Result<[u8; 32]> {
+        read_content(self.path, entry, decl, buf, self.cancel, self.progress, visitor)
+    }
+}
+
+/// `index.jsonl` read a second time, from its own reader of the archive file, so the walk can
+/// hold each entry to its declaration without keeping the declarations: only the archive's
+/// first two entries are decompressed twice.
+struct Declarations {
+    lines: io::Take<BufReader<Stream>>,
+    line: Vec<u8>,
+    hasher: Sha256,
+    count: u64,
+    index: IndexInfo,
+    path: std::path::PathBuf,
+}
+
+impl Declarations {
+    fn open(path: &Path, index: &IndexInfo) -> Result<Self> {
+        let mut stream = BufReader::with_capacity(1 << 16, open(path)?.0);
+        let size = plain_member(path, &mut stream, MANIFEST_NAME)?;
+        io::copy(&mut (&mut stream).take(size.div_ceil(512) * 512), &mut io::sink())
+            .map_err(read_error(path))?;
+        let size = plain_member(path, &mut stream, INDEX_NAME)?;
+        if size != index.bytes {
+            return Err(Error::corrupt(format!("{INDEX_NAME} changed while it was read")));
+        }
+        Ok(Self {
+            lines: stream.take(size),
+            line: Vec::new(),
+            hasher: Sha256::new(),
+            count: 0,
+            index: index.clone(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<EntryMeta>> {
+        self.line.clear();
+        let n = (&mut self.lines)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut self.line)
+            .map_err(read_error(&self.path))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.hasher.update(&self.line);
+        self.count += 1;
+        serde_json::from_slice(&self.line)
+            .map(Some)
+            .map_err(|e| Error::corrupt(format!("{INDEX_NAME} line {} does not parse: {e}", self.count)))
+    }
+
+    /// Both readers read the same declarations.
+    fn finish(mut self) -> Result<()> {
+        if self.next()?.is_some()
+            || self.count != self.index.entries
+            || hex(&self.hasher.finalize()) != self.index.sha256
+        {
+            return Err(Error::corrupt(format!("{INDEX_NAME} changed while it was read")));
+        }
+        Ok(())
+    }
+}
+
+/// The size of the next member of a tar stream, which must be a plain file named `name` (the
+/// writer puts no extension records before its own members).
+fn plain_member(path: &Path, stream: &mut impl Read, name: &str) -> Result<u64> {
+    let mut block = [0u8; 512];
+    stream.read_exact(&mut block).map_err(read_error(path))?;
+    let header = tar::Header::from_byte_slice(&block);
+    if header.path_bytes().as_ref() != name.as_bytes() || !header.entry_type().is_file() {
+        return Err(Error::corrupt(format!("{name} is not where the archive should have it")));
+    }
+    header.entry_size().map_err(|e| Error::corrupt(format!("{name}: bad tar header: {e}")))
 }
 
 /// Reads a file entry's content (exactly its declared size, checked against the header

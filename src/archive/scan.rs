@@ -9,20 +9,31 @@ use std::path::{Path, PathBuf};
 use globset::GlobSet;
 use walkdir::WalkDir;
 
+use super::listing::{Listing, ListingBuilder};
 use super::manifest::{EntryKind, EntryMeta, Skipped};
 use super::{Error, Result, check_archive_path};
 
-/// What a scan found. `entries` are in archive order (a directory before its content).
+/// What a scan found. `entries` are in archive order (a directory before its content), each
+/// with its [`Stamp`] when the scan was stamped.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScanResult {
-    pub entries: Vec<EntryMeta>,
+    pub entries: Listing,
     pub skipped: Vec<Skipped>,
     /// Sum of the sizes of the regular files.
     pub size: u64,
     /// Number of regular files.
     pub file_count: u64,
-    /// With [`scan_host_stamped`]: one [`Stamp`] per entry, in the same order.
-    pub stamps: Vec<Stamp>,
+}
+
+/// How a host scan keeps what it finds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScanOpts<'a> {
+    /// Record each entry's [`Stamp`] (for the snapshot's quick check).
+    pub stamped: bool,
+    /// Where a long listing spills (the system's temp dir when `None`).
+    pub spill_dir: Option<&'a Path>,
+    /// Only count (sizes and entries); the listing stays empty.
+    pub count_only: bool,
 }
 
 /// What identifies a file's content without reading it: if none of these changed, neither did
@@ -49,18 +60,52 @@ impl Stamp {
     }
 }
 
-impl ScanResult {
-    fn push(&mut self, entry: EntryMeta) {
+/// A scan in progress.
+struct Found {
+    list: Option<ListingBuilder>,
+    entries: u64,
+    skipped: Vec<Skipped>,
+    size: u64,
+    file_count: u64,
+}
+
+impl Found {
+    fn new(opts: ScanOpts<'_>) -> Found {
+        let list = (!opts.count_only).then(|| ListingBuilder::new(opts.spill_dir));
+        Found { list, entries: 0, skipped: Vec::new(), size: 0, file_count: 0 }
+    }
+
+    fn push(&mut self, entry: EntryMeta, stamp: Option<Stamp>) -> Result<()> {
         if entry.kind == EntryKind::File {
             self.size += entry.size;
             self.file_count += 1;
         }
-        self.entries.push(entry);
+        self.entries += 1;
+        match &mut self.list {
+            Some(list) => list.push(entry, stamp),
+            None => Ok(()),
+        }
     }
 
     fn skip(&mut self, path: String, reason: impl Into<String>) {
         self.skipped.push(Skipped { path, reason: reason.into() });
     }
+
+    fn finish(self) -> Result<ScanResult> {
+        let entries = match self.list {
+            Some(list) => list.finish()?,
+            None => Listing::default(),
+        };
+        Ok(ScanResult { entries, skipped: self.skipped, size: self.size, file_count: self.file_count })
+    }
+}
+
+/// Entries and bytes a host tree holds (as [`scan_host`] counts them), nothing listed.
+pub fn count_host(root: &Path, excludes: &GlobSet, skip_dirs: &[PathBuf]) -> Result<(u64, u64)> {
+    let opts = ScanOpts { count_only: true, ..ScanOpts::default() };
+    let mut found = Found::new(opts);
+    walk_host("count", root, excludes, skip_dirs, opts, &mut found)?;
+    Ok((found.entries, found.size))
 }
 
 /// Walks `root` (a directory or a single file, never following symlinks, `root` included) and
@@ -72,7 +117,7 @@ impl ScanResult {
 /// are not UTF-8 are reported as skipped. An unreadable directory is an error: a backup that
 /// silently misses data is worse than one that fails.
 pub fn scan_host(prefix: &str, root: &Path, excludes: &GlobSet, skip_dirs: &[PathBuf]) -> Result<ScanResult> {
-    scan(prefix, root, excludes, skip_dirs, false)
+    scan_host_with(prefix, root, excludes, skip_dirs, ScanOpts::default())
 }
 
 /// [`scan_host`], also recording each entry's [`Stamp`] (for the snapshot's quick check).
@@ -82,16 +127,30 @@ pub fn scan_host_stamped(
     excludes: &GlobSet,
     skip_dirs: &[PathBuf],
 ) -> Result<ScanResult> {
-    scan(prefix, root, excludes, skip_dirs, true)
+    scan_host_with(prefix, root, excludes, skip_dirs, ScanOpts { stamped: true, ..ScanOpts::default() })
 }
 
-fn scan(
+/// [`scan_host`] as `opts` say.
+pub fn scan_host_with(
     prefix: &str,
     root: &Path,
     excludes: &GlobSet,
     skip_dirs: &[PathBuf],
-    stamped: bool,
+    opts: ScanOpts<'_>,
 ) -> Result<ScanResult> {
+    let mut found = Found::new(opts);
+    walk_host(prefix, root, excludes, skip_dirs, opts, &mut found)?;
+    found.finish()
+}
+
+fn walk_host(
+    prefix: &str,
+    root: &Path,
+    excludes: &GlobSet,
+    skip_dirs: &[PathBuf],
+    opts: ScanOpts<'_>,
+    out: &mut Found,
+) -> Result<()> {
     check_archive_path(prefix)?;
     // Compare directories by identity, so a storage dir is recognised whatever path spells it.
     let skip_ids: Vec<(u64, u64)> = skip_dirs
@@ -100,7 +159,6 @@ fn scan(
         .map(|meta| (meta.dev(), meta.ino()))
         .collect();
 
-    let mut out = ScanResult::default();
     let mut walk =
         WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name().into_iter();
     while let Some(item) = walk.next() {
@@ -158,10 +216,7 @@ fn scan(
             out.skip(path, special_reason(&file_type));
             continue;
         };
-        if stamped {
-            out.stamps.push(Stamp::of(&meta));
-        }
-        out.push(EntryMeta {
+        let entry = EntryMeta {
             path,
             kind,
             size,
@@ -170,29 +225,35 @@ fn scan(
             gid: u64::from(meta.gid()),
             mtime: clamp_mtime(meta.mtime()),
             link_target,
-        });
+        };
+        out.push(entry, opts.stamped.then(|| Stamp::of(&meta)))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Lists a tar stream shaped like the engine's `GET /containers/{id}/archive?path=P` output:
 /// entries named `<basename of P>/...`, the first being `<basename of P>` itself. The first
 /// component is replaced by `prefix`. Entry data is read and discarded.
 pub fn scan_tar_stream(prefix: &str, reader: impl Read) -> Result<ScanResult> {
+    scan_tar_stream_in(prefix, reader, None)
+}
+
+/// [`scan_tar_stream`], spilling a long listing to `spill_dir`.
+pub fn scan_tar_stream_in(prefix: &str, reader: impl Read, spill_dir: Option<&Path>) -> Result<ScanResult> {
     check_archive_path(prefix)?;
     let mut archive = tar::Archive::new(reader);
     let mut names = StreamNames::new(prefix);
-    let mut out = ScanResult::default();
+    let mut out = Found::new(ScanOpts { spill_dir, ..ScanOpts::default() });
     let entries = archive.entries().map_err(Error::io(prefix))?;
     for entry in entries {
         let entry = entry.map_err(Error::io(prefix))?;
         match names.classify(&entry)? {
-            StreamItem::Entry(meta) => out.push(meta),
+            StreamItem::Entry(meta) => out.push(meta, None)?,
             StreamItem::Skipped(skipped) => out.skipped.push(skipped),
             StreamItem::Ignored => {}
         }
     }
-    Ok(out)
+    out.finish()
 }
 
 /// What one entry of an engine tar stream becomes.

@@ -1,7 +1,10 @@
-//! Writes an archive: manifest first, then the declared entries read from the host or from an
-//! engine tar stream (hashed while copied), then the checksums trailer.
+//! Writes an archive: the manifest, the index of the declared entries, the entries read from
+//! the host or from an engine tar stream (hashed while copied), their digests, the trailer.
+//! Memory stays flat: the declared entries are read from their [`Entries`] as they are needed,
+//! and the digests go to a temp file once they outgrow a buffer.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,11 +13,16 @@ use sha2::{Digest, Sha256};
 
 use super::codec::{Encoder, HashingWriter};
 use super::host::HostTree;
+use super::listing::Entries;
 use super::manifest::{
-    CHECKSUM_ALGORITHM, CHECKSUMS_NAME, Checksums, EntryKind, EntryMeta, MANIFEST_NAME, Manifest,
+    CHECKSUM_ALGORITHM, CHECKSUMS_NAME, Checksums, DIGESTS_NAME, DigestsInfo, EntryKind, EntryMeta,
+    INDEX_NAME, IndexInfo, MANIFEST_NAME, Manifest, digest_line, index_line,
 };
 use super::scan::{StreamItem, StreamNames};
 use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, check_archive_path, hex, tarfmt};
+
+/// Digest lines kept in memory before they move to a temp file.
+const DIGESTS_IN_MEMORY: usize = 1 << 20;
 
 /// How to write an archive.
 #[derive(Clone, Debug)]
@@ -29,6 +37,8 @@ pub struct WriteOptions {
     /// verifies the file afterwards anyway (which yields the same digest) turns this off to
     /// take the hashing out of the time the services are down.
     pub hash_output: bool,
+    /// Where the file digests go once they outgrow memory (the system's temp dir when `None`).
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for WriteOptions {
@@ -40,6 +50,7 @@ impl Default for WriteOptions {
             threads: u32::try_from(threads).unwrap_or(1),
             rate_limit: None,
             hash_output: true,
+            spill_dir: None,
         }
     }
 }
@@ -58,18 +69,20 @@ pub struct WriteSummary {
 }
 
 /// Streams one archive into `W`. Call [`write_manifest`](Self::write_manifest) first, then
-/// `append_*` for the declared entries in manifest order, then [`finish`](Self::finish).
+/// `append_*` for the declared entries in their order, then [`finish`](Self::finish).
 pub struct ArchiveWriter<W: Write> {
     out: BufWriter<Encoder<HashingWriter<W>>>,
     cancel: Cancel,
     progress: Arc<dyn Progress>,
     limiter: Option<RateLimiter>,
     buf: Vec<u8>,
-    manifest_written: bool,
-    /// The manifest's entries; every appended entry must be the next one.
-    declared: Vec<EntryMeta>,
-    next: usize,
+    /// The declared entries from the one after the last appended (set by `write_manifest`);
+    /// every appended entry must be the next one.
+    declared: Option<Box<dyn Iterator<Item = Result<EntryMeta>> + Send>>,
+    index: IndexInfo,
+    next: u64,
     checksums: Checksums,
+    digests: DigestLines,
 }
 
 impl<W: Write> ArchiveWriter<W> {
@@ -95,43 +108,88 @@ impl<W: Write> ArchiveWriter<W> {
             progress,
             limiter: opts.rate_limit.filter(|&r| r > 0).map(RateLimiter::new),
             buf: vec![0; chunk],
-            manifest_written: false,
-            declared: Vec::new(),
+            declared: None,
+            index: IndexInfo::default(),
             next: 0,
             checksums: Checksums { algorithm: CHECKSUM_ALGORITHM.into(), ..Checksums::default() },
+            digests: DigestLines::new(opts.spill_dir.clone()),
         })
     }
 
-    /// Writes `manifest.json`; must be called first, exactly once.
-    pub fn write_manifest(&mut self, m: &Manifest) -> Result<()> {
-        if self.manifest_written {
+    /// Writes `manifest.json` (with `m.entries` empty: the entries are `entries`) and the index
+    /// of `entries`; must be called first, exactly once. `entries` is read three times: to
+    /// measure the index for the manifest, to write it, and to check each appended entry.
+    pub fn write_manifest(&mut self, m: &Manifest, entries: &dyn Entries) -> Result<()> {
+        if self.declared.is_some() {
             return Err(Error::Usage("write_manifest called twice".into()));
         }
-        for entry in &m.entries {
+        if !m.entries.is_empty() || m.index.is_some() {
+            return Err(Error::Usage("the manifest declares no entries: they are passed beside it".into()));
+        }
+        let mut index = IndexInfo::default();
+        let mut hasher = Sha256::new();
+        let mut line = Vec::new();
+        for entry in entries.entries()? {
+            let entry = entry?;
             check_archive_path(&entry.path)?;
-            if entry.path == MANIFEST_NAME || entry.path == CHECKSUMS_NAME {
+            if [MANIFEST_NAME, INDEX_NAME, DIGESTS_NAME, CHECKSUMS_NAME].contains(&entry.path.as_str()) {
                 return Err(Error::Usage(format!("entry path {} is reserved", entry.path)));
             }
+            line.clear();
+            index_line(&entry, &mut line);
+            hasher.update(&line);
+            index.bytes += line.len() as u64;
+            index.entries += 1;
+            if entry.kind == EntryKind::File {
+                index.files += 1;
+                index.content_bytes += entry.size;
+            }
         }
-        let bytes = serde_json::to_vec_pretty(m).map_err(|e| Error::Usage(e.to_string()))?;
+        index.sha256 = hex(&hasher.finalize());
+        let m = Manifest { index: Some(index.clone()), ..m.clone() };
+        let bytes = serde_json::to_vec_pretty(&m).map_err(|e| Error::Usage(e.to_string()))?;
         self.checksums.manifest = hex(&Sha256::digest(&bytes));
-        let meta =
-            tarfmt::meta_file(MANIFEST_NAME, bytes.len() as u64, tarfmt::rfc3339_seconds(&m.created_at));
-        tarfmt::write_header(&mut self.out, &meta).map_err(Error::Output)?;
-        self.out.write_all(&bytes).map_err(Error::Output)?;
-        tarfmt::pad(&mut self.out, bytes.len() as u64).map_err(Error::Output)?;
-        self.declared.clone_from(&m.entries);
-        self.manifest_written = true;
-        let total = m.entries.iter().filter(|e| e.kind == EntryKind::File).map(|e| e.size).sum();
-        self.progress.set_total(total);
+        let mtime = tarfmt::rfc3339_seconds(&m.created_at);
+        self.write_member(MANIFEST_NAME, &bytes, mtime)?;
+
+        tarfmt::write_header(&mut self.out, &tarfmt::meta_file(INDEX_NAME, index.bytes, mtime))
+            .map_err(Error::Output)?;
+        let (mut hasher, mut written) = (Sha256::new(), 0u64);
+        for entry in entries.entries()? {
+            self.cancel.check()?;
+            line.clear();
+            index_line(&entry?, &mut line);
+            hasher.update(&line);
+            written += line.len() as u64;
+            if written > index.bytes {
+                break;
+            }
+            self.out.write_all(&line).map_err(Error::Output)?;
+        }
+        if written != index.bytes || hex(&hasher.finalize()) != index.sha256 {
+            return Err(Error::Usage("the declared entries changed while they were written".into()));
+        }
+        tarfmt::pad(&mut self.out, index.bytes).map_err(Error::Output)?;
+        self.progress.set_total(index.content_bytes);
+        self.declared = Some(entries.entries()?);
+        self.index = index;
         Ok(())
+    }
+
+    /// A small file entry (manifest, trailer) whose bytes are in memory.
+    fn write_member(&mut self, name: &str, bytes: &[u8], mtime: i64) -> Result<()> {
+        let meta = tarfmt::meta_file(name, bytes.len() as u64, mtime);
+        tarfmt::write_header(&mut self.out, &meta).map_err(Error::Output)?;
+        self.out.write_all(bytes).map_err(Error::Output)?;
+        tarfmt::pad(&mut self.out, bytes.len() as u64).map_err(Error::Output)
     }
 
     /// Writes `entries` (from `scan_host(prefix, root, ..)`, in order), reading their data from
     /// `root` now. A file whose kind or size no longer matches its entry is [`Error::Changed`].
-    pub fn append_host(&mut self, prefix: &str, root: &Path, entries: &[EntryMeta]) -> Result<()> {
+    pub fn append_host(&mut self, prefix: &str, root: &Path, entries: &dyn Entries) -> Result<()> {
         let mut tree = HostTree::new(prefix, root);
-        for entry in entries {
+        for entry in entries.entries()? {
+            let entry = &entry?;
             self.cancel.check()?;
             self.expect_next(entry)?;
             let host = tree.host_path(&entry.path)?;
@@ -164,20 +222,21 @@ impl<W: Write> ArchiveWriter<W> {
         &mut self,
         prefix: &str,
         reader: impl Read,
-        entries: &[EntryMeta],
+        entries: &dyn Entries,
     ) -> Result<()> {
         let mut archive = tar::Archive::new(reader);
         let mut names = StreamNames::new(prefix);
-        let mut expected = entries.iter();
+        let mut expected = entries.entries()?;
         for item in archive.entries().map_err(Error::io(prefix))? {
             self.cancel.check()?;
             let mut item = item.map_err(Error::io(prefix))?;
             let StreamItem::Entry(found) = names.classify(&item)? else {
                 continue;
             };
-            let Some(entry) = expected.next() else {
+            let Some(entry) = expected.next().transpose()? else {
                 return Err(Error::changed(&found.path, "appeared after the scan"));
             };
+            let entry = &entry;
             let same = found.path == entry.path
                 && found.kind == entry.kind
                 && found.size == entry.size
@@ -193,7 +252,7 @@ impl<W: Write> ArchiveWriter<W> {
             let path = PathBuf::from(&entry.path);
             self.write_entry(entry, &mut item, &path)?;
         }
-        if let Some(missing) = expected.next() {
+        if let Some(missing) = expected.next().transpose()? {
             return Err(Error::changed(&missing.path, "vanished after the scan"));
         }
         Ok(())
@@ -202,21 +261,17 @@ impl<W: Write> ArchiveWriter<W> {
     /// Writes `checksums.json` and the end-of-archive marker, finishes the compressor and
     /// flushes. Does not fsync: the caller owns the file.
     pub fn finish(mut self) -> Result<WriteSummary> {
-        if !self.manifest_written {
+        let Some(declared) = &mut self.declared else {
             return Err(Error::Usage("finish called before write_manifest".into()));
+        };
+        if let Some(first) = declared.next().transpose()? {
+            let count = self.index.entries - self.next;
+            return Err(Error::MissingEntries { count, first: first.path });
         }
-        if let Some(first) = self.declared.get(self.next) {
-            let count = (self.declared.len() - self.next) as u64;
-            return Err(Error::MissingEntries { count, first: first.path.clone() });
-        }
+        self.checksums.digests = Some(self.digests.copy_into(&mut self.out, &self.cancel)?);
         let bytes = serde_json::to_vec_pretty(&self.checksums).map_err(|e| Error::Usage(e.to_string()))?;
-        let meta = tarfmt::meta_file(CHECKSUMS_NAME, bytes.len() as u64, 0);
-        let out = &mut self.out;
-        tarfmt::write_header(out, &meta)
-            .and_then(|()| out.write_all(&bytes))
-            .and_then(|()| tarfmt::pad(out, bytes.len() as u64))
-            .and_then(|()| out.write_all(&[0; 1024]))
-            .map_err(Error::Output)?;
+        self.write_member(CHECKSUMS_NAME, &bytes, 0)?;
+        self.out.write_all(&[0; 1024]).map_err(Error::Output)?;
         let encoder = self.out.into_inner().map_err(|e| Error::Output(e.into_error()))?;
         let mut sink = encoder.finish().map_err(Error::Output)?;
         sink.inner.flush().map_err(Error::Output)?;
@@ -224,16 +279,16 @@ impl<W: Write> ArchiveWriter<W> {
             archive_bytes: sink.bytes,
             archive_sha256: sink.hasher.map(|h| hex(&h.finalize())),
             content_bytes: self.checksums.total_bytes,
-            entries: self.declared.len() as u64,
+            entries: self.index.entries,
         })
     }
 
     fn expect_next(&mut self, entry: &EntryMeta) -> Result<()> {
-        if !self.manifest_written {
+        let Some(declared) = &mut self.declared else {
             return Err(Error::Usage("entries appended before write_manifest".into()));
-        }
-        match self.declared.get(self.next) {
-            Some(declared) if declared == entry => {
+        };
+        match declared.next().transpose()? {
+            Some(declared) if declared == *entry => {
                 self.next += 1;
                 Ok(())
             }
@@ -270,9 +325,70 @@ impl<W: Write> ArchiveWriter<W> {
             }
         }
         tarfmt::pad(&mut self.out, entry.size).map_err(Error::Output)?;
-        self.checksums.files.insert(entry.path.clone(), hex(&hasher.finalize()));
+        self.digests.push(&entry.path, &hex(&hasher.finalize()))?;
         self.checksums.total_bytes += entry.size;
         Ok(())
+    }
+}
+
+/// The lines of `checksums.jsonl`, in memory until they outgrow [`DIGESTS_IN_MEMORY`], then in
+/// an anonymous temp file (gone with the process, whatever happens to it).
+struct DigestLines {
+    dir: Option<PathBuf>,
+    mem: Vec<u8>,
+    file: Option<BufWriter<File>>,
+    info: DigestsInfo,
+    hasher: Sha256,
+}
+
+impl DigestLines {
+    fn new(dir: Option<PathBuf>) -> Self {
+        Self { dir, mem: Vec::new(), file: None, info: DigestsInfo::default(), hasher: Sha256::new() }
+    }
+
+    fn push(&mut self, path: &str, sha256: &str) -> Result<()> {
+        let start = self.mem.len();
+        digest_line(path, sha256, &mut self.mem);
+        self.hasher.update(&self.mem[start..]);
+        self.info.bytes += (self.mem.len() - start) as u64;
+        self.info.files += 1;
+        if self.mem.len() >= DIGESTS_IN_MEMORY {
+            if self.file.is_none() {
+                let file = match &self.dir {
+                    Some(dir) => tempfile::tempfile_in(dir),
+                    None => tempfile::tempfile(),
+                };
+                self.file = Some(BufWriter::with_capacity(1 << 16, file.map_err(Error::Output)?));
+            }
+            if let Some(file) = &mut self.file {
+                file.write_all(&self.mem).map_err(Error::Output)?;
+            }
+            self.mem.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the `checksums.jsonl` entry into `out`.
+    fn copy_into(&mut self, out: &mut impl Write, cancel: &Cancel) -> Result<DigestsInfo> {
+        let meta = tarfmt::meta_file(DIGESTS_NAME, self.info.bytes, 0);
+        tarfmt::write_header(out, &meta).map_err(Error::Output)?;
+        if let Some(file) = self.file.take() {
+            let mut file = file.into_inner().map_err(|e| Error::Output(e.into_error()))?;
+            file.rewind().map_err(Error::Output)?;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                cancel.check()?;
+                match file.read(&mut buf).map_err(Error::Output)? {
+                    0 => break,
+                    n => out.write_all(&buf[..n]).map_err(Error::Output)?,
+                }
+            }
+        }
+        out.write_all(&self.mem).map_err(Error::Output)?;
+        tarfmt::pad(out, self.info.bytes).map_err(Error::Output)?;
+        let mut info = std::mem::take(&mut self.info);
+        info.sha256 = hex(&std::mem::take(&mut self.hasher).finalize());
+        Ok(info)
     }
 }
 

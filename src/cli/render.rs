@@ -246,7 +246,7 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
             json!({
                 "format_version": m.format_version, "nuwax_version": m.nuwax_version,
                 "services": m.services, "mounts": m.mounts, "configs": m.configs,
-                "skipped": m.skipped, "entries": m.entries.len(), "services_stopped": m.services_stopped,
+                "skipped": m.skipped, "entries": m.entry_count(), "services_stopped": m.services_stopped,
             })
         });
         outln!(

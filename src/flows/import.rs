@@ -89,11 +89,7 @@ pub async fn import(ctx: &Ctx, source: &Path) -> Result<Imported> {
                     path: final_path.clone(),
                     size_bytes: report.archive_bytes,
                     checksum: report.archive_sha256.clone(),
-                    file_count: m
-                        .entries
-                        .iter()
-                        .filter(|e| e.kind == archive::manifest::EntryKind::File)
-                        .count() as u64,
+                    file_count: m.file_count(),
                     finished_at: Utc::now(),
                     duration_ms: 0,
                     downtime_ms: None,

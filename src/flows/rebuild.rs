@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::Ctx;
-use crate::archive::{self, EntryKind, NoProgress};
+use crate::archive::{self, NoProgress};
 use crate::catalog::Rebuilt;
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,7 +79,7 @@ pub async fn rebuild(ctx: &Ctx) -> Result<RebuildOutcome> {
                 size_bytes: report.archive_bytes,
                 checksum: &report.archive_sha256,
                 compression: &m.compression,
-                file_count: m.entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64,
+                file_count: m.file_count(),
                 created_at: &m.created_at,
             })
             .await?;

@@ -104,7 +104,7 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
 
 /// Names of what operations keep in the storage dir while they run: partial archives, staged
 /// restores, image spools, unpacked packages, loaded images, half-copied archives.
-pub const LEFTOVER_PREFIXES: [&str; 7] = [
+pub const LEFTOVER_PREFIXES: [&str; 8] = [
     ".nuwax-partial-",
     ".nuwax-restore-",
     ".nuwax-images-",
@@ -112,6 +112,7 @@ pub const LEFTOVER_PREFIXES: [&str; 7] = [
     ".nuwax-load-",
     ".nuwax-copy-",
     ".nuwax-frozen-",
+    crate::archive::SPILL_PREFIX,
 ];
 
 /// The files and dirs in `storage` that only a running operation would own.

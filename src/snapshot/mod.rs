@@ -5,14 +5,16 @@
 //!
 //! `data/` holds the mirrored trees under their archive paths (owner-only: directories 0700,
 //! files 0600; the archive takes modes and owners from the source, never from the mirror).
-//! `index.json` says, per file, the source's [`Stamp`] when it was copied. It is present only
-//! while the mirror matches it: [`Snapshot::take_index`] removes it before the mirror changes
-//! and [`Snapshot::commit`] writes it back after a sync to disk, so a crash in between leaves a
-//! mirror without an index, whose files are then compared by content (reused, never trusted).
+//! `index.jsonl` says, per file, the source's [`Stamp`] when it was copied (`index.rs`: per
+//! source, in scan order, read and written as a stream). It is present only while the mirror
+//! matches it: [`Snapshot::take_index`] moves it aside before the mirror changes and
+//! [`Snapshot::commit`] puts the new one in place after a sync to disk, so a crash in between
+//! leaves a mirror without an index, whose files are then compared by content (reused, never
+//! trusted).
 
+mod index;
 mod pass;
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -20,11 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::Stamp;
 use crate::fsutil;
+pub use index::Index;
 pub use pass::{Pass, PassKind, PassReport};
 
 /// Under the storage dir; never swept as a leftover, never archived (the storage dir is skipped).
 pub const DIR: &str = ".nuwax-snapshot";
-const INDEX: &str = "index.json";
 const DATA: &str = "data";
 
 /// One project's mirror.
@@ -40,11 +42,6 @@ pub struct Snapshot {
 pub struct Record {
     pub stamp: Stamp,
     pub racy: bool,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Index {
-    pub files: HashMap<String, Record>,
 }
 
 /// What `doctor` shows of a snapshot.
@@ -75,6 +72,11 @@ impl Snapshot {
         &self.dir
     }
 
+    /// The storage dir the snapshot is in (where long listings spill).
+    pub fn storage(&self) -> Option<&Path> {
+        self.dir.parent().and_then(Path::parent)
+    }
+
     /// Where the mirror of archive path `prefix` is.
     pub fn data(&self, prefix: &str) -> PathBuf {
         self.dir.join(DATA).join(prefix)
@@ -84,24 +86,28 @@ impl Snapshot {
         self.dir.join(DATA)
     }
 
-    /// The index of the last completed sync, removed from disk before anything changes (a
-    /// missing or unreadable index is an empty one: every file is compared by content).
+    /// The index of the last completed sync, moved aside before anything changes (a missing
+    /// or unreadable index is an empty one: every file is compared by content). What a dead
+    /// pass left is removed.
     pub fn take_index(&self) -> io::Result<Index> {
-        let path = self.dir.join(INDEX);
-        let index = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!("{} is unreadable ({e}); comparing the snapshot by content", path.display());
-                Index::default()
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Index::default(),
-            Err(e) => return Err(e),
-        };
-        match std::fs::remove_file(&path) {
+        index::clear_working(&self.dir)?;
+        let committed = self.dir.join(index::COMMITTED);
+        let taken = index::working(&self.dir);
+        match std::fs::rename(&committed, &taken) {
             Ok(()) => fsutil::fsync_dir(&self.dir)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Index::default()),
             Err(e) => return Err(e),
         }
-        Ok(index)
+        Ok(Index::load(taken.clone()).unwrap_or_else(|e| {
+            tracing::warn!("{} is unreadable ({e}); comparing the snapshot by content", committed.display());
+            let _ = std::fs::remove_file(&taken);
+            Index::default()
+        }))
+    }
+
+    /// A new index file for a pass to write.
+    pub(super) fn new_index(&self) -> io::Result<index::Writer> {
+        index::Writer::create(index::working(&self.dir))
     }
 
     /// Flushes the filesystem the mirror is on.
@@ -110,11 +116,11 @@ impl Snapshot {
         Ok(rustix::fs::syncfs(&data)?)
     }
 
-    /// The mirror is on disk and matches `index`: written, so the next backup trusts it.
+    /// The mirror is on disk and matches `index`: put in place, so the next backup trusts it.
     pub fn commit(&self, index: &Index) -> io::Result<()> {
         self.sync()?;
-        let bytes = serde_json::to_vec(index).map_err(io::Error::other)?;
-        fsutil::write_atomically(&self.dir.join(INDEX), &bytes, 0o600).map_err(io::Error::other)
+        index.persist(&self.dir.join(index::COMMITTED))?;
+        fsutil::fsync_dir(&self.dir)
     }
 
     /// Removes the project's snapshot; `true` when there was one.
@@ -145,7 +151,7 @@ impl Snapshot {
                 files += u64::from(m.is_file());
             }
         }
-        Some(Usage { complete: dir.join(INDEX).is_file(), path: dir, bytes, files })
+        Some(Usage { complete: dir.join(index::COMMITTED).is_file(), path: dir, bytes, files })
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use globset::GlobSet;
 
+use super::index::{self, Cursor};
 use super::{Index, Record, Snapshot};
 use crate::archive::{self, Cancel, EntryKind, HostTree, ScanResult, Stamp};
 
@@ -48,12 +49,15 @@ pub struct PassReport {
 pub struct Pass<'a> {
     snap: &'a Snapshot,
     old: &'a Index,
-    new: Index,
+    /// The new index, once the first source is passed.
+    new: Option<index::Writer>,
     kind: PassKind,
     cancel: Cancel,
     report: PassReport,
-    /// Every archive path the sources hold, and the directories above each source.
-    keep: HashSet<String>,
+    /// The sources passed, and the directories above each (what `finish` keeps of the mirror's
+    /// top; inside a source, [`Pass::source`] removes what it no longer holds).
+    sources: HashSet<String>,
+    above: HashSet<String>,
     reflink: bool,
     rate: Option<(u64, Instant, u64)>,
     bufs: (Vec<u8>, Vec<u8>),
@@ -70,11 +74,12 @@ impl<'a> Pass<'a> {
         Pass {
             snap,
             old,
-            new: Index::default(),
+            new: None,
             kind,
             cancel,
             report: PassReport::default(),
-            keep: HashSet::new(),
+            sources: HashSet::new(),
+            above: HashSet::new(),
             reflink: true,
             rate: rate.map(|r| (r, Instant::now(), 0)),
             bufs: (vec![0; BLOCK], vec![0; BLOCK]),
@@ -90,12 +95,21 @@ impl<'a> Pass<'a> {
         excludes: &GlobSet,
         skip_dirs: &[PathBuf],
     ) -> archive::Result<ScanResult> {
-        let scan = archive::scan_host_stamped(prefix, root, excludes, skip_dirs)?;
+        let opts = archive::ScanOpts { stamped: true, spill_dir: self.snap.storage(), ..Default::default() };
+        let scan = archive::scan_host_with(prefix, root, excludes, skip_dirs, opts)?;
         let mut parent = Path::new(prefix).parent();
         while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            self.keep.insert(p.to_string_lossy().into_owned());
+            self.above.insert(p.to_string_lossy().into_owned());
             parent = p.parent();
         }
+        self.sources.insert(prefix.to_owned());
+        if self.new.is_none() {
+            self.new = Some(self.snap.new_index().map_err(archive::Error::io(self.snap.dir()))?);
+        }
+        if let Some(new) = &mut self.new {
+            new.source(prefix).map_err(archive::Error::io(self.snap.dir()))?;
+        }
+        let mut old = self.old.cursor(prefix).map_err(archive::Error::io(self.snap.dir()))?;
         if let Some(p) = self.snap.data(prefix).parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -104,10 +118,12 @@ impl<'a> Pass<'a> {
                 .map_err(archive::Error::io(p))?;
         }
         let mut tree = HostTree::new(prefix, root);
-        for (entry, stamp) in scan.entries.iter().zip(&scan.stamps) {
+        for item in scan.entries.iter()? {
+            let (entry, stamp) = item?;
+            let stamp = stamp.unwrap_or_default();
+            let entry = &entry;
             self.cancel.check()?;
-            self.keep.insert(entry.path.clone());
-            match self.entry(&mut tree, entry, *stamp) {
+            match self.entry(&mut tree, &mut old, entry, stamp) {
                 Ok(()) => {}
                 Err(e @ (archive::Error::Changed { .. } | archive::Error::Io { .. }))
                     if self.kind == PassKind::Running && changed_under_us(&e) =>
@@ -118,7 +134,41 @@ impl<'a> Pass<'a> {
                 Err(e) => return Err(e),
             }
         }
+        self.prune(prefix, &scan)?;
         Ok(scan)
+    }
+
+    /// Removes from the mirror of `prefix` what the source no longer holds: the mirror is
+    /// walked in the scan's order, beside the scan.
+    fn prune(&mut self, prefix: &str, scan: &ScanResult) -> archive::Result<()> {
+        let root = self.snap.data(prefix);
+        let mut held = scan.entries.iter()?.map(|item| item.map(|(entry, _)| entry.path));
+        let mut next = held.next().transpose()?;
+        let mut walk = walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name().into_iter();
+        while let Some(item) = walk.next() {
+            self.cancel.check()?;
+            let item = match item {
+                Ok(item) => item,
+                Err(e) if e.io_error().is_some_and(|e| e.kind() == io::ErrorKind::NotFound) => continue,
+                Err(e) => return Err(archive::Error::io(&root)(e.into())),
+            };
+            let rel = item.path().strip_prefix(&root).unwrap_or(item.path());
+            if let Some(path) =
+                rel.to_str().map(|r| if r.is_empty() { prefix.to_owned() } else { format!("{prefix}/{r}") })
+            {
+                while next.as_deref().is_some_and(|n| index::scan_order(n, &path).is_lt()) {
+                    next = held.next().transpose()?;
+                }
+                if next.as_deref() == Some(path.as_str()) {
+                    continue;
+                }
+            }
+            if item.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            remove_any(item.path()).map_err(archive::Error::io(item.path()))?;
+        }
+        Ok(())
     }
 
     /// Removes from the mirror what no source holds; returns the new index.
@@ -128,8 +178,14 @@ impl<'a> Pass<'a> {
         while let Some(item) = walk.next() {
             self.cancel.check()?;
             let item = item.map_err(|e| archive::Error::io(&root)(e.into()))?;
-            let rel = item.path().strip_prefix(&root).unwrap_or(item.path());
-            if rel.to_str().is_some_and(|r| self.keep.contains(r)) {
+            let rel = item.path().strip_prefix(&root).unwrap_or(item.path()).to_str().unwrap_or_default();
+            if self.sources.contains(rel) {
+                if item.file_type().is_dir() {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            if self.above.contains(rel) && item.file_type().is_dir() {
                 continue;
             }
             if item.file_type().is_dir() {
@@ -137,12 +193,17 @@ impl<'a> Pass<'a> {
             }
             remove_any(item.path()).map_err(archive::Error::io(item.path()))?;
         }
-        Ok((self.new, self.report))
+        let index = match self.new {
+            Some(new) => new.finish().map_err(archive::Error::io(self.snap.dir()))?,
+            None => Index::default(),
+        };
+        Ok((index, self.report))
     }
 
     fn entry(
         &mut self,
         tree: &mut HostTree<'_>,
+        old: &mut Cursor,
         entry: &archive::EntryMeta,
         stamp: Stamp,
     ) -> archive::Result<()> {
@@ -159,12 +220,12 @@ impl<'a> Pass<'a> {
                 ensure_symlink(&dst, target).map_err(archive::Error::io(&dst))
             }
             EntryKind::File => {
-                let current = self.old.files.get(&entry.path).is_some_and(|r| r.stamp == stamp && !r.racy)
+                let known = old.find(&entry.path).map_err(archive::Error::io(self.snap.dir()))?;
+                let current = known.is_some_and(|r| r.stamp == stamp && !r.racy)
                     && std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file() && m.len() == entry.size);
                 if current {
                     self.report.files_current += 1;
-                    self.new.files.insert(entry.path.clone(), Record { stamp, racy: false });
-                    return Ok(());
+                    return self.record(&entry.path, Record { stamp, racy: false });
                 }
                 let copied_at = now_ns();
                 let src = tree.open_file(entry, &host)?;
@@ -183,9 +244,15 @@ impl<'a> Pass<'a> {
                     return Ok(());
                 }
                 let racy = stamp.ctime_ns + RACY_NS >= copied_at || stamp.mtime_ns + RACY_NS >= copied_at;
-                self.new.files.insert(entry.path.clone(), Record { stamp, racy });
-                Ok(())
+                self.record(&entry.path, Record { stamp, racy })
             }
+        }
+    }
+
+    fn record(&mut self, path: &str, record: Record) -> archive::Result<()> {
+        match &mut self.new {
+            Some(new) => new.record(path, record).map_err(archive::Error::io(self.snap.dir())),
+            None => Ok(()),
         }
     }
 

@@ -433,6 +433,7 @@ pub fn manifest(backup_id: i64, entries: Vec<EntryMeta>, compression: Compressio
         configs: vec![],
         skipped: vec![],
         entries,
+        index: None,
         checksums: ChecksumInfo::default(),
     }
 }

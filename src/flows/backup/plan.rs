@@ -33,7 +33,6 @@ pub(super) struct ManifestParts<'a> {
 pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
     let mut mounts = Vec::new();
     let mut configs = Vec::new();
-    let mut entries = Vec::new();
     let mut images_archive = None;
     for (s, scan) in p.plan.iter().zip(p.scans) {
         match &s.role {
@@ -55,7 +54,6 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
                 file_count: scan.file_count,
             }),
         }
-        entries.extend(scan.entries.iter().cloned());
     }
     Manifest {
         format_version: FORMAT_VERSION,
@@ -75,7 +73,9 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
         configs,
         skipped: p.skipped,
         images_archive,
-        entries,
+        // Declared beside it, from the scans (the archive's index).
+        entries: Vec::new(),
+        index: None,
         checksums: ChecksumInfo::default(),
     }
 }
@@ -98,11 +98,11 @@ pub(super) fn estimate(plan: &[Source], excludes: &globset::GlobSet, skip_dirs: 
     let mut estimate: u64 = 0;
     for s in plan {
         if let Origin::Host(root) = &s.origin
-            && let Ok(scan) = archive::scan_host(&s.prefix, root, excludes, skip_dirs)
+            && let Ok((entries, size)) = archive::count_host(root, excludes, skip_dirs)
         {
-            // Headers and the manifest add ~1 KiB per entry; compression usually saves more, but
+            // Headers and the index add ~1 KiB per entry; compression usually saves more, but
             // incompressible data is common (media, already-compressed dumps): assume none.
-            estimate += scan.size + 1024 * scan.entries.len() as u64;
+            estimate += size + 1024 * entries;
         }
     }
     estimate

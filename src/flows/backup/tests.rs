@@ -86,8 +86,8 @@ async fn backup_stops_in_order_archives_everything_and_records_it() {
     let m = archive::read_manifest(&out.path).unwrap();
     assert!(m.services.iter().all(|s| s.keep_tag.is_some()));
     assert_eq!(out.services_stopped.len(), 2);
-    let m = archive::read_manifest(&out.path).unwrap();
-    let names: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    let (m, entries) = read_entries(&out.path);
+    let names: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     assert!(names.contains(&"volumes/shop_data/db.bin") && names.contains(&"volumes/shop_data/empty"));
     assert!(names.contains(&"config/compose.yaml") && names.contains(&"config/.env"));
     assert!(names.iter().any(|n| n.starts_with("binds/") && n.ends_with("uploads/a.txt")));
@@ -137,8 +137,8 @@ async fn a_symlinked_bind_source_is_followed_at_the_root_only() {
     std::os::unix::fs::symlink(&real, &uploads).unwrap();
     std::os::unix::fs::symlink("/etc", real.join("etc-link")).unwrap();
     let out = backup(&f.ctx, &opts(), Arc::new(NoProgress)).await.unwrap();
-    let m = archive::read_manifest(&out.path).unwrap();
-    let bind: Vec<_> = m.entries.iter().filter(|e| e.path.starts_with("binds/")).collect();
+    let (_, entries) = read_entries(&out.path);
+    let bind: Vec<_> = entries.iter().filter(|e| e.path.starts_with("binds/")).collect();
     assert!(bind.iter().any(|e| e.path.ends_with("uploads/a.txt")), "{bind:?}");
     let link = bind.iter().find(|e| e.path.ends_with("uploads/etc-link")).unwrap();
     assert_eq!(link.link_target.as_deref(), Some("/etc"));
@@ -181,9 +181,20 @@ async fn two_phases_archive_exactly_what_one_phase_archives_and_off_removes_the_
 
     let (a, b) = (archive::read_manifest(&again.path).unwrap(), archive::read_manifest(&one.path).unwrap());
     assert_eq!(a.entries, b.entries);
+    assert_eq!(a.index, b.index);
     assert_eq!((&a.mounts, &a.configs, a.services_stopped), (&b.mounts, &b.configs, b.services_stopped));
     for prefix in ["volumes/shop_data", "config/compose.yaml"] {
         assert_eq!(extracted(&again.path, prefix), extracted(&one.path, prefix), "{prefix}");
     }
     assert!(extracted(&again.path, "volumes/shop_data").contains(&("new".into(), Some(b"new".to_vec()))));
+}
+
+fn read_entries(path: &std::path::Path) -> (archive::Manifest, Vec<archive::EntryMeta>) {
+    let mut entries = Vec::new();
+    let m = archive::read_entries(path, |e| {
+        entries.push(e);
+        Ok(())
+    })
+    .unwrap();
+    (m, entries)
 }

@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use super::plan::{ManifestParts, build_manifest};
 use super::{BackupOptions, Pending};
-use crate::archive::manifest::{EntryKind, Manifest, ServiceRecord, Skipped};
+use crate::archive::manifest::{Manifest, ServiceRecord, Skipped};
 use crate::archive::{self, ArchiveWriter, Progress, WriteOptions};
 use crate::catalog::Completed;
 use crate::engine::Engine;
@@ -84,7 +84,9 @@ pub(super) async fn write(
         // The file is read back and verified once the services run again; that pass gives
         // the whole-file digest, so hashing the output while they are down is wasted time.
         hash_output: false,
+        spill_dir: Some(ctx.project.storage_dir.clone()),
     };
+    let spill = ctx.project.storage_dir.clone();
     let written = tokio::task::spawn_blocking(move || -> Result<(archive::WriteSummary, Manifest)> {
         let mut scans = Vec::with_capacity(plan.len());
         let mut roots = Vec::with_capacity(plan.len());
@@ -101,11 +103,14 @@ pub(super) async fn write(
             }
             roots.push(None);
             let scan = match &s.origin {
-                Origin::Host(root) => archive::scan_host(&s.prefix, root, &excludes, &skip_dirs)
-                    .with_context(|| format!("reading {}", root.display()))?,
+                Origin::Host(root) => {
+                    let opts = archive::ScanOpts { spill_dir: Some(&spill), ..Default::default() };
+                    archive::scan_host_with(&s.prefix, root, &excludes, &skip_dirs, opts)
+                        .with_context(|| format!("reading {}", root.display()))?
+                }
                 Origin::Engine { container, path } => {
                     let stream = export(&handle, engine.as_deref(), container, path)?;
-                    archive::scan_tar_stream(&s.prefix, stream)
+                    archive::scan_tar_stream_in(&s.prefix, stream, Some(&spill))
                         .with_context(|| format!("reading {path} through the engine"))?
                 }
             };
@@ -142,7 +147,8 @@ pub(super) async fn write(
             cancel.clone(),
             progress.clone(),
         )?;
-        w.write_manifest(&manifest)?;
+        let lists: Vec<archive::Listing> = scans.iter().map(|s| s.entries.clone()).collect();
+        w.write_manifest(&manifest, &lists)?;
         for ((s, scan), read_root) in plan.iter().zip(&scans).zip(&roots) {
             match &s.origin {
                 Origin::Host(root) => w
@@ -236,7 +242,7 @@ pub(super) async fn seal(
         .with_context(|| format!("renaming {} to {}", temp.display(), final_path.display()))?;
     let dir = final_path.parent().unwrap_or(Path::new("."));
     fsutil::fsync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
-    let file_count = w.manifest.entries.iter().filter(|e| e.kind == EntryKind::File).count() as u64;
+    let file_count = report.manifest.file_count();
     ctx.catalog
         .complete(
             id,

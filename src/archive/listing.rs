@@ -1,0 +1,257 @@
+//! A scan's entries in archive order: held in memory while they are few, spilled to a file past
+//! [`SPILL_AFTER`], so a scan of millions of files costs a file on disk, not memory. Read back
+//! as many times as needed, one entry at a time ([`Entries`]).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::manifest::EntryMeta;
+use super::scan::Stamp;
+use super::{Error, Result};
+
+/// Entries kept in memory before a listing moves to a file.
+pub const SPILL_AFTER: usize = 4096;
+/// Name prefix of spill files: a leftover of a dead process, swept with the others.
+pub const SPILL_PREFIX: &str = ".nuwax-spill-";
+
+/// One listed entry and, for a stamped scan, its source's [`Stamp`].
+pub type Item = (EntryMeta, Option<Stamp>);
+
+/// Declared entries that can be read from the start as often as needed, without holding them.
+pub trait Entries: Send + Sync {
+    fn entries(&self) -> Result<Box<dyn Iterator<Item = Result<EntryMeta>> + Send>>;
+}
+
+impl Entries for Vec<EntryMeta> {
+    fn entries(&self) -> Result<Box<dyn Iterator<Item = Result<EntryMeta>> + Send>> {
+        Ok(Box::new(self.clone().into_iter().map(Ok)))
+    }
+}
+
+impl Entries for Listing {
+    fn entries(&self) -> Result<Box<dyn Iterator<Item = Result<EntryMeta>> + Send>> {
+        Ok(Box::new(self.iter()?.map(|item| item.map(|(entry, _)| entry))))
+    }
+}
+
+/// Several listings, one after the other (the sources of one archive).
+impl Entries for Vec<Listing> {
+    fn entries(&self) -> Result<Box<dyn Iterator<Item = Result<EntryMeta>> + Send>> {
+        let lists = self.to_vec();
+        let mut iters = Vec::with_capacity(lists.len());
+        for list in &lists {
+            iters.push(list.entries()?);
+        }
+        Ok(Box::new(iters.into_iter().flatten()))
+    }
+}
+
+/// A finished listing; clones share it. A spilled one's file is removed with the last clone
+/// (unless the process dies first: then it is a leftover, and a frozen backup's saved state
+/// may point at it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Listing {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    items: Arc<Vec<Item>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<Arc<SpillFile>>,
+    len: u64,
+}
+
+/// A spill file, removed when dropped.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+struct SpillFile {
+    path: PathBuf,
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Listing {
+    /// A listing of `entries`, without stamps, in memory.
+    pub fn from_entries(entries: Vec<EntryMeta>) -> Listing {
+        let len = entries.len() as u64;
+        Listing { items: Arc::new(entries.into_iter().map(|e| (e, None)).collect()), file: None, len }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the entries are in a file.
+    pub fn is_spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Reads the items from the start.
+    pub fn iter(&self) -> Result<ListingIter> {
+        Ok(match &self.file {
+            None => ListingIter::Memory(Arc::clone(&self.items), 0),
+            Some(file) => {
+                let f = File::open(&file.path).map_err(Error::io(&file.path))?;
+                ListingIter::File {
+                    path: file.path.clone(),
+                    reader: BufReader::with_capacity(1 << 16, f),
+                    line: String::new(),
+                }
+            }
+        })
+    }
+
+    /// Every entry in memory: for tests and small listings.
+    pub fn to_vec(&self) -> Result<Vec<EntryMeta>> {
+        self.iter()?.map(|item| item.map(|(entry, _)| entry)).collect()
+    }
+}
+
+/// Items of a [`Listing`], in order.
+pub enum ListingIter {
+    Memory(Arc<Vec<Item>>, usize),
+    File { path: PathBuf, reader: BufReader<File>, line: String },
+}
+
+impl Iterator for ListingIter {
+    type Item = Result<Item>;
+
+    fn next(&mut self) -> Option<Result<Item>> {
+        match self {
+            ListingIter::Memory(items, at) => {
+                let item = items.get(*at).cloned();
+                *at += 1;
+                item.map(Ok)
+            }
+            ListingIter::File { path, reader, line } => {
+                line.clear();
+                match reader.read_line(line) {
+                    Ok(0) => None,
+                    Ok(_) => Some(serde_json::from_str(line).map_err(|e| {
+                        Error::io(&*path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+                    })),
+                    Err(e) => Some(Err(Error::io(&*path)(e))),
+                }
+            }
+        }
+    }
+}
+
+/// Builds a [`Listing`], moving it to a file in `dir` (the system's temp dir when `None`) once
+/// it holds more than [`SPILL_AFTER`] entries.
+pub struct ListingBuilder {
+    dir: Option<PathBuf>,
+    items: Vec<Item>,
+    file: Option<(Arc<SpillFile>, BufWriter<File>)>,
+    len: u64,
+}
+
+impl ListingBuilder {
+    pub fn new(dir: Option<&Path>) -> Self {
+        Self { dir: dir.map(Path::to_path_buf), items: Vec::new(), file: None, len: 0 }
+    }
+
+    pub fn push(&mut self, entry: EntryMeta, stamp: Option<Stamp>) -> Result<()> {
+        self.len += 1;
+        if self.file.is_none() {
+            self.items.push((entry, stamp));
+            if self.items.len() > SPILL_AFTER {
+                self.spill()?;
+            }
+            return Ok(());
+        }
+        self.write(&(entry, stamp))
+    }
+
+    pub fn finish(self) -> Result<Listing> {
+        let Some((spill, mut out)) = self.file else {
+            return Ok(Listing { items: Arc::new(self.items), file: None, len: self.len });
+        };
+        out.flush().map_err(Error::io(&spill.path))?;
+        Ok(Listing { items: Arc::default(), file: Some(spill), len: self.len })
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{SPILL_PREFIX}{}-{n}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Error::io(&path))?;
+        self.file = Some((Arc::new(SpillFile { path }), BufWriter::with_capacity(1 << 16, file)));
+        for item in std::mem::take(&mut self.items) {
+            self.write(&item)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, item: &Item) -> Result<()> {
+        let Some((spill, out)) = &mut self.file else { return Ok(()) };
+        serde_json::to_writer(&mut *out, item)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(Error::io(&spill.path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::EntryKind;
+
+    fn entry(i: usize) -> EntryMeta {
+        EntryMeta {
+            path: format!("vol/f{i:06}"),
+            kind: EntryKind::File,
+            size: i as u64,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            link_target: None,
+        }
+    }
+
+    #[test]
+    fn small_listings_stay_in_memory_and_large_ones_spill_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [0, 3, SPILL_AFTER, SPILL_AFTER + 1, 3 * SPILL_AFTER] {
+            let mut b = ListingBuilder::new(Some(dir.path()));
+            for i in 0..n {
+                b.push(entry(i), None).unwrap();
+            }
+            let list = b.finish().unwrap();
+            assert_eq!(list.len(), n as u64);
+            assert_eq!(list.is_spilled(), n > SPILL_AFTER);
+            // Read twice: each read starts from the beginning.
+            for _ in 0..2 {
+                let read = list.to_vec().unwrap();
+                assert_eq!(read.len(), n);
+                assert!(read.iter().enumerate().all(|(i, e)| *e == entry(i)));
+            }
+            // Saved and loaded (a frozen backup's state), the same entries.
+            let copy: Listing = serde_json::from_slice(&serde_json::to_vec(&list).unwrap()).unwrap();
+            assert_eq!(copy.to_vec().unwrap().len(), n);
+            std::mem::forget(copy);
+        }
+        // The last clone of a spilled listing removes its file.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
