@@ -3,7 +3,7 @@
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -139,5 +139,20 @@ mod tests {
         assert_eq!(human_ms(340), "340 ms");
         assert_eq!(human_ms(1250), "1.2 s");
         assert_eq!(human_ms(125_000), "2 min 5 s");
+    }
+}
+
+/// A file this process made and removes when the value is dropped (a crash leaves it behind,
+/// to be swept or, when saved state points at it, reused). Renaming it away makes the removal
+/// a no-op.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct RemovedOnDrop {
+    pub path: PathBuf,
+}
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }

@@ -311,14 +311,8 @@ fn craft_v2(path: &Path, compression: Compression, declared: Vec<EntryMeta>, mem
     let m = Manifest { index: Some(info), ..manifest(vec![], compression) };
     let manifest = serde_json::to_vec_pretty(&m).unwrap();
     let mut builder = tar::Builder::new(encoder(path, compression));
-    let json = |builder: &mut tar::Builder<_>, name: &str, bytes: &[u8]| {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
-        header.set_size(bytes.len() as u64);
-        builder.append_data(&mut header, name, bytes).unwrap();
-    };
-    json(&mut builder, "manifest.json", &manifest);
-    json(&mut builder, "index.jsonl", &index);
+    json_member(&mut builder, "manifest.json", &manifest);
+    json_member(&mut builder, "index.jsonl", &index);
     let (mut digests, mut count, mut total) = (Vec::new(), 0, 0);
     for (header, bytes) in members {
         if header.entry_type().is_file() {
@@ -330,7 +324,7 @@ fn craft_v2(path: &Path, compression: Compression, declared: Vec<EntryMeta>, mem
         }
         builder.append(&header, bytes.as_slice()).unwrap();
     }
-    json(&mut builder, "checksums.jsonl", &digests);
+    json_member(&mut builder, "checksums.jsonl", &digests);
     let sums = Checksums {
         algorithm: "sha256".into(),
         manifest: hex(&manifest),
@@ -338,8 +332,16 @@ fn craft_v2(path: &Path, compression: Compression, declared: Vec<EntryMeta>, mem
         digests: Some(DigestsInfo { files: count, bytes: digests.len() as u64, sha256: hex(&digests) }),
         ..Checksums::default()
     };
-    json(&mut builder, "checksums.json", &serde_json::to_vec(&sums).unwrap());
+    json_member(&mut builder, "checksums.json", &serde_json::to_vec(&sums).unwrap());
     builder.into_inner().unwrap().flush().unwrap();
+}
+
+/// A nuwax member (manifest, index, digests, trailer): a plain file holding `bytes`.
+fn json_member(builder: &mut tar::Builder<Box<dyn Write>>, name: &str, bytes: &[u8]) {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(bytes.len() as u64);
+    builder.append_data(&mut header, name, bytes).unwrap();
 }
 
 /// [`craft`] with a manifest of the caller's.
@@ -356,13 +358,7 @@ pub(crate) fn craft_manifest(
         manifest: format!("{:x}", Sha256::digest(&manifest)),
         ..Checksums::default()
     };
-    let json = |builder: &mut tar::Builder<_>, name: &str, bytes: &[u8]| {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
-        header.set_size(bytes.len() as u64);
-        builder.append_data(&mut header, name, bytes).unwrap();
-    };
-    json(&mut builder, "manifest.json", &manifest);
+    json_member(&mut builder, "manifest.json", &manifest);
     for (header, data) in members {
         match data {
             Data::Bytes(bytes) => {
@@ -376,7 +372,7 @@ pub(crate) fn craft_manifest(
             Data::Stream(stream) => builder.append(&header, stream).unwrap(),
         }
     }
-    json(&mut builder, "checksums.json", &serde_json::to_vec(&sums).unwrap());
+    json_member(&mut builder, "checksums.json", &serde_json::to_vec(&sums).unwrap());
     builder.into_inner().unwrap().flush().unwrap();
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::manifest::EntryMeta;
 use super::scan::Stamp;
 use super::{Error, Result};
+use crate::fsutil::RemovedOnDrop;
 
 /// Entries kept in memory before a listing moves to a file.
 pub const SPILL_AFTER: usize = 4096;
@@ -60,21 +61,8 @@ pub struct Listing {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     items: Arc<Vec<Item>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    file: Option<Arc<SpillFile>>,
+    file: Option<Arc<RemovedOnDrop>>,
     len: u64,
-}
-
-/// A spill file, removed when dropped.
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-struct SpillFile {
-    path: PathBuf,
-}
-
-impl Drop for SpillFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 impl Listing {
@@ -153,7 +141,7 @@ impl Iterator for ListingIter {
 pub struct ListingBuilder {
     dir: Option<PathBuf>,
     items: Vec<Item>,
-    file: Option<(Arc<SpillFile>, BufWriter<File>)>,
+    file: Option<(Arc<RemovedOnDrop>, BufWriter<File>)>,
     len: u64,
 }
 
@@ -194,7 +182,7 @@ impl ListingBuilder {
             .mode(0o600)
             .open(&path)
             .map_err(Error::io(&path))?;
-        self.file = Some((Arc::new(SpillFile { path }), BufWriter::with_capacity(1 << 16, file)));
+        self.file = Some((Arc::new(RemovedOnDrop { path }), BufWriter::with_capacity(1 << 16, file)));
         for item in std::mem::take(&mut self.items) {
             self.write(&item)?;
         }

@@ -112,9 +112,8 @@ pub(super) trait Visitor {
         Ok(())
     }
 
-    /// An entry whose header matched its declaration (format 1) or made it (format 2; the
-    /// walk fails at the end if the lines they make are not the declared ones), before its
-    /// content.
+    /// A declared entry whose header matched its declaration (so its size is the declared
+    /// one), before its content.
     fn start(&mut self, _decl: &EntryMeta) -> Result<()> {
         Ok(())
     }
@@ -242,8 +241,8 @@ impl Pass<'_> {
     }
 
     /// Format 2: `index.jsonl` is read line by line (each declaration shown to the visitor
-    /// before any data), then every entry's header makes its line again: the digest of those
-    /// lines must be the index's. Likewise the digests of the files must make
+    /// before any data), then every entry is held to its declaration, read again by a second
+    /// reader of the file ([`Declarations`]). The digests of the files must make
     /// `checksums.jsonl`, whose digest the trailer holds.
     fn v2<R: Read>(
         &self,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use serde::{Deserialize, Serialize};
 
 use super::Record;
-use crate::fsutil;
+use crate::fsutil::{self, RemovedOnDrop};
 
 /// The committed index, in the snapshot's directory.
 pub(super) const COMMITTED: &str = "index.jsonl";
@@ -28,23 +28,10 @@ const WORKING_SUFFIX: &str = ".work.jsonl";
 /// Records of the mirrored files, per source prefix. Empty: nothing is proven current.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Index {
-    file: Option<Arc<IndexFile>>,
+    /// Removed with the last clone, unless committed (renamed into place) first.
+    file: Option<Arc<RemovedOnDrop>>,
     /// Per source prefix: byte offset of its first record and how many there are.
     sections: BTreeMap<String, (u64, u64)>,
-}
-
-/// An index file, removed when the last [`Index`] holding it is dropped (unless committed,
-/// which renamed it).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(transparent)]
-struct IndexFile {
-    path: PathBuf,
-}
-
-impl Drop for IndexFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// One line of the file: a section's start (an object), or a record of it (an array). Not an
@@ -108,7 +95,7 @@ impl Index {
                 }
             }
         }
-        Ok(Index { file: Some(Arc::new(IndexFile { path })), sections })
+        Ok(Index { file: Some(Arc::new(RemovedOnDrop { path })), sections })
     }
 
     /// The records of source `prefix`, in scan order.
@@ -204,7 +191,7 @@ impl Cursor {
 /// The new index a pass writes, one source after another (its file goes if it is dropped
 /// unfinished).
 pub(crate) struct Writer {
-    file: Arc<IndexFile>,
+    file: Arc<RemovedOnDrop>,
     out: BufWriter<File>,
     offset: u64,
     sections: BTreeMap<String, (u64, u64)>,
@@ -216,7 +203,7 @@ impl Writer {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
         Ok(Writer {
-            file: Arc::new(IndexFile { path }),
+            file: Arc::new(RemovedOnDrop { path }),
             out: BufWriter::with_capacity(1 << 16, file),
             offset: 0,
             sections: BTreeMap::new(),
