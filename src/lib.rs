@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod cli;
+pub mod database;
 pub mod engine;
 pub mod error;
 pub mod faults;

@@ -55,6 +55,9 @@ pub struct Settings {
     /// group of services linked by `depends_on` or a shared mount in turn.
     #[serde(default)]
     pub stop: StopMode,
+    /// `[services.NAME]`: what the operator says about a service (its database, SQLite files).
+    #[serde(default)]
+    pub services: BTreeMap<String, crate::database::ServiceSettings>,
 }
 
 /// `stop` in nuwax.toml.

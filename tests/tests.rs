@@ -12,5 +12,6 @@ mod lifecycle;
 mod package;
 mod regression;
 mod rollback;
+mod site;
 mod twophase;
 mod upgrade;

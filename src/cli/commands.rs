@@ -234,6 +234,9 @@ async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     };
     let last = ctx.catalog.last_complete(&ctx.project.name).await?;
     let unfinished = ctx.catalog.unfinished(&ctx.project.name).await?;
+    let databases =
+        crate::database::detect(containers.as_deref().unwrap_or_default(), &ctx.project.settings.services)
+            .map_err(|e| format!("{e:#}"));
     let holder = match ProjectLock::try_acquire(&ctx.project.state_dir) {
         Ok(_) => None,
         Err(e) => Some(format!("{e}")),
@@ -251,6 +254,7 @@ async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
             last_upgrade: ctx.catalog.upgrades(&ctx.project.name).await?.into_iter().next(),
             unfinished,
             running_operation: holder,
+            databases,
         },
     );
     Ok(())

@@ -407,6 +407,8 @@ pub struct Status<'a> {
     pub last_upgrade: Option<crate::catalog::UpgradeRecord>,
     pub unfinished: Vec<Operation>,
     pub running_operation: Option<String>,
+    /// The databases the services run (or why they could not be told).
+    pub databases: Result<Vec<crate::database::Found>, String>,
 }
 
 pub fn status(cli: &Cli, s: &Status<'_>) {
@@ -424,6 +426,7 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
             "compose_error": s.compose.as_ref().err().map(ToString::to_string), "engine": s.info.as_ref().map(|i| json!({"host": i.host, "version": i.version, "api_version": i.api_version})),
             "engine_error": s.engine, "services": services, "last_backup": s.last, "unfinished_operations": s.unfinished,
             "running_operation": s.running_operation, "storage_dir": p.storage_dir,
+            "databases": s.databases.as_ref().ok(), "databases_error": s.databases.as_ref().err(),
         });
         outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
@@ -462,7 +465,7 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
     }
     match &s.containers {
         Some(cs) if !cs.is_empty() => {
-            let mut t = table(&["service", "container", "state", "health", "image"]);
+            let mut t = table(&["service", "container", "state", "health", "image", "database"]);
             for c in cs {
                 t.add_row(vec![
                     c.service.clone(),
@@ -470,13 +473,30 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
                     format!("{:?}", c.state).to_lowercase(),
                     c.health.map(|h| format!("{h:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
                     c.image.clone(),
+                    database_cell(s.databases.as_ref().ok(), &c.service),
                 ]);
             }
             outln!("{t}");
+            if let Err(e) = &s.databases {
+                outln!("databases  cannot tell: {e}");
+            }
         }
         Some(_) => outln!("no containers of this project (compose up has not run?)"),
         None => {}
     }
+}
+
+/// "postgres (command)", "sqlite: /data/app.db (nuwax.toml)", or "-".
+fn database_cell(found: Option<&Vec<crate::database::Found>>, service: &str) -> String {
+    let Some(f) = found.into_iter().flatten().find(|f| f.service == service) else { return "-".into() };
+    let mut parts: Vec<String> = f.kind.map(|k| k.as_str().to_string()).into_iter().collect();
+    parts.extend(f.sqlite.iter().map(|p| format!("sqlite {p}")));
+    let said = match f.said {
+        crate::database::Said::Command => "command",
+        crate::database::Said::Settings => "nuwax.toml",
+        crate::database::Said::Label => "label",
+    };
+    format!("{} ({said})", parts.join(", "))
 }
 
 pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in this compose project. Every key is optional.
@@ -548,4 +568,12 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # keep_within = "2d"
 # [retention.kinds.manual]
 # keep_last = 20
+
+# What a service runs, when its command does not tell (`nuwax status` shows what nuwax found in
+# the `database` column). database: "postgres", "mariadb", "mysql", "redis" or "none"; sqlite:
+# SQLite files, as paths inside the container. The label nuwax.database=NAME says the same.
+# [services.db]
+# database = "postgres"
+# [services.app]
+# sqlite = ["/data/app.db"]
 "#;

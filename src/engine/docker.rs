@@ -94,7 +94,15 @@ impl Engine for DockerEngine {
             .await
             .map_err(api("inspect container", id))?;
         let config = r.config.unwrap_or_default();
-        let labels = config.labels.unwrap_or_default();
+        let labels = config.labels.clone().unwrap_or_default();
+        let command: Vec<String> =
+            r.path.clone().into_iter().chain(r.args.clone().unwrap_or_default()).collect();
+        let env_names: BTreeSet<String> = config
+            .env
+            .iter()
+            .flatten()
+            .map(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k).to_string())
+            .collect();
         let st = r.state.unwrap_or_default();
         let exit_code = st.exit_code;
         let state = match st.status {
@@ -151,6 +159,9 @@ impl Engine for DockerEngine {
             image_id: r.image.unwrap_or_default(),
             mounts,
             depends_on,
+            command,
+            env_names,
+            labels: labels.clone().into_iter().collect(),
             stop_timeout: config.stop_timeout.and_then(|t| u64::try_from(t).ok()),
             restart_count: r.restart_count.unwrap_or(0),
             exit_code,
@@ -361,5 +372,87 @@ impl Engine for DockerEngine {
         }
         let inspected = self.docker.inspect_exec(&created.id).await.map_err(api("exec", id))?;
         Ok(ExecOutput { exit_code: inspected.exit_code.unwrap_or(-1), output })
+    }
+
+    async fn exec_stream(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecStream> {
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd.to_vec()),
+            user: user.map(str::to_string),
+            ..Default::default()
+        };
+        let target = format!("{id}: {}", cmd.first().map(String::as_str).unwrap_or_default());
+        let created = self.docker.create_exec(id, config).await.map_err(api("exec", &target))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(StartExecOptions { detach: false, ..Default::default() }))
+            .await
+            .map_err(api("exec", &target))?;
+        let StartExecResults::Attached { output: mut stream, .. } = started else {
+            return Err(EngineError::Api { op: "exec", target, detail: "the engine did not attach".into() });
+        };
+        // A few chunks in flight: when nobody reads, the pump stops polling the engine, whose
+        // connection then fills and the command blocks on its stdout.
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<ExecEnd>>();
+        let docker = self.docker.clone();
+        let exec_id = created.id.clone();
+        tokio::spawn(async move {
+            let mut stderr: Vec<u8> = Vec::new();
+            let mut failed: Option<EngineError> = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(bollard::container::LogOutput::StdOut { message }) => {
+                        if tx.send(Ok(message)).await.is_err() {
+                            // The reader gave up: stop pumping; the command gets EPIPE.
+                            break;
+                        }
+                    }
+                    Ok(bollard::container::LogOutput::StdErr { message }) => {
+                        stderr.extend_from_slice(&message);
+                        if stderr.len() > 2 * STDERR_KEPT {
+                            stderr.drain(..stderr.len() - STDERR_KEPT);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        failed = Some(EngineError::Api {
+                            op: "exec",
+                            target: target.clone(),
+                            detail: e.to_string(),
+                        });
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let end = match failed {
+                Some(e) => Err(e),
+                None => docker.inspect_exec(&exec_id).await.map_err(api("exec", &target)).map(|i| {
+                    let from = stderr.len().saturating_sub(STDERR_KEPT);
+                    ExecEnd {
+                        exit_code: i.exit_code.unwrap_or(-1),
+                        stderr: String::from_utf8_lossy(&stderr[from..]).into_owned(),
+                    }
+                }),
+            };
+            let _ = done_tx.send(end);
+        });
+        let stdout =
+            tokio_util::io::StreamReader::new(futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| (chunk, rx))
+            }));
+        let ended = Box::pin(async move {
+            done_rx.await.unwrap_or_else(|_| {
+                Err(EngineError::Api {
+                    op: "exec",
+                    target: "stream".into(),
+                    detail: "the exec pump ended early".into(),
+                })
+            })
+        });
+        Ok(ExecStream { stdout: Box::pin(stdout), ended })
     }
 }

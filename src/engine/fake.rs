@@ -22,6 +22,7 @@ struct Inner {
     calls: Vec<String>,
     fail_start: BTreeSet<String>,
     exec_exit: BTreeMap<String, i64>,
+    exec_stdout: BTreeMap<String, Vec<u8>>,
     tags: BTreeMap<String, String>,
 }
 
@@ -48,6 +49,9 @@ impl FakeEngine {
             ips: Vec::new(),
             exit_code: None,
             restart_policy: None,
+            command: vec![service.to_string()],
+            env_names: BTreeSet::new(),
+            labels: BTreeMap::new(),
         }
     }
 
@@ -74,6 +78,11 @@ impl FakeEngine {
     }
 
     /// Makes `exec` in the service's containers end with `code`.
+    /// What a streamed exec in `service` writes to stdout.
+    pub fn set_exec_stdout(&self, service: &str, bytes: &[u8]) {
+        self.inner.lock().unwrap().exec_stdout.insert(service.to_string(), bytes.to_vec());
+    }
+
     pub fn exec_exit(&self, service: &str, code: i64) {
         self.inner.lock().unwrap().exec_exit.insert(service.to_string(), code);
     }
@@ -269,6 +278,22 @@ impl Engine for FakeEngine {
         })?;
         let exit_code = self.inner.lock().unwrap().exec_exit.get(&service).copied().unwrap_or(0);
         Ok(ExecOutput { exit_code, output: String::new() })
+    }
+
+    /// Streams what [`FakeEngine::set_exec_stdout`] set for the service (else nothing), and
+    /// ends with the exit code `exec` would.
+    async fn exec_stream(&self, id: &str, cmd: &[String], _user: Option<&str>) -> Result<ExecStream> {
+        let service = self.with(id, |c, calls, _| {
+            calls.push(format!("exec {} {}", c.service, cmd.join(" ")));
+            c.service.clone()
+        })?;
+        let inner = self.inner.lock().unwrap();
+        let exit_code = inner.exec_exit.get(&service).copied().unwrap_or(0);
+        let stdout = inner.exec_stdout.get(&service).cloned().unwrap_or_default();
+        Ok(ExecStream {
+            stdout: Box::pin(std::io::Cursor::new(stdout)),
+            ended: Box::pin(async move { Ok(ExecEnd { exit_code, stderr: String::new() }) }),
+        })
     }
 }
 

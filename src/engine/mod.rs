@@ -101,6 +101,12 @@ pub struct Container {
     pub exit_code: Option<i64>,
     /// `no`, `always`, `unless-stopped`, `on-failure` (from its host config).
     pub restart_policy: Option<String>,
+    /// The process it runs: entrypoint and command as the engine resolved them (`Path` + `Args`).
+    pub command: Vec<String>,
+    /// The names of its environment variables (never their values: they hold passwords).
+    pub env_names: BTreeSet<String>,
+    /// Its labels (compose's and the operator's, e.g. `nuwax.backup`).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Container {
@@ -148,6 +154,25 @@ pub struct ExecOutput {
 /// A tar stream of a path inside a container (the engine's archive API).
 pub type TarStream = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 
+/// How a command run by [`Engine::exec_stream`] ended.
+#[derive(Debug, Clone)]
+pub struct ExecEnd {
+    pub exit_code: i64,
+    /// The end of its stderr (at most [`STDERR_KEPT`] bytes), for the error message.
+    pub stderr: String,
+}
+
+/// How much of a streamed command's stderr is kept.
+pub const STDERR_KEPT: usize = 16 * 1024;
+
+/// A command running in a container: its stdout, read as it comes (the command waits while
+/// nobody reads: the engine's connection carries the backpressure), then how it ended.
+pub struct ExecStream {
+    pub stdout: TarStream,
+    /// Resolves once stdout is done: the exit code and the end of stderr.
+    pub ended: Pin<Box<dyn std::future::Future<Output = Result<ExecEnd>> + Send>>,
+}
+
 #[async_trait]
 pub trait Engine: Send + Sync {
     async fn info(&self) -> Result<EngineInfo>;
@@ -186,6 +211,8 @@ pub trait Engine: Send + Sync {
     async fn upload(&self, id: &str, path: &str, tar: &Path) -> Result<()>;
     /// Runs `cmd` in the running container `id` and waits for it to end.
     async fn exec(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecOutput>;
+    /// Starts `cmd` in the running container `id` and hands over its stdout as a stream.
+    async fn exec_stream(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecStream>;
 }
 
 /// The tag nuwax puts on each service's image when a backup is made, so that pruning cannot

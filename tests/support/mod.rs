@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod site;
 pub mod tree;
 
 use std::io::Write;
@@ -107,6 +108,32 @@ pub fn remove_images(tags: &[&str], force: bool) -> Vec<bool> {
         .collect()
 }
 
+/// (service, "state/health") for each container of compose project `project`.
+pub fn states(project: &str) -> Vec<(String, String)> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={project}")])
+        .output()
+        .unwrap();
+    let ids: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new("docker")
+        .arg("inspect")
+        .arg("--format")
+        .arg(r#"{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}"#)
+        .args(&ids)
+        .output()
+        .unwrap();
+    let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .collect();
+    v.sort();
+    v
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique, compose-valid name for this test.
@@ -173,28 +200,7 @@ impl Demo {
 
     /// (service, "state/health") for each container of the project.
     pub fn states(&self) -> Vec<(String, String)> {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={}", self.name)])
-            .output()
-            .unwrap();
-        let ids: Vec<String> =
-            String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
-        if ids.is_empty() {
-            return Vec::new();
-        }
-        let out = Command::new("docker")
-            .arg("inspect")
-            .arg("--format")
-            .arg(r#"{{index .Config.Labels "com.docker.compose.service"}} {{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}"#)
-            .args(&ids)
-            .output()
-            .unwrap();
-        let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
-            .collect();
-        v.sort();
-        v
+        states(&self.name)
     }
 
     /// Each service's container id and when it last started: unchanged means never stopped.

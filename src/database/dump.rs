@@ -1,0 +1,266 @@
+//! Dumps taken inside the database's own container, through the engine's exec API: no client on
+//! the host, no temp file. A dump is started, held until the server has fixed the moment it
+//! dumps ([`Started`]: the tool's transaction snapshot is taken), and then read as a stream
+//! while everything else runs again.
+//!
+//! - PostgreSQL: `pg_dump -Fc -Z0` per database (each consistent in its own snapshot; all of them
+//!   started while the writers are stopped, so they hold one moment), and `pg_dumpall
+//!   --globals-only` for roles and tablespaces. `-Z0`: the archive compresses.
+//! - MariaDB / MySQL: `mariadb-dump` (`mysqldump`) `--single-transaction --all-databases
+//!   --routines --events --triggers`.
+//!
+//! Commands run through `sh -c` so that they take the user from the container's own environment
+//! (`POSTGRES_USER`): nuwax never reads or passes a password.
+
+use tokio::io::AsyncReadExt;
+
+use super::Kind;
+use crate::engine::{Engine, ExecEnd, ExecStream};
+
+/// When a started dump has fixed its moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// At its first byte: `pg_dump` writes nothing before its snapshot, tables locked, is taken
+    /// (the custom format's header is written once the catalog was read in it).
+    FirstByte,
+    /// Once its output holds this text: `mariadb-dump` writes a header before it starts its
+    /// transaction, and the first database's section only after.
+    Marker(&'static str),
+    /// When it has ended (small dumps taken whole inside the stop: roles).
+    End,
+}
+
+/// One dump a backup takes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Spec {
+    pub service: String,
+    /// The container it runs in.
+    pub container: String,
+    pub kind: Kind,
+    /// Its name in the archive, under `databases/`: `<service>/<file>`.
+    pub name: String,
+    /// The database it holds (`None`: all of them, or the server's globals).
+    pub database: Option<String>,
+    /// `pg_dump-custom`, `sql`.
+    pub format: String,
+    pub cmd: Vec<String>,
+}
+
+impl Spec {
+    pub fn ready(&self) -> Ready {
+        match (self.kind, self.format.as_str()) {
+            (Kind::Postgres, "pg_dump-custom") => Ready::FirstByte,
+            (Kind::Postgres, _) => Ready::End,
+            _ => Ready::Marker("\n-- Current Database: "),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("{service}: {what}: {detail}")]
+    Failed { service: String, what: String, detail: String },
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("{service}: reading the dump: {source}")]
+    Io { service: String, source: std::io::Error },
+}
+
+fn sh(script: String) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// `'s'` for a shell.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+const PG_USER: &str = "\"${POSTGRES_USER:-postgres}\"";
+
+/// Runs `script` in the container and returns its stdout; a non-zero exit is an error with the
+/// command's own message.
+async fn query(
+    engine: &dyn Engine,
+    container: &str,
+    service: &str,
+    what: &str,
+    script: String,
+) -> Result<String, DumpError> {
+    let out = engine.exec(container, &sh(script), None).await?;
+    if out.exit_code != 0 {
+        return Err(DumpError::Failed {
+            service: service.into(),
+            what: what.into(),
+            detail: format!("exit {}: {}", out.exit_code, out.output.trim()),
+        });
+    }
+    Ok(out.output)
+}
+
+/// The server's version and the dump tool's, as they report them.
+pub async fn versions(
+    engine: &dyn Engine,
+    container: &str,
+    service: &str,
+    kind: Kind,
+) -> Result<(String, String), DumpError> {
+    let (server, tool) = match kind {
+        Kind::Postgres => (
+            format!("psql -U {PG_USER} -d postgres -qAtX -c 'SHOW server_version'"),
+            "pg_dump --version".to_string(),
+        ),
+        Kind::Mariadb | Kind::Mysql => (
+            "mariadb -N -e 'SELECT version()' 2>/dev/null || mysql -N -e 'SELECT version()'".to_string(),
+            "mariadb-dump --version 2>/dev/null || mysqldump --version".to_string(),
+        ),
+        Kind::Redis => {
+            return Err(DumpError::Failed {
+                service: service.into(),
+                what: "dump".into(),
+                detail: "nuwax cannot dump Redis yet; its data is copied while it is stopped".into(),
+            });
+        }
+    };
+    let server = query(engine, container, service, "asking the server's version", server).await?;
+    let tool = query(engine, container, service, "asking the dump tool's version", tool).await?;
+    Ok((server.trim().to_string(), tool.trim().to_string()))
+}
+
+/// The dumps of one server: what to run for each, in the order they go into the archive.
+pub async fn plan(
+    engine: &dyn Engine,
+    container: &str,
+    service: &str,
+    kind: Kind,
+) -> Result<Vec<Spec>, DumpError> {
+    let spec = |name: String, database: Option<String>, format: &str, script: String| Spec {
+        service: service.to_string(),
+        container: container.to_string(),
+        kind,
+        name: format!("{service}/{name}"),
+        database,
+        format: format.to_string(),
+        cmd: sh(script),
+    };
+    match kind {
+        Kind::Postgres => {
+            let list = query(
+                engine,
+                container,
+                service,
+                "listing its databases",
+                format!(
+                    "psql -U {PG_USER} -d postgres -qAtX -c \
+                     'SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname'"
+                ),
+            )
+            .await?;
+            let mut out = vec![spec(
+                "globals.sql".into(),
+                None,
+                "sql",
+                format!("exec pg_dumpall -U {PG_USER} --globals-only"),
+            )];
+            for db in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                out.push(spec(
+                    format!("{}.pgdump", file_safe(db)),
+                    Some(db.to_string()),
+                    "pg_dump-custom",
+                    format!("exec pg_dump -U {PG_USER} -Fc -Z0 -d {}", quote(db)),
+                ));
+            }
+            Ok(out)
+        }
+        Kind::Mariadb | Kind::Mysql => Ok(vec![spec(
+            "all-databases.sql".into(),
+            None,
+            "sql",
+            "if command -v mariadb-dump >/dev/null; then d=mariadb-dump; else d=mysqldump; fi; \
+             exec \"$d\" --single-transaction --all-databases --routines --events --triggers \
+             --hex-blob --default-character-set=utf8mb4"
+                .to_string(),
+        )]),
+        Kind::Redis => Err(DumpError::Failed {
+            service: service.into(),
+            what: "dump".into(),
+            detail: "nuwax cannot dump Redis yet; its data is copied while it is stopped".into(),
+        }),
+    }
+}
+
+/// A database name as a file name: what is not `[A-Za-z0-9._-]` becomes `%XX`.
+pub fn file_safe(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    match out.strip_prefix('.') {
+        Some(rest) => format!("%2E{rest}"),
+        None => out,
+    }
+}
+
+/// A dump that has fixed its moment: the bytes read while waiting for that, and the rest of
+/// its stdout, not yet read (the tool waits on its pipe until it is).
+pub struct Started {
+    pub spec: Spec,
+    pub head: Vec<u8>,
+    pub stream: ExecStream,
+    /// It ended while being started ([`Ready::End`], or a small dump).
+    pub eof: bool,
+}
+
+/// Starts `spec` and reads until it has fixed its moment (see [`Ready`]).
+pub async fn start(engine: &dyn Engine, spec: Spec) -> Result<Started, DumpError> {
+    let mut stream = engine.exec_stream(&spec.container, &spec.cmd, None).await?;
+    let ready = spec.ready();
+    let mut head: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut eof = false;
+    loop {
+        let n = stream
+            .stdout
+            .read(&mut buf)
+            .await
+            .map_err(|source| DumpError::Io { service: spec.service.clone(), source })?;
+        if n == 0 {
+            eof = true;
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+        let done = match ready {
+            Ready::FirstByte => true,
+            Ready::Marker(m) => memchr_find(&head, m.as_bytes()),
+            Ready::End => false,
+        };
+        if done {
+            break;
+        }
+    }
+    Ok(Started { spec, head, stream, eof })
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Checks how a dump ended once its stdout is read: a non-zero exit is the tool's error.
+pub async fn finish(spec: &Spec, ended: ExecEnd) -> Result<ExecEnd, DumpError> {
+    if ended.exit_code != 0 {
+        let detail = ended.stderr.trim();
+        return Err(DumpError::Failed {
+            service: spec.service.clone(),
+            what: format!("dumping {}", spec.name),
+            detail: format!(
+                "exit {}{}",
+                ended.exit_code,
+                if detail.is_empty() { String::new() } else { format!(": {detail}") }
+            ),
+        });
+    }
+    Ok(ended)
+}

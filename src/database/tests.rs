@@ -1,0 +1,101 @@
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::engine::fake::FakeEngine;
+
+fn container(service: &str, command: &[&str], env: &[&str], image: &str) -> Container {
+    Container {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        env_names: env.iter().map(|s| s.to_string()).collect(),
+        image: image.to_string(),
+        ..FakeEngine::container(service)
+    }
+}
+
+fn kinds(found: &[Found]) -> Vec<(String, Option<Kind>)> {
+    found.iter().map(|f| (f.service.clone(), f.kind)).collect()
+}
+
+#[test]
+fn the_official_images_commands_tell_their_server() {
+    let cs = [
+        container(
+            "pg",
+            &["docker-entrypoint.sh", "postgres"],
+            &["PGDATA", "POSTGRES_PASSWORD"],
+            "postgres:15",
+        ),
+        container("pg2", &["/usr/local/bin/docker-entrypoint.sh", "postgres", "-c", "fsync=on"], &[], "x"),
+        container("gosu", &["gosu", "postgres", "postgres"], &[], "x"),
+        container("maria", &["docker-entrypoint.sh", "mariadbd"], &["MARIADB_ROOT_PASSWORD"], "mariadb:11"),
+        container("oldmaria", &["docker-entrypoint.sh", "mysqld"], &["MARIADB_VERSION"], "mariadb:10.3"),
+        container("mysql", &["docker-entrypoint.sh", "mysqld"], &["MYSQL_ROOT_PASSWORD"], "mysql:8"),
+        container("cache", &["docker-entrypoint.sh", "redis-server", "--appendonly", "yes"], &[], "redis:7"),
+    ];
+    let found = detect(&cs, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        kinds(&found),
+        vec![
+            ("cache".into(), Some(Kind::Redis)),
+            ("gosu".into(), Some(Kind::Postgres)),
+            ("maria".into(), Some(Kind::Mariadb)),
+            ("mysql".into(), Some(Kind::Mysql)),
+            ("oldmaria".into(), Some(Kind::Mariadb)),
+            ("pg".into(), Some(Kind::Postgres)),
+            ("pg2".into(), Some(Kind::Postgres)),
+        ]
+    );
+    assert!(found.iter().all(|f| f.said == Said::Command));
+    assert_eq!(found[5].evidence, "command `docker-entrypoint.sh postgres`");
+}
+
+#[test]
+fn clients_and_apps_in_a_database_image_are_not_servers() {
+    // The site's app runs in the PostgreSQL image with the image's environment: its command
+    // is what counts.
+    let cs = [
+        container("app", &["/app/run", "app"], &["PGDATA", "PG_MAJOR"], "nuwax-postgres:15"),
+        container("backup", &["pg_dump", "-U", "postgres", "-h", "db"], &[], "postgres:15"),
+        container("web", &["nginx", "-g", "daemon off;"], &[], "nginx"),
+    ];
+    assert_eq!(detect(&cs, &BTreeMap::new()).unwrap(), Vec::<Found>::new());
+}
+
+#[test]
+fn settings_and_labels_say_what_the_command_does_not() {
+    let mut labelled = container("custom", &["/start.sh"], &[], "acme/db");
+    labelled.labels.insert(LABEL_DATABASE.into(), "postgresql".into());
+    let mut denied = container("notdb", &["postgres"], &[], "x");
+    denied.labels.insert(LABEL_DATABASE.into(), "none".into());
+    let cs =
+        [labelled, denied, container("app", &["/srv/app"], &[], "x"), container("m", &["/run.sh"], &[], "x")];
+    let mut settings = BTreeMap::new();
+    settings
+        .insert("app".to_string(), ServiceSettings { database: None, sqlite: vec!["/data/app.db".into()] });
+    settings.insert("m".to_string(), ServiceSettings { database: Some("MariaDB".into()), sqlite: vec![] });
+    let found = detect(&cs, &settings).unwrap();
+    assert_eq!(
+        kinds(&found),
+        vec![
+            ("app".into(), None),
+            ("custom".into(), Some(Kind::Postgres)),
+            ("m".into(), Some(Kind::Mariadb))
+        ]
+    );
+    assert_eq!(found[0].sqlite, vec!["/data/app.db".to_string()]);
+    assert_eq!(found[1].said, Said::Label);
+    assert_eq!(found[2].said, Said::Settings);
+    assert_eq!(found[2].evidence, "nuwax.toml: services.m.database = \"MariaDB\"");
+}
+
+#[test]
+fn a_wrong_setting_is_an_error_that_names_it() {
+    let cs = [container("db", &["/x"], &[], "x")];
+    let mut settings = BTreeMap::new();
+    settings.insert("db".to_string(), ServiceSettings { database: Some("oracle".into()), sqlite: vec![] });
+    let err = detect(&cs, &settings).unwrap_err().to_string();
+    assert!(err.contains("services.db.database") && err.contains("oracle"), "{err}");
+    settings.insert("db".to_string(), ServiceSettings { database: None, sqlite: vec!["app.db".into()] });
+    let err = detect(&cs, &settings).unwrap_err().to_string();
+    assert!(err.contains("services.db.sqlite") && err.contains("absolute"), "{err}");
+}

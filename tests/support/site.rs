@@ -1,0 +1,127 @@
+//! The site stack (`compose/site`: PostgreSQL, MariaDB and two apps writing to them) under its
+//! own compose project name and temp dir, torn down (`down -v`, nuwax's keep tags) even when the
+//! test fails. Its database images are built once per machine by `compose/images/build` and
+//! reused by tag; tests never remove them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::{ComposeCli, ImageLock, copy_dir, remove_images, repo, unique};
+
+/// Builds (or finds up to date) the bookworm database images, once per test process, under the
+/// image lock. Panics with the script's output when it fails.
+pub fn database_images() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = BUILT.get_or_init(|| {
+        let _lock = ImageLock::acquire();
+        let out = Command::new(repo().join("compose/images/build")).stdin(Stdio::null()).output().unwrap();
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        }
+    });
+    if let Err(e) = r {
+        panic!("compose/images/build failed:\n{e}");
+    }
+}
+
+pub struct Site {
+    pub name: String,
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+    pub compose: ComposeCli,
+}
+
+impl Site {
+    pub fn new(compose: ComposeCli) -> Site {
+        database_images();
+        let name = unique("nxs");
+        let tmp = tempfile::Builder::new().prefix("nuwax-test-").tempdir().unwrap();
+        let dir = tmp.path().join(&name);
+        copy_dir(&repo().join("compose/site"), &dir);
+        for junk in ["backups", ".nuwax", "uploads/last-tick"] {
+            let _ = std::fs::remove_dir_all(dir.join(junk));
+            let _ = std::fs::remove_file(dir.join(junk));
+        }
+        Site { name, dir, _tmp: tmp, compose }
+    }
+
+    pub fn compose(&self, args: &[&str]) -> Output {
+        self.compose.command(&self.dir, &self.name, &[], args).output().unwrap()
+    }
+
+    /// `up -d` and wait until every service is healthy.
+    pub fn up(&self) {
+        let out = self.compose(&["up", "-d"]);
+        assert!(out.status.success(), "compose up: {}", String::from_utf8_lossy(&out.stderr));
+        self.wait_healthy(&["db", "app", "maria", "shop"]);
+    }
+
+    pub fn wait_healthy(&self, services: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let states = super::states(&self.name);
+            if services.iter().all(|s| states.iter().any(|(svc, st)| svc == s && st == "running/healthy")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "site services not healthy in time: {states:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `psql -At` in the db container; the output, trimmed.
+    pub fn psql(&self, sql: &str) -> String {
+        self.exec("db", &["psql", "-U", "postgres", "-d", "site", "-qAtX", "-c", sql])
+    }
+
+    /// `mariadb -N` in the maria container; the output, trimmed.
+    pub fn mariadb(&self, sql: &str) -> String {
+        self.exec("maria", &["mariadb", "-N", "shop", "-e", sql])
+    }
+
+    pub fn exec(&self, service: &str, cmd: &[&str]) -> String {
+        let out = self.compose(&[&["exec", "-T", service][..], cmd].concat());
+        assert!(out.status.success(), "exec {cmd:?} in {service}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The id of the service's container.
+    pub fn container_id(&self, service: &str) -> String {
+        let out = self.compose(&["ps", "-q", service]);
+        assert!(out.status.success(), "ps -q {service}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The `nuwax` binary pointed at this project.
+    pub fn nuwax(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_nuwax"));
+        c.arg("--project-dir")
+            .arg(&self.dir)
+            .env_remove("NUWAX_STORAGE_DIR")
+            .env_remove("NUWAX_STATE_DIR")
+            .env("COMPOSE_PROJECT_NAME", &self.name)
+            .env("NUWAX_LOG", "nuwax=info")
+            .env("NUWAX_COMPOSE", if self.compose.major == 1 { "v1" } else { "v2" })
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.nuwax().args(args).output().unwrap()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--remove-orphans", "--timeout", "5"]);
+        let kept = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &format!("nuwax-keep/{}-*", self.name)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        remove_images(&kept.split_whitespace().collect::<Vec<_>>(), false);
+    }
+}
