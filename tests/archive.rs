@@ -1131,3 +1131,135 @@ fn a_listing_too_long_for_memory_spills_and_archives_verifies_and_extracts_the_s
     drop(scanned);
     assert_eq!(fs::read_dir(&spill).unwrap().count(), 0);
 }
+
+// ---- database dumps ---------------------------------------------------------------------
+
+fn dump_record(name: &str) -> nuwax::archive::manifest::DumpRecord {
+    nuwax::archive::manifest::DumpRecord {
+        name: name.into(),
+        service: "db".into(),
+        server: "postgres".into(),
+        database: Some("site".into()),
+        format: "sql".into(),
+        tool_version: "pg_dump (PostgreSQL) 15.13".into(),
+        server_version: "15.13".into(),
+    }
+}
+
+/// Writes `small_tree` under `vol` after two dumps (`a`: 2,500 bytes, `b`: exactly two parts
+/// of 1,000), with 1,000-byte parts.
+fn archive_with_dumps(dir: &Path, compression: Compression) -> (PathBuf, Vec<u8>, Vec<u8>) {
+    let root = small_tree(dir);
+    let scanned = scan("vol", &root);
+    let out = dir.join(format!("dumps.{}", compression.extension()));
+    let (a, b) = (noise(2500, 7), noise(2000, 8));
+    let mut m = manifest(vec![], compression);
+    m.dumps = vec![dump_record("databases/db/a.sql"), dump_record("databases/db/b.sql")];
+    m.dump_part_bytes = Some(1000);
+    let mut w = ArchiveWriter::new(
+        fs::File::create(&out).unwrap(),
+        &opts(compression),
+        Cancel::default(),
+        Arc::new(NoProgress),
+    )
+    .unwrap();
+    w.write_manifest(&m, &list(&scanned)).unwrap();
+    let da = w.append_dump("databases/db/a.sql", &a[..]).unwrap();
+    assert_eq!((da.bytes, da.parts), (2500, 3));
+    let db = w.append_dump("databases/db/b.sql", &b[..]).unwrap();
+    assert_eq!((db.bytes, db.parts), (2000, 3), "an exact multiple ends with an empty part");
+    w.append_host("vol", &root, &scanned.entries).unwrap();
+    w.finish().unwrap();
+    (out, a, b)
+}
+
+#[test]
+fn dumps_are_archived_in_parts_verified_and_read_back_alone() {
+    for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, a, b) = archive_with_dumps(dir.path(), compression);
+        let report = check(&out).unwrap();
+        let sums: Vec<(String, u64, u64)> =
+            report.dumps.iter().map(|d| (d.name.clone(), d.bytes, d.parts)).collect();
+        assert_eq!(
+            sums,
+            vec![("databases/db/a.sql".into(), 2500, 3), ("databases/db/b.sql".into(), 2000, 3)]
+        );
+        for (name, want) in [("databases/db/a.sql", &a), ("databases/db/b.sql", &b)] {
+            let mut got = Vec::new();
+            let digest = nuwax::archive::read_dump(&out, name, &mut got, &Cancel::default()).unwrap();
+            assert_eq!(&got, want);
+            assert!(report.dumps.contains(&digest), "read_dump's digest is the trailer's");
+        }
+        let err =
+            nuwax::archive::read_dump(&out, "databases/db/nope.sql", &mut Vec::new(), &Cancel::default());
+        assert!(matches!(err, Err(Error::MissingEntries { .. })), "{err:?}");
+        // The files extract as before; the dumps are not files of any target.
+        let dest = dir.path().join("restore");
+        let targets = vec![nuwax::archive::Target { prefix: "vol".into(), dest: dest.clone() }];
+        nuwax::archive::extract(&out, &targets, &Cancel::default(), &NoProgress).unwrap();
+        let src = dir.path().join("src");
+        assert_same_tree("vol", &src, &scan("vol", &src), &dest);
+    }
+}
+
+#[test]
+fn a_damaged_or_missing_dump_part_fails_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _, _) = archive_with_dumps(dir.path(), Compression::None);
+    let bytes = fs::read(&out).unwrap();
+    // A flipped byte in a part: the dump's digest differs from the trailer's.
+    let flipped = repack(&bytes, |(name, h, mut data)| {
+        if name == "databases/db/a.sql.000001" {
+            data[10] ^= 1;
+        }
+        vec![(name, h, data)]
+    });
+    let err = damaged(dir.path(), &flipped).unwrap_err().to_string();
+    assert!(err.contains("databases/db/a.sql") && err.contains("differs"), "{err}");
+    // A part left out.
+    let cut = repack(&bytes, |m| if m.0 == "databases/db/b.sql.000001" { vec![] } else { vec![m] });
+    let err = damaged(dir.path(), &cut).unwrap_err().to_string();
+    assert!(err.contains("databases/db/b.sql.000001"), "{err}");
+}
+
+#[test]
+fn the_writer_holds_dumps_to_their_declaration() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = small_tree(dir.path());
+    let scanned = scan("vol", &root);
+    let o = opts(Compression::None);
+    let new = || ArchiveWriter::new(Vec::new(), &o, Cancel::default(), Arc::new(NoProgress)).unwrap();
+    let mut m = manifest(vec![], Compression::None);
+    m.dumps = vec![dump_record("databases/db/a.sql")];
+    m.dump_part_bytes = Some(1000);
+    // Out of order / undeclared.
+    let mut w = new();
+    w.write_manifest(&m, &list(&scanned)).unwrap();
+    assert!(matches!(w.append_dump("databases/db/b.sql", &b""[..]), Err(Error::Undeclared { .. })));
+    // Entries before the dumps.
+    let err = w.append_host("vol", &root, &scanned.entries).unwrap_err();
+    assert!(
+        matches!(err, Error::MissingEntries { ref first, .. } if first == "databases/db/a.sql"),
+        "{err:?}"
+    );
+    // Finished without its dump.
+    let mut w = new();
+    w.write_manifest(&m, &Vec::<EntryMeta>::new()).unwrap();
+    assert!(matches!(w.finish(), Err(Error::MissingEntries { .. })));
+    // Entries may not live under databases/, and dump names must.
+    let entry = EntryMeta {
+        path: "databases/x".into(),
+        kind: EntryKind::File,
+        size: 0,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        link_target: None,
+    };
+    assert!(matches!(new().write_manifest(&m, &vec![entry]), Err(Error::Usage(_))));
+    let mut bad = m.clone();
+    bad.dumps[0].name = "volumes/x.sql".into();
+    assert!(matches!(new().write_manifest(&bad, &Vec::<EntryMeta>::new()), Err(Error::Usage(_))));
+}

@@ -63,7 +63,50 @@ pub struct Manifest {
     /// Format 2: what [`INDEX_NAME`] holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<IndexInfo>,
+    /// Format 2: database dumps, in archive order, right after [`INDEX_NAME`]. Each is stored as
+    /// parts `<name>.000000`, `<name>.000001`, ... of [`Manifest::dump_part_bytes`] bytes
+    /// each but the last, which is shorter (maybe empty): a dump's size is not known until it
+    /// ends, and a tar header needs it. Their sizes and digests are in the trailer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dumps: Vec<DumpRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_part_bytes: Option<u64>,
     pub checksums: ChecksumInfo,
+}
+
+/// Archive paths under this prefix hold dumps only.
+pub const DUMPS_PREFIX: &str = "databases/";
+
+/// A database dump the archive holds (see [`Manifest::dumps`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpRecord {
+    /// Archive name, under [`DUMPS_PREFIX`]: `databases/<service>/<file>`.
+    pub name: String,
+    pub service: String,
+    /// `postgres`, `mariadb`, `mysql`.
+    pub server: String,
+    /// The database it holds; none for a whole server's or its globals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// `pg_dump-custom` (`pg_restore` loads it) or `sql`.
+    pub format: String,
+    /// The dump tool's version, as it says it.
+    pub tool_version: String,
+    pub server_version: String,
+}
+
+/// What the trailer says of one dump: its size, parts and digest over all its bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct DumpDigest {
+    pub name: String,
+    pub bytes: u64,
+    pub parts: u64,
+    pub sha256: String,
+}
+
+/// The archive name of part `seq` of dump `name`.
+pub fn dump_part_name(name: &str, seq: u64) -> String {
+    format!("{name}.{seq:06}")
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -204,6 +247,9 @@ pub struct Checksums {
     /// Format 2: the digest of [`DIGESTS_NAME`] and how many files it lists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<DigestsInfo>,
+    /// Format 2: each dump's size and digest, in archive order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dumps: Vec<DumpDigest>,
 }
 
 /// What the trailer says of [`DIGESTS_NAME`].

@@ -24,13 +24,13 @@ pub use extract::{ExtractReport, Target, check_extractable, extract, verify_extr
 pub(crate) use host::HostTree;
 pub use listing::{Entries, Item, Listing, ListingBuilder, ListingIter, SPILL_AFTER, SPILL_PREFIX};
 pub use manifest::{Checksums, EntryKind, EntryMeta, FORMAT_VERSION, Manifest, Skipped};
-pub use reader::{VerifyReport, file_sha256, read_entries, read_manifest, verify};
+pub use reader::{VerifyReport, file_sha256, read_dump, read_entries, read_manifest, verify};
 pub use repack::repack;
 pub use scan::{
     ScanOpts, ScanResult, Stamp, count_host, scan_host, scan_host_stamped, scan_host_with, scan_tar_stream,
     scan_tar_stream_in,
 };
-pub use writer::{ArchiveWriter, WriteOptions, WriteSummary};
+pub use writer::{ArchiveWriter, DUMP_PART_BYTES, WriteOptions, WriteSummary};
 
 /// Size of the buffers used to copy entry content. Large copies keep the per-syscall and
 /// per-call overhead negligible next to hashing and compression.

@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::codec::{Counting, Decoder, RawReader, is_raw_read_error};
 use super::manifest::{
-    CHECKSUMS_NAME, Checksums, DIGESTS_NAME, DigestsInfo, EntryKind, EntryMeta, FORMAT_VERSION, INDEX_NAME,
-    IndexInfo, MANIFEST_NAME, Manifest, digest_line,
+    CHECKSUMS_NAME, Checksums, DIGESTS_NAME, DigestsInfo, DumpDigest, DumpRecord, EntryKind, EntryMeta,
+    FORMAT_VERSION, INDEX_NAME, IndexInfo, MANIFEST_NAME, Manifest, digest_line, dump_part_name,
 };
 use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, detect_compression, hex};
 
@@ -30,6 +30,8 @@ pub struct VerifyReport {
     pub archive_bytes: u64,
     /// Hex sha256 of the archive file.
     pub archive_sha256: String,
+    /// The dumps' sizes and digests, as read and as the trailer holds them.
+    pub dumps: Vec<DumpDigest>,
 }
 
 /// Reads just the first entry. [`Error::Corrupt`] if it is not `manifest.json`,
@@ -58,6 +60,54 @@ pub fn read_entries(path: &Path, mut each: impl FnMut(EntryMeta) -> Result<()>) 
     Ok(manifest)
 }
 
+/// Streams the dump `name` (see [`Manifest::dumps`]) into `out`, reading the archive only up
+/// to its end: the dumps are at the start. Returns its size, parts and digest as read; the
+/// caller holds them to the trailer's, which a [`verify`] of the archive returned.
+pub fn read_dump(path: &Path, name: &str, out: &mut dyn io::Write, cancel: &Cancel) -> Result<DumpDigest> {
+    let (stream, _) = open(path)?;
+    let mut archive = tar::Archive::new(stream);
+    let mut entries = archive.entries().map_err(read_error(path))?;
+    let (manifest, manifest_digest) = read_manifest_entry(path, entries.next())?;
+    let Some(part_bytes) = manifest.dump_part_bytes.filter(|_| manifest.index.is_some()) else {
+        return Err(Error::MissingEntries { count: 1, first: name.to_owned() });
+    };
+    let index = entries.next().ok_or_else(|| Error::MissingEntries { count: 1, first: INDEX_NAME.into() })?;
+    if entry_name(&index.map_err(read_error(path))?) != INDEX_NAME {
+        return Err(Error::corrupt(format!("the second entry is not {INDEX_NAME}")));
+    }
+    let pass = Pass { path, cancel, progress: &super::NoProgress, manifest_digest: &manifest_digest };
+    let mut sink = DumpSink { name, current: false, out };
+    let mut buf = vec![0u8; BUF_SIZE];
+    for dump in &manifest.dumps {
+        let digest = pass.dump(&mut entries, dump, part_bytes, &mut buf, &mut sink)?;
+        if dump.name == name {
+            return Ok(digest);
+        }
+    }
+    Err(Error::MissingEntries { count: 1, first: name.to_owned() })
+}
+
+/// Writes the content of one dump on.
+struct DumpSink<'a> {
+    name: &'a str,
+    current: bool,
+    out: &'a mut dyn io::Write,
+}
+
+impl Visitor for DumpSink<'_> {
+    fn dump_start(&mut self, dump: &DumpRecord) -> Result<()> {
+        self.current = dump.name == self.name;
+        Ok(())
+    }
+
+    fn dump_content(&mut self, chunk: &[u8]) -> Result<()> {
+        if self.current {
+            self.out.write_all(chunk).map_err(Error::io(Path::new(self.name)))?;
+        }
+        Ok(())
+    }
+}
+
 /// One full pass over the archive at `path`: whole-file sha256 (compared with
 /// `expected_sha256` when given), the manifest first, every following entry declared, in order,
 /// with its declared kind, size and metadata, every file's content digest equal to the
@@ -84,6 +134,7 @@ pub(super) fn report(walked: Walked, expected_sha256: Option<&str>) -> Result<Ve
         archive_bytes: walked.raw.bytes,
         archive_sha256,
         manifest: walked.manifest,
+        dumps: walked.dumps,
     })
 }
 
@@ -127,6 +178,16 @@ pub(super) trait Visitor {
     fn end(&mut self, _decl: &EntryMeta) -> Result<()> {
         Ok(())
     }
+
+    /// A dump's parts follow (format 2, after the declarations, before the entries).
+    fn dump_start(&mut self, _dump: &DumpRecord) -> Result<()> {
+        Ok(())
+    }
+
+    /// The next chunk of the current dump.
+    fn dump_content(&mut self, _chunk: &[u8]) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl Visitor for () {}
@@ -138,6 +199,7 @@ pub(super) struct Walked {
     pub(super) content_bytes: u64,
     /// The file end, holding the size and digest of the whole archive file.
     pub(super) raw: RawReader,
+    pub(super) dumps: Vec<DumpDigest>,
 }
 
 /// The one pass behind [`verify`] and extraction: everything [`verify`] checks, in archive
@@ -157,16 +219,22 @@ pub(super) fn walk(
     visitor.manifest(&manifest)?;
     let mut buf = vec![0u8; BUF_SIZE];
     let pass = Pass { path, cancel, progress, manifest_digest: &manifest_digest };
-    let (next, content_bytes, trailer_end) = match &manifest.index {
-        Some(index) => pass.v2(&mut entries, index, &mut buf, visitor)?,
-        None => pass.v1(&mut entries, &manifest, &mut buf, visitor)?,
+    let (next, content_bytes, trailer_end, dumps) = match &manifest.index {
+        Some(index) => pass.v2(&mut entries, index, &manifest, &mut buf, visitor)?,
+        None if !manifest.dumps.is_empty() => {
+            return Err(Error::corrupt("the manifest declares dumps but no index (format 1)"));
+        }
+        None => {
+            let (next, bytes, end) = pass.v1(&mut entries, &manifest, &mut buf, visitor)?;
+            (next, bytes, end, Vec::new())
+        }
     };
     if let Some(extra) = entries.next() {
         let extra = extra.map_err(read_error(path))?;
         return Err(Error::Undeclared { path: entry_name(&extra) });
     }
     let raw = check_end(path, archive.into_inner(), compression, trailer_end, &mut buf, cancel)?;
-    Ok(Walked { entries: next, content_bytes, raw, manifest })
+    Ok(Walked { entries: next, content_bytes, raw, manifest, dumps })
 }
 
 /// What both formats' passes need.
@@ -248,9 +316,10 @@ impl Pass<'_> {
         &self,
         entries: &mut tar::Entries<'_, R>,
         index: &IndexInfo,
+        manifest: &Manifest,
         buf: &mut [u8],
         visitor: &mut impl Visitor,
-    ) -> Result<(u64, u64, u64)> {
+    ) -> Result<(u64, u64, u64, Vec<DumpDigest>)> {
         let path = self.path;
         let missing = |count: u64, first: &str| Error::MissingEntries { count, first: first.to_owned() };
         let mut entry = entries.next().ok_or_else(|| missing(index.entries + 2, INDEX_NAME))?;
@@ -265,6 +334,16 @@ impl Pass<'_> {
         self.read_index(&mut index_entry, index, visitor)?;
         drop(index_entry);
         self.progress.set_total(index.content_bytes);
+
+        let part_bytes = match (manifest.dumps.is_empty(), manifest.dump_part_bytes) {
+            (true, None) => 0,
+            (false, Some(bytes)) if bytes > 0 => bytes,
+            _ => return Err(Error::corrupt("dump_part_bytes does not go with the declared dumps")),
+        };
+        let mut dumps = Vec::with_capacity(manifest.dumps.len());
+        for dump in &manifest.dumps {
+            dumps.push(self.dump(entries, dump, part_bytes, buf, visitor)?);
+        }
 
         // The declarations again, from a second reader of the same file, one at a time.
         let mut declared = Declarations::open(path, index)?;
@@ -357,8 +436,67 @@ impl Pass<'_> {
             let detail = format!("total_bytes {} but the files hold {content_bytes}", trailer.total_bytes);
             return Err(Error::mismatch(CHECKSUMS_NAME, detail));
         }
+        if trailer.dumps != dumps {
+            let differs = dumps.iter().zip(&trailer.dumps).find(|(a, b)| a != b).map(|(a, _)| a.name.clone());
+            let name = differs.unwrap_or_else(|| CHECKSUMS_NAME.to_owned());
+            return Err(Error::mismatch(
+                &name,
+                format!("the dump differs from its digest in {CHECKSUMS_NAME}"),
+            ));
+        }
         let end = trailer_entry.raw_file_position() + trailer_entry.size().div_ceil(512) * 512;
-        Ok((found, content_bytes, end))
+        Ok((found, content_bytes, end, dumps))
+    }
+
+    /// Reads one dump's parts: named in sequence, each [`Manifest::dump_part_bytes`] long but
+    /// the last, which is shorter. Returns its size, parts and digest.
+    fn dump<R: Read>(
+        &self,
+        entries: &mut tar::Entries<'_, R>,
+        dump: &DumpRecord,
+        part_bytes: u64,
+        buf: &mut [u8],
+        visitor: &mut impl Visitor,
+    ) -> Result<DumpDigest> {
+        visitor.dump_start(dump)?;
+        let mut digest = DumpDigest { name: dump.name.clone(), ..DumpDigest::default() };
+        let mut hasher = Sha256::new();
+        loop {
+            self.cancel.check()?;
+            let want = dump_part_name(&dump.name, digest.parts);
+            let entry =
+                entries.next().ok_or_else(|| Error::MissingEntries { count: 1, first: want.clone() })?;
+            let mut entry = entry.map_err(read_error(self.path))?;
+            let name = entry_name(&entry);
+            visitor.screen(&name, entry.header().entry_type(), entry.link_name_bytes().as_deref())?;
+            if name != want || !is_regular(&entry) {
+                return Err(Error::MissingEntries { count: 1, first: want });
+            }
+            let size = entry.size();
+            if size > part_bytes {
+                return Err(Error::mismatch(&want, format!("{size} bytes, parts hold at most {part_bytes}")));
+            }
+            let mut left = size;
+            while left > 0 {
+                self.cancel.check()?;
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                let n = entry.read(&mut buf[..n]).map_err(read_error(self.path))?;
+                if n == 0 {
+                    return Err(Error::corrupt(format!("archive ends inside {want}")));
+                }
+                hasher.update(&buf[..n]);
+                visitor.dump_content(&buf[..n])?;
+                left -= n as u64;
+                self.progress.inc(n as u64);
+            }
+            digest.bytes += size;
+            digest.parts += 1;
+            if size < part_bytes {
+                break;
+            }
+        }
+        digest.sha256 = hex(&hasher.finalize());
+        Ok(digest)
     }
 
     /// Reads `index.jsonl` line by line, showing each declaration to `visitor`; the lines must

@@ -15,14 +15,17 @@ use super::codec::{Encoder, HashingWriter};
 use super::host::HostTree;
 use super::listing::Entries;
 use super::manifest::{
-    CHECKSUM_ALGORITHM, CHECKSUMS_NAME, Checksums, DIGESTS_NAME, DigestsInfo, EntryKind, EntryMeta,
-    INDEX_NAME, IndexInfo, MANIFEST_NAME, Manifest, digest_line, index_line,
+    CHECKSUM_ALGORITHM, CHECKSUMS_NAME, Checksums, DIGESTS_NAME, DUMPS_PREFIX, DigestsInfo, DumpDigest,
+    EntryKind, EntryMeta, INDEX_NAME, IndexInfo, MANIFEST_NAME, Manifest, digest_line, dump_part_name,
+    index_line,
 };
 use super::scan::{StreamItem, StreamNames};
 use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, check_archive_path, hex, tarfmt};
 
 /// Digest lines kept in memory before they move to a temp file.
 const DIGESTS_IN_MEMORY: usize = 1 << 20;
+/// Bytes of a dump per part: each part is held in memory while its size is not yet known.
+pub const DUMP_PART_BYTES: u64 = 8 << 20;
 
 /// How to write an archive.
 #[derive(Clone, Debug)]
@@ -83,6 +86,9 @@ pub struct ArchiveWriter<W: Write> {
     next: u64,
     checksums: Checksums,
     digests: DigestLines,
+    /// The dumps the manifest declares, and the part size; `checksums.dumps` holds those done.
+    dumps: Vec<String>,
+    part_bytes: u64,
 }
 
 impl<W: Write> ArchiveWriter<W> {
@@ -113,6 +119,8 @@ impl<W: Write> ArchiveWriter<W> {
             next: 0,
             checksums: Checksums { algorithm: CHECKSUM_ALGORITHM.into(), ..Checksums::default() },
             digests: DigestLines::new(opts.spill_dir.clone()),
+            dumps: Vec::new(),
+            part_bytes: DUMP_PART_BYTES,
         })
     }
 
@@ -126,13 +134,25 @@ impl<W: Write> ArchiveWriter<W> {
         if !m.entries.is_empty() || m.index.is_some() {
             return Err(Error::Usage("the manifest declares no entries: they are passed beside it".into()));
         }
+        for (i, d) in m.dumps.iter().enumerate() {
+            check_archive_path(&d.name)?;
+            if !d.name.starts_with(DUMPS_PREFIX) || m.dumps[..i].iter().any(|o| o.name == d.name) {
+                return Err(Error::Usage(format!("dump name {} is not unique under {DUMPS_PREFIX}", d.name)));
+            }
+        }
+        if m.dumps.is_empty() != m.dump_part_bytes.is_none() {
+            return Err(Error::Usage("dump_part_bytes is set exactly when there are dumps".into()));
+        }
         let mut index = IndexInfo::default();
         let mut hasher = Sha256::new();
         let mut line = Vec::new();
         for entry in entries.entries()? {
             let entry = entry?;
             check_archive_path(&entry.path)?;
-            if [MANIFEST_NAME, INDEX_NAME, DIGESTS_NAME, CHECKSUMS_NAME].contains(&entry.path.as_str()) {
+            if [MANIFEST_NAME, INDEX_NAME, DIGESTS_NAME, CHECKSUMS_NAME].contains(&entry.path.as_str())
+                || entry.path.starts_with(DUMPS_PREFIX)
+                || entry.path == DUMPS_PREFIX.trim_end_matches('/')
+            {
                 return Err(Error::Usage(format!("entry path {} is reserved", entry.path)));
             }
             line.clear();
@@ -173,7 +193,77 @@ impl<W: Write> ArchiveWriter<W> {
         self.progress.set_total(index.content_bytes);
         self.declared = Some(entries.entries()?);
         self.index = index;
+        self.dumps = m.dumps.iter().map(|d| d.name.clone()).collect();
+        if let Some(bytes) = m.dump_part_bytes {
+            if bytes == 0 || bytes > 1 << 30 {
+                return Err(Error::Usage(format!("dump_part_bytes {bytes} is not in 1..=1 GiB")));
+            }
+            self.part_bytes = bytes;
+        }
         Ok(())
+    }
+
+    /// Writes the next declared dump (see [`Manifest::dumps`]), read from `data` to its end, as
+    /// parts. Dumps come after [`write_manifest`](Self::write_manifest), in their declared
+    /// order, before any declared entry. Holds one part in memory.
+    pub fn append_dump(&mut self, name: &str, mut data: impl Read) -> Result<DumpDigest> {
+        if self.declared.is_none() || self.next > 0 {
+            return Err(Error::Usage("dumps go after the manifest and before the entries".into()));
+        }
+        let done = self.checksums.dumps.len();
+        if self.dumps.get(done).map(String::as_str) != Some(name) {
+            return Err(Error::Undeclared { path: name.to_owned() });
+        }
+        let part_bytes = usize::try_from(self.part_bytes).unwrap_or(usize::MAX);
+        let mut part: Vec<u8> = Vec::with_capacity(part_bytes.min(1 << 20));
+        let mut hasher = Sha256::new();
+        let mut digest = DumpDigest { name: name.to_owned(), ..DumpDigest::default() };
+        let mtime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        loop {
+            part.clear();
+            while part.len() < part_bytes {
+                self.cancel.check()?;
+                let want = (part_bytes - part.len()).min(self.buf.len());
+                let n = match data.read(&mut self.buf[..want]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Error::io(Path::new(name))(e)),
+                };
+                if n == 0 {
+                    break;
+                }
+                part.extend_from_slice(&self.buf[..n]);
+                self.progress.inc(n as u64);
+                if let Some(limiter) = &mut self.limiter {
+                    limiter.throttle(n as u64, &self.cancel)?;
+                }
+            }
+            let meta = tarfmt::meta_file(&dump_part_name(name, digest.parts), part.len() as u64, mtime);
+            tarfmt::write_header(&mut self.out, &meta).map_err(Error::Output)?;
+            self.out.write_all(&part).map_err(Error::Output)?;
+            tarfmt::pad(&mut self.out, part.len() as u64).map_err(Error::Output)?;
+            hasher.update(&part);
+            digest.bytes += part.len() as u64;
+            digest.parts += 1;
+            if part.len() < part_bytes {
+                break;
+            }
+        }
+        digest.sha256 = hex(&hasher.finalize());
+        self.checksums.dumps.push(digest.clone());
+        Ok(digest)
+    }
+
+    fn dumps_done(&self) -> Result<()> {
+        match self.dumps.get(self.checksums.dumps.len()) {
+            Some(missing) => Err(Error::MissingEntries {
+                count: (self.dumps.len() - self.checksums.dumps.len()) as u64,
+                first: missing.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// A small file entry (manifest, trailer) whose bytes are in memory.
@@ -261,6 +351,9 @@ impl<W: Write> ArchiveWriter<W> {
     /// Writes `checksums.json` and the end-of-archive marker, finishes the compressor and
     /// flushes. Does not fsync: the caller owns the file.
     pub fn finish(mut self) -> Result<WriteSummary> {
+        if self.declared.is_some() {
+            self.dumps_done()?;
+        }
         let Some(declared) = &mut self.declared else {
             return Err(Error::Usage("finish called before write_manifest".into()));
         };
@@ -284,6 +377,9 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     fn expect_next(&mut self, entry: &EntryMeta) -> Result<()> {
+        if self.next == 0 && self.declared.is_some() {
+            self.dumps_done()?;
+        }
         let Some(declared) = &mut self.declared else {
             return Err(Error::Usage("entries appended before write_manifest".into()));
         };

@@ -440,6 +440,8 @@ pub fn manifest(backup_id: i64, entries: Vec<EntryMeta>, compression: Compressio
         skipped: vec![],
         entries,
         index: None,
+        dumps: Vec::new(),
+        dump_part_bytes: None,
         checksums: ChecksumInfo::default(),
     }
 }

@@ -76,6 +76,8 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
         // Declared beside it, from the scans (the archive's index).
         entries: Vec::new(),
         index: None,
+        dumps: Vec::new(),
+        dump_part_bytes: None,
         checksums: ChecksumInfo::default(),
     }
 }
