@@ -455,4 +455,63 @@ impl Engine for DockerEngine {
         });
         Ok(ExecStream { stdout: Box::pin(stdout), ended })
     }
+
+    async fn exec_stdin(
+        &self,
+        id: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        mut input: TarStream,
+    ) -> Result<ExecOutput> {
+        use tokio::io::AsyncWriteExt;
+        let config = ExecConfig {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd.to_vec()),
+            user: user.map(str::to_string),
+            ..Default::default()
+        };
+        let target = format!("{id}: {}", cmd.first().map(String::as_str).unwrap_or_default());
+        let created = self.docker.create_exec(id, config).await.map_err(api("exec", &target))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(StartExecOptions { detach: false, ..Default::default() }))
+            .await
+            .map_err(api("exec", &target))?;
+        let StartExecResults::Attached { output: mut stream, input: mut stdin } = started else {
+            return Err(EngineError::Api { op: "exec", target, detail: "the engine did not attach".into() });
+        };
+        // Feed stdin while the output is read: a command that writes a lot before it reads all
+        // its input must not block on a full pipe.
+        let feed = async {
+            let copied = tokio::io::copy(&mut input, &mut stdin).await;
+            // Half-close: the command sees the end of its input.
+            let closed = stdin.shutdown().await;
+            copied.and(closed)
+        };
+        let collect = async {
+            let mut output: Vec<u8> = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                output.extend_from_slice(&chunk.map_err(api("exec", &target))?.into_bytes());
+                if output.len() > 2 * STDERR_KEPT {
+                    output.drain(..output.len() - STDERR_KEPT);
+                }
+            }
+            Ok::<_, EngineError>(output)
+        };
+        let (fed, output) = tokio::join!(feed, collect);
+        let output = output?;
+        let from = output.len().saturating_sub(STDERR_KEPT);
+        let output = String::from_utf8_lossy(&output[from..]).into_owned();
+        let inspected = self.docker.inspect_exec(&created.id).await.map_err(api("exec", &target))?;
+        let exit_code = inspected.exit_code.unwrap_or(-1);
+        if let Err(e) = fed {
+            // A command that stopped reading early says why in its output and exit code.
+            if exit_code == 0 {
+                return Err(EngineError::Api { op: "exec", target, detail: format!("feeding stdin: {e}") });
+            }
+        }
+        Ok(ExecOutput { exit_code, output })
+    }
 }

@@ -23,6 +23,7 @@ struct Inner {
     fail_start: BTreeSet<String>,
     exec_exit: BTreeMap<String, i64>,
     exec_stdout: BTreeMap<String, Vec<u8>>,
+    exec_input: Vec<Vec<u8>>,
     tags: BTreeMap<String, String>,
 }
 
@@ -78,6 +79,11 @@ impl FakeEngine {
     }
 
     /// Makes `exec` in the service's containers end with `code`.
+    /// What each `exec_stdin` was given, in order.
+    pub fn exec_input(&self) -> Vec<Vec<u8>> {
+        self.inner.lock().unwrap().exec_input.clone()
+    }
+
     /// What a streamed exec in `service` writes to stdout.
     pub fn set_exec_stdout(&self, service: &str, bytes: &[u8]) {
         self.inner.lock().unwrap().exec_stdout.insert(service.to_string(), bytes.to_vec());
@@ -294,6 +300,26 @@ impl Engine for FakeEngine {
             stdout: Box::pin(std::io::Cursor::new(stdout)),
             ended: Box::pin(async move { Ok(ExecEnd { exit_code, stderr: String::new() }) }),
         })
+    }
+
+    /// Reads the input to its end (kept for [`FakeEngine::exec_input`]) and answers like `exec`.
+    async fn exec_stdin(
+        &self,
+        id: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        mut input: TarStream,
+    ) -> Result<ExecOutput> {
+        use tokio::io::AsyncReadExt;
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes).await.map_err(|e| EngineError::Api {
+            op: "exec",
+            target: id.into(),
+            detail: e.to_string(),
+        })?;
+        let out = self.exec(id, cmd, user).await?;
+        self.inner.lock().unwrap().exec_input.push(bytes);
+        Ok(out)
     }
 }
 

@@ -213,6 +213,15 @@ pub trait Engine: Send + Sync {
     async fn exec(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecOutput>;
     /// Starts `cmd` in the running container `id` and hands over its stdout as a stream.
     async fn exec_stream(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecStream>;
+    /// Runs `cmd` in the running container `id` with `input` as its stdin (closed at the
+    /// input's end), and waits for it to end. The output keeps its last [`STDERR_KEPT`] bytes.
+    async fn exec_stdin(
+        &self,
+        id: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        input: TarStream,
+    ) -> Result<ExecOutput>;
 }
 
 /// The tag nuwax puts on each service's image when a backup is made, so that pruning cannot
