@@ -16,6 +16,8 @@ pub enum Crash {
     RollbackWhileUndoing,
     /// A rollback finished its swap (phase `swapped`) and dies before starting anything.
     RollbackAfterSwap,
+    /// A rollback started a database server on its fresh data and dies loading its first dump.
+    RollbackWhileLoading,
 }
 
 /// Where a test can make nuwax fail with an error, with `NUWAX_TEST_FAIL=<name>`.
@@ -76,6 +78,7 @@ impl Crash {
             Crash::PruneAfterRow => "prune-after-row",
             Crash::RollbackWhileUndoing => "rollback-while-undoing",
             Crash::RollbackAfterSwap => "rollback-after-swap",
+            Crash::RollbackWhileLoading => "rollback-while-loading",
         }
     }
 }

@@ -71,7 +71,7 @@ fn dumps_stream_out_of_the_database_containers() {
             let mut bytes = started.head;
             let mut stream = started.stream;
             stream.stdout.read_to_end(&mut bytes).await.unwrap();
-            let end = dump::finish(&started.spec, (stream.ended).await.unwrap()).await;
+            let end = dump::finish(&started.spec, (stream.ended).await.unwrap());
             (bytes, end)
         };
         let site_dump = specs.iter().find(|s| s.name == "db/site.pgdump").unwrap().clone();
@@ -165,7 +165,7 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
         // Outside the runtime: the bridge blocks on the runtime's handle for each read.
         let digest = w.append_dump(&name, reader).unwrap();
         assert!(digest.bytes > 0);
-        rt.block_on(async { dump::finish(&spec, stream.ended.await.unwrap()).await }).unwrap();
+        dump::finish(&spec, rt.block_on(stream.ended).unwrap()).unwrap();
     }
     w.finish().unwrap();
     let report = nuwax::archive::verify(&archive, None, &Cancel::default(), &NoProgress).unwrap();
@@ -208,4 +208,202 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
     };
     assert_eq!(count, max);
     assert!(count.parse::<u64>().unwrap() >= orders_before);
+}
+
+/// `nuwax --json ARGS`, which must succeed; its JSON.
+fn json_of(site: &Site, args: &[&str]) -> serde_json::Value {
+    let out = site.run(&[&["--json"], args].concat());
+    assert!(
+        out.status.success(),
+        "nuwax {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The highest tick in the backup's own dump of `site`, loaded into a scratch database of the
+/// running server, and the `last-tick` the app had noted in the backup's uploads.
+fn backup_moment(site: &Site, archive: &std::path::Path) -> (u64, u64) {
+    use nuwax::archive::{Cancel, NoProgress, Target};
+    let mut bytes = Vec::new();
+    nuwax::archive::read_dump(archive, "databases/db/site.pgdump", &mut bytes, &Cancel::default()).unwrap();
+    let name = format!("check{}", std::process::id());
+    site.psql(&format!("CREATE DATABASE {name}"));
+    let mut child = std::process::Command::new("docker")
+        .args([
+            "exec",
+            "-i",
+            &site.container_id("db"),
+            "pg_restore",
+            "-U",
+            "postgres",
+            "-d",
+            &name,
+            "--no-owner",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes).unwrap();
+    assert!(child.wait().unwrap().success());
+    let max =
+        site.exec("db", &["psql", "-U", "postgres", "-d", &name, "-qAtX", "-c", "SELECT max(n) FROM ticks"]);
+    site.psql(&format!("DROP DATABASE {name}"));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = nuwax::archive::read_manifest(archive).unwrap();
+    let uploads = manifest.mounts.iter().find(|m| m.name.ends_with("/uploads")).unwrap();
+    let dest = dir.path().join("uploads");
+    let targets = vec![Target { prefix: uploads.archive_path.clone(), dest: dest.clone() }];
+    nuwax::archive::extract(archive, &targets, &Cancel::default(), &NoProgress).unwrap();
+    let noted = std::fs::read_to_string(dest.join("last-tick")).unwrap();
+    (max.parse().unwrap(), noted.trim().parse().unwrap())
+}
+
+/// A backup of the site dumps PostgreSQL and MariaDB while they run (only the apps stop), at
+/// one point in time with the files: the dump's last tick is the one the app noted in its
+/// uploads. Rolling back loads the dumps into fresh servers: the dropped table and the
+/// database made since are gone, the rows are the dump's with no gap, and the servers' own
+/// checks pass.
+#[test]
+fn dump_mode_backs_up_hot_and_rolls_back_through_the_databases() {
+    let compose = require_docker!();
+    let site = Site::new(compose);
+    site.up();
+    std::thread::sleep(Duration::from_millis(1000));
+    let db_started =
+        site.exec("db", &["psql", "-U", "postgres", "-qAtX", "-c", "SELECT pg_postmaster_start_time()"]);
+
+    let b = json_of(&site, &["backup"]);
+    let dumps: Vec<&str> =
+        b["dumps"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        dumps,
+        [
+            "databases/db/globals.sql",
+            "databases/db/postgres.pgdump",
+            "databases/db/site.pgdump",
+            "databases/maria/all-databases.sql"
+        ]
+    );
+    let mut stopped: Vec<&str> =
+        b["services_stopped"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    stopped.sort();
+    assert_eq!(stopped, ["app", "shop"], "the database servers keep running");
+    let again =
+        site.exec("db", &["psql", "-U", "postgres", "-qAtX", "-c", "SELECT pg_postmaster_start_time()"]);
+    assert_eq!(db_started, again, "PostgreSQL was never restarted");
+    let skipped = b["skipped"].to_string();
+    assert!(skipped.contains("pgdata") && skipped.contains("dumped instead"), "{skipped}");
+    let archive = std::path::PathBuf::from(b["path"].as_str().unwrap());
+    let (dumped, noted) = backup_moment(&site, &archive);
+    assert_eq!(dumped, noted, "the dump and the files hold the same moment");
+
+    // Changes after the backup.
+    site.psql("DROP TABLE ticks");
+    site.psql("CREATE DATABASE extra");
+    site.compose(&["stop", "shop"]);
+    site.mariadb("DROP TABLE orders");
+    site.compose(&["start", "shop"]);
+
+    let id = b["id"].as_i64().unwrap().to_string();
+    let r = json_of(&site, &["rollback", &id, "--yes"]);
+    assert_eq!(r["backup_id"].as_i64().unwrap().to_string(), id);
+    site.wait_healthy(&["db", "app", "maria", "shop"]);
+    let dbs = site.psql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database");
+    assert_eq!(dbs, "postgres,site,template0,template1", "the database made since is gone");
+    let (count, max) = {
+        let r = site.psql(&format!("SELECT count(*) || ' ' || max(n) FROM ticks WHERE n <= {dumped}"));
+        let mut it = r.split(' ').map(|x| x.parse::<u64>().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    assert_eq!((count, max), (dumped, dumped), "the dump's rows, no gap");
+    let amcheck =
+        site.exec("db", &["pg_amcheck", "-U", "postgres", "--all", "--install-missing", "--heapallindexed"]);
+    assert!(amcheck.is_empty(), "pg_amcheck: {amcheck}");
+    let orders = site.mariadb("SELECT count(*) = max(n) FROM orders");
+    assert_eq!(orders, "1", "orders are back, with no gap");
+    let check = site.exec("maria", &["mariadb-check", "--all-databases"]);
+    assert!(
+        check.lines().all(|l| l.ends_with("OK")
+            || l.starts_with("note")
+            || l.trim().is_empty()
+            || !l.contains("error")),
+        "{check}"
+    );
+    let logs = String::from_utf8_lossy(&site.compose(&["logs", "db"]).stdout).into_owned();
+    assert!(
+        !logs.contains("was interrupted") && !logs.contains("automatic recovery"),
+        "no crash recovery: {logs}"
+    );
+}
+
+/// A dump tool missing from the container refuses the backup before anything stops; one that
+/// fails while dumping fails the backup with the tool's message: the apps run again, the record
+/// is failed, no partial file is left.
+#[test]
+fn a_failing_dump_fails_the_backup_cleanly() {
+    let compose = require_docker!();
+    let site = Site::new(compose);
+    site.up();
+    let pg_dump = site.exec("db", &["sh", "-c", "command -v pg_dump"]);
+    site.exec("db", &["mv", &pg_dump, &format!("{pg_dump}.away")]);
+    let out = site.run(&["backup"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pg_dump") && err.contains("not found"), "{err}");
+    assert_eq!(json_of(&site, &["list"]), serde_json::json!([]), "refused before anything was recorded");
+
+    // A pg_dump that answers its version and then fails, as on a full disk.
+    let fake = format!(
+        "#!/bin/sh\ncase \"$1\" in --version) exec {pg_dump}.away --version;; esac\n\
+         echo 'pg_dump: error: could not write to output file: No space left on device' >&2\nexit 1\n"
+    );
+    site.exec("db", &["sh", "-c", &format!("printf '%s' \"$0\" > {pg_dump} && chmod 755 {pg_dump}"), &fake]);
+    let out = site.run(&["backup"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    site.wait_healthy(&["db", "app", "maria", "shop"]);
+    let list = json_of(&site, &["list"]);
+    let statuses: Vec<&str> =
+        list.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["failed"]);
+    let leftovers: Vec<_> = std::fs::read_dir(site.dir.join("backups"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("backup_") || n.starts_with(".nuwax-partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// SIGKILL (abort) while a rollback loads the first dump: the next command undoes the rollback
+/// (the servers' old data directories were only moved aside), and the site is as before it.
+#[test]
+fn a_crash_while_loading_a_dump_is_undone_by_the_next_command() {
+    let compose = require_docker!();
+    let site = Site::new(compose);
+    site.up();
+    let b = json_of(&site, &["backup"]);
+    site.psql("CREATE TABLE after_backup (x int)");
+    let id = b["id"].as_i64().unwrap().to_string();
+    let out = site
+        .nuwax()
+        .args(["rollback", &id, "--yes"])
+        .env("NUWAX_TEST_CRASH", "rollback-while-loading")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the crash point aborts");
+    let status = site.run(&["status"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let said = String::from_utf8_lossy(&status.stderr);
+    assert!(said.contains("undone"), "{said}");
+    site.wait_healthy(&["db", "app", "maria", "shop"]);
+    assert_eq!(
+        site.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'after_backup'"),
+        "1",
+        "as before the rollback"
+    );
+    assert_eq!(site.psql("SELECT max(n) = count(*) FROM ticks"), "t");
 }

@@ -33,9 +33,15 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
         return;
     }
     outln!("backup {} complete: {}", o.id, o.path.display());
-    let ratio = if o.size_bytes > 0 { o.content_bytes as f64 / o.size_bytes as f64 } else { 1.0 };
+    let dumped: u64 = o.dumps.iter().map(|d| d.bytes).sum();
+    let total = o.content_bytes + dumped;
+    let ratio = if o.size_bytes > 0 { total as f64 / o.size_bytes as f64 } else { 1.0 };
+    let dumps = match o.dumps.len() {
+        0 => String::new(),
+        n => format!(" and {} in {n} database dump{}", human_bytes(dumped), if n == 1 { "" } else { "s" }),
+    };
     outln!(
-        "  size {} ({} of data in {} files, ratio {ratio:.2}x, {})",
+        "  size {} ({} of data in {} files{dumps}, ratio {ratio:.2}x, {})",
         human_bytes(o.size_bytes),
         human_bytes(o.content_bytes),
         o.file_count,
@@ -66,6 +72,9 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
         }
     } else if !o.services_stopped.is_empty() {
         outln!("  services stopped and started again: {}", o.services_stopped.join(", "));
+    }
+    for d in &o.dumps {
+        outln!("  dumped {} ({}) while its server ran", d.name, human_bytes(d.bytes));
     }
     for s in &o.skipped {
         outln!("  skipped {}: {}", s.path, s.reason);
@@ -496,7 +505,11 @@ fn database_cell(found: Option<&Vec<crate::database::Found>>, service: &str) -> 
         crate::database::Said::Settings => "nuwax.toml",
         crate::database::Said::Label => "label",
     };
-    format!("{} ({said})", parts.join(", "))
+    let mode = match f.backup {
+        crate::database::Mode::Dump => "dumped",
+        crate::database::Mode::Stop => "copied stopped",
+    };
+    format!("{} ({said}), {mode}", parts.join(", "))
 }
 
 pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in this compose project. Every key is optional.
@@ -572,8 +585,12 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # What a service runs, when its command does not tell (`nuwax status` shows what nuwax found in
 # the `database` column). database: "postgres", "mariadb", "mysql", "redis" or "none"; sqlite:
 # SQLite files, as paths inside the container. The label nuwax.database=NAME says the same.
+# backup: "dump" (the default for PostgreSQL, MariaDB and MySQL: a dump taken inside its
+# container while it runs, loaded back through it by a rollback) or "stop" (its files, copied
+# while it is stopped). The label nuwax.backup=dump|stop says the same.
 # [services.db]
 # database = "postgres"
+# backup = "dump"
 # [services.app]
 # sqlite = ["/data/app.db"]
 "#;

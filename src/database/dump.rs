@@ -177,7 +177,7 @@ pub async fn plan(
             "sql",
             "if command -v mariadb-dump >/dev/null; then d=mariadb-dump; else d=mysqldump; fi; \
              exec \"$d\" --single-transaction --all-databases --routines --events --triggers \
-             --hex-blob --default-character-set=utf8mb4"
+             --hex-blob --default-character-set=utf8mb4 --flush-privileges"
                 .to_string(),
         )]),
         Kind::Redis => Err(DumpError::Failed {
@@ -249,7 +249,7 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Checks how a dump ended once its stdout is read: a non-zero exit is the tool's error.
-pub async fn finish(spec: &Spec, ended: ExecEnd) -> Result<ExecEnd, DumpError> {
+pub fn finish(spec: &Spec, ended: ExecEnd) -> Result<ExecEnd, DumpError> {
     if ended.exit_code != 0 {
         let detail = ended.stderr.trim();
         return Err(DumpError::Failed {

@@ -6,6 +6,7 @@
 //! --dry-run` and the flows all see the same answer.
 
 pub mod dump;
+pub mod load;
 
 use std::collections::BTreeMap;
 
@@ -72,6 +73,31 @@ impl std::str::FromStr for Kind {
     }
 }
 
+/// The label that says how a backup takes a service's database (`nuwax.backup=stop`).
+pub const LABEL_BACKUP: &str = "nuwax.backup";
+
+/// How a backup takes a database server's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A dump taken inside its container while it runs (the default for PostgreSQL, MariaDB
+    /// and MySQL); its data files are not copied.
+    Dump,
+    /// Its data files, copied while it is stopped like any service's.
+    Stop,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "dump" => Ok(Mode::Dump),
+            "stop" => Ok(Mode::Stop),
+            other => Err(format!("backup must be \"dump\" or \"stop\", not {other:?}")),
+        }
+    }
+}
+
 /// `[services.NAME]` in nuwax.toml: what the operator says about one service.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +108,8 @@ pub struct ServiceSettings {
     /// SQLite database files inside the container (absolute paths).
     #[serde(default)]
     pub sqlite: Vec<String>,
+    /// How a backup takes its database: `dump` or `stop`.
+    pub backup: Option<String>,
 }
 
 /// Where an answer came from.
@@ -107,6 +135,8 @@ pub struct Found {
     pub evidence: String,
     /// SQLite files it holds (paths inside the container).
     pub sqlite: Vec<String>,
+    /// How a backup takes it (`dump` only for a server nuwax can dump).
+    pub backup: Mode,
 }
 
 /// What the settings say a service runs: `Some(None)` is "none".
@@ -176,7 +206,28 @@ pub fn detect(
         }
         let evidence =
             if evidence.is_empty() { format!("nuwax.toml: services.{}.sqlite", c.service) } else { evidence };
-        out.push(Found { service: c.service.clone(), kind, said, evidence, sqlite });
+        let dumpable = matches!(kind, Some(Kind::Postgres | Kind::Mariadb | Kind::Mysql));
+        let backup = match (set.and_then(|s| s.backup.as_deref()), c.labels.get(LABEL_BACKUP)) {
+            (Some(v), _) => {
+                v.parse::<Mode>().map_err(|e| anyhow::anyhow!("nuwax.toml: services.{}: {e}", c.service))?
+            }
+            (None, Some(v)) => v
+                .parse::<Mode>()
+                .map_err(|e| anyhow::anyhow!("label {LABEL_BACKUP} of {}: {e}", c.service))?,
+            (None, None) if dumpable => Mode::Dump,
+            (None, None) => Mode::Stop,
+        };
+        if backup == Mode::Dump && !dumpable {
+            anyhow::bail!(
+                "service {}: backup = \"dump\" needs PostgreSQL, MariaDB or MySQL; {}",
+                c.service,
+                match kind {
+                    Some(k) => format!("nuwax cannot dump {k} yet"),
+                    None => "no database server was found in it".to_string(),
+                }
+            );
+        }
+        out.push(Found { service: c.service.clone(), kind, said, evidence, sqlite, backup });
     }
     out.sort_by(|a, b| a.service.cmp(&b.service));
     Ok(out)

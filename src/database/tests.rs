@@ -70,9 +70,14 @@ fn settings_and_labels_say_what_the_command_does_not() {
     let cs =
         [labelled, denied, container("app", &["/srv/app"], &[], "x"), container("m", &["/run.sh"], &[], "x")];
     let mut settings = BTreeMap::new();
-    settings
-        .insert("app".to_string(), ServiceSettings { database: None, sqlite: vec!["/data/app.db".into()] });
-    settings.insert("m".to_string(), ServiceSettings { database: Some("MariaDB".into()), sqlite: vec![] });
+    settings.insert(
+        "app".to_string(),
+        ServiceSettings { database: None, sqlite: vec!["/data/app.db".into()], backup: None },
+    );
+    settings.insert(
+        "m".to_string(),
+        ServiceSettings { database: Some("MariaDB".into()), sqlite: vec![], backup: Some("stop".into()) },
+    );
     let found = detect(&cs, &settings).unwrap();
     assert_eq!(
         kinds(&found),
@@ -86,16 +91,35 @@ fn settings_and_labels_say_what_the_command_does_not() {
     assert_eq!(found[1].said, Said::Label);
     assert_eq!(found[2].said, Said::Settings);
     assert_eq!(found[2].evidence, "nuwax.toml: services.m.database = \"MariaDB\"");
+    assert_eq!((found[1].backup, found[2].backup), (Mode::Dump, Mode::Stop));
+    assert_eq!(found[0].backup, Mode::Stop, "SQLite files are not dumped yet");
 }
 
 #[test]
 fn a_wrong_setting_is_an_error_that_names_it() {
     let cs = [container("db", &["/x"], &[], "x")];
     let mut settings = BTreeMap::new();
-    settings.insert("db".to_string(), ServiceSettings { database: Some("oracle".into()), sqlite: vec![] });
+    settings.insert(
+        "db".to_string(),
+        ServiceSettings { database: Some("oracle".into()), sqlite: vec![], backup: None },
+    );
     let err = detect(&cs, &settings).unwrap_err().to_string();
     assert!(err.contains("services.db.database") && err.contains("oracle"), "{err}");
-    settings.insert("db".to_string(), ServiceSettings { database: None, sqlite: vec!["app.db".into()] });
+    settings.insert(
+        "db".to_string(),
+        ServiceSettings { database: None, sqlite: vec!["app.db".into()], backup: None },
+    );
     let err = detect(&cs, &settings).unwrap_err().to_string();
     assert!(err.contains("services.db.sqlite") && err.contains("absolute"), "{err}");
+    // dump mode for what nuwax cannot dump, or a mode that does not exist.
+    let mut redis = container("cache", &["redis-server"], &[], "redis");
+    redis.labels.insert(LABEL_BACKUP.into(), "dump".into());
+    let err = detect(&[redis], &BTreeMap::new()).unwrap_err().to_string();
+    assert!(err.contains("cannot dump Redis"), "{err}");
+    settings.insert(
+        "db".to_string(),
+        ServiceSettings { database: Some("postgres".into()), sqlite: vec![], backup: Some("copy".into()) },
+    );
+    let err = detect(&cs, &settings).unwrap_err().to_string();
+    assert!(err.contains("\"dump\" or \"stop\""), "{err}");
 }

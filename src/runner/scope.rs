@@ -182,6 +182,15 @@ impl<'c> Scope<'c> {
     pub(super) fn journal(&self) -> &ScopeJournal {
         &self.journal
     }
+
+    /// Starts `services` now, inside the scope, as its end would (by the engine, or through
+    /// compose for those handed to it) and waits until they are ready: for a flow that needs one
+    /// service running while the others stay stopped (a database loading its dump).
+    pub async fn start_these_now(&self, services: &[String]) -> Result<()> {
+        let mut j = self.journal.clone();
+        j.services = services.iter().cloned().collect();
+        ensure_running(self.ctx, &j).await
+    }
 }
 
 /// The stop timeout of a container: its own, else the compose file's `stop_grace_period`

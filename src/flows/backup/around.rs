@@ -48,7 +48,8 @@ pub async fn prepare(
     data: Option<u64>,
 ) -> Result<Prepared> {
     let started = Instant::now();
-    let (sources, spool) = super::find_sources(ctx, opts, containers).await?;
+    let (sources, spool) =
+        super::find_sources(ctx, opts, containers, &super::dumps::DumpPlan::default()).await?;
     let (pre, phases) = match one_phase {
         Some(why) => (None, PhaseReport { single_phase: Some(why.to_string()), ..Default::default() }),
         None => {
@@ -108,7 +109,8 @@ impl Prepared {
         let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
         let services = service_records(&containers, |c| scope.keeps_running(&c.service));
         let (mut op, pending, services) = begin(ctx, opts, services).await?;
-        let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
+        let moment =
+            Moment { stopped: true, live: false, killed: scope.killed().to_vec(), dumps: Default::default() };
         let Some(pre) = self.pre.take() else {
             let written =
                 write(ctx, opts, &pending, &self.sources, services, moment, progress, Vec::new()).await;

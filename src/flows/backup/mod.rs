@@ -6,6 +6,7 @@
 //! the row is marked failed; recovery does the same after a crash.
 
 mod around;
+mod dumps;
 mod images;
 mod plan;
 mod resume;
@@ -36,7 +37,7 @@ use crate::runner::{self, Operation, OperationKind, Scope, ScopeReport};
 use images::{ImageSpool, keep_images};
 use plan::{build_excludes, preflight, sanitize};
 use twophase::Phases;
-use write::{Moment, Sources, Written, seal, write};
+use write::{Dumps, Moment, Sources, Written, seal, write};
 
 /// `backup_{kind}_v{version}_{YYYY-MM-DD_HH-MM-SS}_{id}.tar.zst` (or `.tar.gz`, `.tar`).
 pub fn archive_name(
@@ -162,6 +163,8 @@ pub struct BackupOutcome {
     /// Services the engine killed because they did not stop within their stop timeout.
     pub stop_killed: Vec<String>,
     pub skipped: Vec<Skipped>,
+    /// The database dumps it holds (taken inside the servers' containers while they ran).
+    pub dumps: Vec<crate::archive::manifest::DumpDigest>,
 }
 
 /// One stop of `stop = "each"`.
@@ -238,7 +241,16 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             ctx.project.name
         );
     }
-    let (sources, _spool) = find_sources(ctx, opts, &containers).await?;
+    // Running database servers are dumped inside their containers (they keep running) unless
+    // the settings say otherwise; with `stop = "each"` each is copied within its window.
+    let dumps = match opts.stop_each {
+        true => dumps::DumpPlan::default(),
+        false => dumps::plan(ctx, &containers).await?,
+    };
+    let (sources, _spool) = find_sources(ctx, opts, &containers, &dumps).await?;
+    // What the stop stops: everything that runs but the servers being dumped.
+    let to_stop: Vec<Container> = containers.iter().filter(|c| !dumps.serves(c)).cloned().collect();
+    let records = dumps.records();
     let room = preflight(&ctx.project.storage_dir, &sources.plan, &sources.excludes, &sources.skip_dirs)?;
     ctx.interrupt.check()?;
     let stop = opts.stop && ctx.engine.is_some();
@@ -263,49 +275,71 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             match frozen {
                 Ok(frozen) => {
                     phases.delta_bytes = Some(frozen.report.bytes_written);
-                    let moment = Moment { stopped: true, live: false, killed };
+                    let moment = Moment { stopped: true, live: false, killed, dumps: Default::default() };
                     write_frozen(ctx, opts, &pending, &sources, services, moment, progress, frozen).await
                 }
                 Err(e) => Err(e),
             }
         }
         (true, Some(pre)) => {
-            let sources = &sources;
+            let (sources, dumps) = (&sources, &dumps);
             let frozen = op
-                .with_stopped(&containers, |_, scope| {
+                .with_stopped(&to_stop, |_, scope| {
                     Box::pin(async move {
                         crate::faults::pause(crate::faults::Pause::BackupStopped).await;
                         let frozen = twophase::delta(ctx, pre, sources).await?;
-                        Ok((frozen, scope.killed().to_vec()))
+                        let started = start_dumps(ctx, dumps).await?;
+                        Ok((frozen, scope.killed().to_vec(), started))
                     })
                 })
                 .await;
             match frozen {
-                Ok((frozen, killed)) => {
+                Ok((frozen, killed, started)) => {
                     phases.delta_bytes = Some(frozen.report.bytes_written);
-                    let moment = Moment { stopped: true, live: false, killed };
+                    let dumps = Dumps { records, started: started.into() };
+                    let moment = Moment { stopped: true, live: false, killed, dumps };
                     write_frozen(ctx, opts, &pending, sources, services, moment, progress, frozen).await
                 }
                 Err(e) => Err(e),
             }
         }
         (true, None) => {
-            let (pending, sources) = (&pending, &sources);
-            op.with_stopped(&containers, |_, scope| {
+            let (pending, sources, dumps) = (&pending, &sources, &dumps);
+            op.with_stopped(&to_stop, |_, scope| {
                 Box::pin(async move {
-                    let moment = Moment { stopped: true, live: false, killed: scope.killed().to_vec() };
+                    let dumps = Dumps { records, started: start_dumps(ctx, dumps).await?.into() };
+                    let moment =
+                        Moment { stopped: true, live: false, killed: scope.killed().to_vec(), dumps };
                     write(ctx, opts, pending, sources, services, moment, progress, Vec::new()).await
                 })
             })
             .await
         }
         (false, _) => {
-            let moment = Moment { stopped: false, live, killed: Vec::new() };
+            let dumps = match start_dumps(ctx, &dumps).await {
+                Ok(started) => Dumps { records, started: started.into() },
+                Err(e) => {
+                    return finish(ctx, op, &pending, Err(e), ScopeReport::default(), phases, started).await;
+                }
+            };
+            let moment = Moment { stopped: false, live, killed: Vec::new(), dumps };
             write(ctx, opts, &pending, &sources, services, moment, progress, Vec::new()).await
         }
     };
     let report = report.unwrap_or_else(|| op.scope().cloned().unwrap_or_default());
     finish(ctx, op, &pending, written, report, phases, started).await
+}
+
+/// Starts the backup's dumps (inside its stop: each fixes its moment before the services that
+/// write to it start again).
+async fn start_dumps(ctx: &Ctx, plan: &dumps::DumpPlan) -> Result<Vec<crate::database::dump::Started>> {
+    if plan.servers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let t = Instant::now();
+    let started = dumps::start(ctx.engine()?, plan).await?;
+    tracing::info!("{} dumps started in {} ms", started.len(), t.elapsed().as_millis());
+    Ok(started)
 }
 
 /// The archive, written from the snapshot the stop froze; once it is, the snapshot's index is
@@ -428,6 +462,7 @@ async fn find_sources(
     ctx: &Ctx,
     opts: &BackupOptions,
     containers: &[Container],
+    dumps: &dumps::DumpPlan,
 ) -> Result<(Sources, Option<ImageSpool>)> {
     let project = &ctx.project;
     let mut skipped = Vec::new();
@@ -438,6 +473,7 @@ async fn find_sources(
         }
         None => sources::compose_bind_sources(project, &mut skipped),
     });
+    dumps.drop_data_mounts(&mut plan, &mut skipped);
     check_storage(&project.storage_dir)?;
     let mut spool = None;
     if opts.with_images {
@@ -569,6 +605,7 @@ async fn finish(
                 live: w.manifest.live,
                 stop_killed: w.manifest.stop_killed,
                 skipped: w.manifest.skipped,
+                dumps: s.dumps,
             })
         }
         Err(e) => {

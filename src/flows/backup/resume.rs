@@ -93,7 +93,8 @@ pub(super) async fn finish(ctx: &Ctx, j: &Journal, path: &Path) -> Result<()> {
         excludes: super::plan::build_excludes(&ctx.project.settings.exclude)?,
         skip_dirs: saved.skip_dirs.into_owned(),
     };
-    let moment = Moment { stopped: true, live: false, killed: saved.killed.into_owned() };
+    let moment =
+        Moment { stopped: true, live: false, killed: saved.killed.into_owned(), dumps: Default::default() };
     let services = saved.services.into_owned();
     let frozen = Frozen {
         snap: saved.snapshot.into_owned(),

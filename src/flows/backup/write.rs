@@ -35,6 +35,16 @@ pub(super) struct Moment {
     pub live: bool,
     /// Services killed at their stop timeout.
     pub killed: Vec<String>,
+    /// The dumps started at that moment, each holding it (read into the archive first).
+    pub dumps: Dumps,
+}
+
+/// The dumps a backup writes: their records and the running dumps, in the same order (behind
+/// a lock only so that a [`Moment`] can be shared: the write takes them).
+#[derive(Default)]
+pub(super) struct Dumps {
+    pub records: Vec<crate::archive::manifest::DumpRecord>,
+    pub started: std::sync::Mutex<Vec<crate::database::dump::Started>>,
 }
 
 pub(super) struct Written {
@@ -134,6 +144,11 @@ pub(super) async fn write(
             scans: &scans,
             skipped,
         });
+        let manifest = Manifest {
+            dump_part_bytes: (!moment.dumps.records.is_empty()).then_some(archive::DUMP_PART_BYTES),
+            dumps: moment.dumps.records,
+            ..manifest
+        };
         progress.set_total(scans.iter().map(|s| s.size).sum());
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -149,6 +164,16 @@ pub(super) async fn write(
         )?;
         let lists: Vec<archive::Listing> = scans.iter().map(|s| s.entries.clone()).collect();
         w.write_manifest(&manifest, &lists)?;
+        let started = moment.dumps.started.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for started in started {
+            let crate::database::dump::Started { spec, head, stream, .. } = started;
+            let name = super::dumps::archive_name(&spec);
+            let rest = tokio_util::io::SyncIoBridge::new_with_handle(stream.stdout, handle.clone());
+            w.append_dump(&name, std::io::Read::chain(std::io::Cursor::new(head), rest))
+                .with_context(|| format!("dumping {name} from {}", spec.service))?;
+            let ended = handle.block_on(stream.ended)?;
+            crate::database::dump::finish(&spec, ended)?;
+        }
         for ((s, scan), read_root) in plan.iter().zip(&scans).zip(&roots) {
             match &s.origin {
                 Origin::Host(root) => w
@@ -196,6 +221,8 @@ pub(super) struct Sealed {
     pub file_count: u64,
     pub sync_ms: u64,
     pub verify_ms: u64,
+    /// Each dump's size and digest, as verified.
+    pub dumps: Vec<crate::archive::manifest::DumpDigest>,
 }
 
 /// After the services are back: sync and verify the temp file, rename it into place, record
@@ -266,6 +293,7 @@ pub(super) async fn seal(
         file_count,
         sync_ms,
         verify_ms,
+        dumps: report.dumps,
     })
 }
 

@@ -10,6 +10,7 @@
 //! next command. An upgrade's automatic rollback runs [`restore`] inside the upgrade's scope.
 
 pub mod engine;
+mod load;
 mod plan;
 mod steps;
 pub mod swap;
@@ -26,7 +27,7 @@ use crate::archive::Progress;
 use crate::engine::Container;
 use crate::runner::{self, Operation, OperationKind};
 use engine::EngineSlot;
-pub use plan::{ImageStep, Item, Plan, RollbackOptions, plan};
+pub use plan::{ImageStep, Item, Load, Plan, RollbackOptions, plan};
 pub use steps::{cleanup, load_images, restore};
 use swap::Slot;
 
@@ -110,6 +111,13 @@ pub struct Journal {
     /// The backup's trees were extracted beside their targets before the stop.
     #[serde(default)]
     pub staged: bool,
+    /// Database servers started on fresh data to load their dumps: a crash before the load is
+    /// done puts the swap back (recovery undoes the rollback).
+    #[serde(default)]
+    pub loading: Vec<String>,
+    /// The version before the rollback, set back when a failed load is undone.
+    #[serde(default)]
+    pub version_before: Option<String>,
 }
 
 impl runner::Journal for Journal {
@@ -175,6 +183,8 @@ impl Journal {
             engine_touched: 0,
             retagged: 0,
             staged: false,
+            loading: Vec::new(),
+            version_before: None,
         }
     }
 
@@ -361,12 +371,25 @@ pub async fn recover(ctx: &Ctx, j: &Journal) -> Result<String> {
                 Some(id) => ctx.catalog.get(id).await?.and_then(|r| r.path).map(PathBuf::from),
                 None => None,
             };
-            steps::undo(ctx, j, safety.as_deref()).await?;
+            load::undo(ctx, j, safety.as_deref()).await?;
             Ok("the failed rollback was undone: the project is as before it".into())
         }
         Phase::Staging => {
             steps::unstage(j).await?;
             Ok("the rollback had not replaced anything: the project is as before it".into())
+        }
+        Phase::Swapping | Phase::Swapped if !j.loading.is_empty() => {
+            let safety = match j.safety_backup_id {
+                Some(id) => ctx.catalog.get(id).await?.and_then(|r| r.path).map(PathBuf::from),
+                None => None,
+            };
+            load::undo(ctx, j, safety.as_deref()).await?;
+            Ok(format!(
+                "the rollback to backup {} was loading the dumps of {} when nuwax ended: it was undone, \
+                 the project is as before it",
+                j.backup_id,
+                j.loading.join(", ")
+            ))
         }
         Phase::Swapping | Phase::Swapped => {
             // The replaced trees go only once the safety backup holds them (its own recovery,

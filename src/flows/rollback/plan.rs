@@ -51,6 +51,21 @@ pub struct Item {
     pub via_engine: bool,
     /// The volume does not exist: the rollback creates it.
     pub create: bool,
+    /// A dumped database server's data: replaced by an empty directory, which the server
+    /// initializes and its dumps are loaded into (nothing is extracted).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub empty: bool,
+}
+
+/// The dumps of one database server a rollback loads, in order, once its data directory is
+/// fresh and it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Load {
+    pub service: String,
+    pub server: String,
+    pub dumps: Vec<crate::archive::manifest::DumpRecord>,
+    /// Their sizes and digests, as the verifying pass read them.
+    pub digests: Vec<crate::archive::manifest::DumpDigest>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +92,8 @@ pub struct Plan {
     pub images: Vec<ImageStep>,
     /// Archive path of the images to `docker load` first, when some are missing here.
     pub load_images: Option<String>,
+    /// The database dumps loaded into their servers after the swap.
+    pub loads: Vec<Load>,
     pub warnings: Vec<String>,
     /// The project has no containers (never started here, or `compose down`): the rollback
     /// creates and starts them all with the compose CLI.
@@ -110,17 +127,20 @@ impl Plan {
 pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     let engine = ctx.engine.as_ref().context("rollback needs the Docker engine")?;
     let (rec, archive) = restorable(ctx, opts.id).await?;
-    let manifest = verify(ctx, &rec, &archive, opts).await?;
+    let (manifest, digests) = verify(ctx, &rec, &archive, opts).await?;
     let mut warnings = warnings_of(&manifest, opts, rec.id, &ctx.project.name)?;
     let mut items = Vec::new();
+    let containers = engine.project_containers(&ctx.project.name).await?;
+    let mut loads = Vec::new();
     if opts.data {
         items.extend(mount_items(&**engine, &manifest, opts, &ctx.project, &mut warnings).await?);
+        loads = loads_of(&manifest, &digests);
+        items.extend(fresh_data_items(&loads, &containers)?);
     }
     if opts.config {
         items.extend(config_items(&manifest, &ctx.project));
     }
     let (images, load_images) = image_steps(&**engine, &manifest).await?;
-    let containers = engine.project_containers(&ctx.project.name).await?;
     let start_all = containers.is_empty();
     // Services are recreated by compose when configs come back, an image differs, a volume is
     // recreated under them, or there are none yet.
@@ -150,6 +170,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
         items,
         images,
         load_images: manifest.images_archive.clone().filter(|_| load_images),
+        loads,
         warnings,
         start_all,
         carrier_image,
@@ -186,7 +207,12 @@ async fn restorable(ctx: &Ctx, id: i64) -> Result<(BackupRecord, PathBuf)> {
 /// Every byte, before anything else, in one pass: the whole file against the catalog's
 /// checksum, every entry against manifest and trailer, and the extraction rules for what will
 /// be restored. A damaged or hostile archive is found here, services untouched.
-async fn verify(ctx: &Ctx, rec: &BackupRecord, archive: &Path, opts: &RollbackOptions) -> Result<Manifest> {
+async fn verify(
+    ctx: &Ctx,
+    rec: &BackupRecord,
+    archive: &Path,
+    opts: &RollbackOptions,
+) -> Result<(Manifest, Vec<crate::archive::manifest::DumpDigest>)> {
     let refused = |e: archive::Error| crate::Error::VerifyFailed {
         id: rec.id,
         detail: format!("{:#}", anyhow::Error::from(e)),
@@ -211,7 +237,71 @@ async fn verify(ctx: &Ctx, rec: &BackupRecord, archive: &Path, opts: &RollbackOp
     })
     .await?;
     ctx.interrupt.check()?;
-    Ok(report.map_err(refused)?.manifest)
+    let report = report.map_err(refused)?;
+    Ok((report.manifest, report.dumps))
+}
+
+/// The backup's dumps, by server, in archive order.
+fn loads_of(manifest: &Manifest, digests: &[crate::archive::manifest::DumpDigest]) -> Vec<Load> {
+    let mut loads: Vec<Load> = Vec::new();
+    for (d, digest) in manifest.dumps.iter().zip(digests) {
+        match loads.iter_mut().find(|l| l.service == d.service) {
+            Some(l) => {
+                l.dumps.push(d.clone());
+                l.digests.push(digest.clone());
+            }
+            None => loads.push(Load {
+                service: d.service.clone(),
+                server: d.server.clone(),
+                dumps: vec![d.clone()],
+                digests: vec![digest.clone()],
+            }),
+        }
+    }
+    loads
+}
+
+/// The data volumes of each server whose dumps are loaded: each is replaced by an empty
+/// directory (the old one kept beside it until the rollback stands), so the server starts
+/// fresh and a failed load puts the old one back. A server with no container yet starts on
+/// whatever compose gives it.
+fn fresh_data_items(loads: &[Load], containers: &[Container]) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for l in loads {
+        let kind: crate::database::Kind = l.server.parse().map_err(anyhow::Error::msg)?;
+        let Some(c) = containers.iter().find(|c| c.service == l.service) else { continue };
+        for m in &c.mounts {
+            let data = kind.data_dirs().iter().any(|d| {
+                m.destination == *d || m.destination.strip_prefix(d).is_some_and(|r| r.starts_with('/'))
+            });
+            if !data || items.iter().any(|i: &Item| i.dest == m.source) {
+                continue;
+            }
+            if m.kind == crate::engine::MountType::Other || std::fs::read_dir(&m.source).is_err() {
+                bail!(
+                    "the data of {} {} ({}) is not reachable on this host at {}: loading its dump \
+                     needs it",
+                    kind,
+                    l.service,
+                    m.destination,
+                    m.source.display()
+                );
+            }
+            items.push(Item {
+                kind: if m.kind == crate::engine::MountType::Volume { "volume" } else { "bind" },
+                name: m.name.clone().unwrap_or_else(|| m.source.display().to_string()),
+                prefix: String::new(),
+                dest: m.source.clone(),
+                size: 0,
+                file_count: 0,
+                volume: m.name.clone(),
+                via_engine: false,
+                create: false,
+                empty: true,
+            });
+        }
+    }
+    Ok(items)
 }
 
 /// What the operator should know before: another project's backup, a live one (refused
@@ -268,6 +358,7 @@ async fn mount_items(
             volume: None,
             via_engine: false,
             create: false,
+            empty: false,
         };
         if m.kind == archive::manifest::MountKind::Bind {
             let dest = local_bind(manifest.project_dir.as_deref(), &project.dir, Path::new(&m.source));
@@ -318,6 +409,7 @@ fn config_items(manifest: &Manifest, project: &crate::project::Project) -> Vec<I
                 volume: None,
                 via_engine: false,
                 create: false,
+                empty: false,
             }
         })
         .collect()

@@ -2,6 +2,7 @@
 //! runs safety backup → stage → swap → create; a failed swap is undone.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -58,6 +59,11 @@ pub async fn restore<'c>(
         }
     };
     let before = scope.services().clone();
+    if !plan.loads.is_empty() {
+        // Set back if loading the dumps fails and the swap is undone.
+        let version = ctx.current_version().await?;
+        op.advance(|j| j.version_before = version).await?;
+    }
     let mut progress = SwapProgress::default();
     if let Err(e) = swap_in(op, scope, &mut progress).await {
         let archive = safety
@@ -72,8 +78,25 @@ pub async fn restore<'c>(
             )),
         });
     }
-    // From here on, forward only. The old versions go once the services run ([`cleanup`]).
+    // From here on, forward only (but for the dumps' load). The old versions go once the
+    // services run ([`cleanup`]).
     create(ctx, &op.journal).await?;
+    if !plan.loads.is_empty()
+        && let Err(e) = super::load::load(op, scope, plan).await
+    {
+        let archive = safety
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|s| s.archive().map(Path::to_path_buf));
+        return Err(match undo_failed(op, scope, before, &progress, archive.as_deref()).await {
+            Ok(()) => e.context("loading the backup's database dumps failed, so the rollback was undone"),
+            Err(u) => e.context(format!(
+                "loading the backup's database dumps failed, and putting the previous state back \
+                 failed ({u:#}); restore it with `nuwax rollback {safety_id}` (the safety backup)"
+            )),
+        });
+    }
     Ok(Restored { services: scope.services().iter().cloned().collect() })
 }
 
@@ -204,7 +227,7 @@ async fn undo_failed(
         .await;
     faults::crash(Crash::RollbackWhileUndoing);
     let undone = match journaled {
-        Ok(()) => undo(ctx, &op.journal, safety).await,
+        Ok(()) => super::load::undo(ctx, &op.journal, safety).await,
         Err(e) => Err(e),
     };
     undone?;
@@ -295,10 +318,20 @@ async fn stage(
         }
     }
     let host = plan.items.iter().filter(|i| !i.via_engine);
-    let targets: Vec<Target> = host
-        .zip(&journal.slots)
-        .map(|(i, s)| Target { prefix: i.prefix.clone(), dest: s.staging.clone() })
-        .collect();
+    let (empty, host): (Vec<_>, Vec<_>) = host.zip(&journal.slots).partition(|(i, _)| i.empty);
+    // A dumped server's data directory: empty, as the current one is owned and moded (the
+    // server's entrypoint initializes it).
+    for (_, s) in &empty {
+        let meta = std::fs::metadata(&s.dest).with_context(|| format!("reading {}", s.dest.display()))?;
+        std::fs::DirBuilder::new()
+            .mode(meta.mode() & 0o7777)
+            .create(&s.staging)
+            .with_context(|| format!("creating {}", s.staging.display()))?;
+        std::os::unix::fs::chown(&s.staging, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("owning {}", s.staging.display()))?;
+    }
+    let targets: Vec<Target> =
+        host.iter().map(|(i, s)| Target { prefix: i.prefix.clone(), dest: s.staging.clone() }).collect();
     let p: Arc<dyn Progress> = match opts.safety.rate_limit {
         Some(rate) if rate > 0 => Arc::new(Throttled::new(progress.clone(), rate)),
         _ => progress.clone(),
