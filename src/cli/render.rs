@@ -256,6 +256,7 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
                 "format_version": m.format_version, "nuwax_version": m.nuwax_version,
                 "services": m.services, "mounts": m.mounts, "configs": m.configs,
                 "skipped": m.skipped, "entries": m.entry_count(), "services_stopped": m.services_stopped,
+                "dumps": m.dumps,
             })
         });
         outln!(
@@ -315,6 +316,18 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
         ]);
     }
     outln!("{t}");
+    for d in &m.dumps {
+        outln!(
+            "  dump {} of {} {} (database {}, {}; {} of server {})",
+            d.name,
+            d.server,
+            d.service,
+            d.database.as_deref().unwrap_or("all / globals"),
+            d.format,
+            d.tool_version,
+            d.server_version
+        );
+    }
     for s in &m.skipped {
         outln!("  skipped {}: {}", s.path, s.reason);
     }
