@@ -48,6 +48,8 @@ pub enum Pause {
     BackupAfterPrecopy,
     /// A two-phase backup stopped the services; the copy of what changed has not begun.
     BackupStopped,
+    /// A backup's services run again and its dumps are started, not yet read.
+    BackupDumpsStarted,
     /// A rollback staged the backup and copied its safety backup while running; nothing stopped.
     RollbackBeforeStop,
     /// A rollback is done and the services run again; its safety backup's archive is not written.
@@ -63,6 +65,7 @@ impl Pause {
         match self {
             Pause::BackupAfterPrecopy => "backup-after-precopy",
             Pause::BackupStopped => "backup-stopped",
+            Pause::BackupDumpsStarted => "backup-dumps-started",
             Pause::RollbackBeforeStop => "rollback-before-stop",
             Pause::RollbackSafetyArchive => "rollback-safety-archive",
             Pause::UpgradeBeforeStop => "upgrade-before-stop",

@@ -407,3 +407,50 @@ fn a_crash_while_loading_a_dump_is_undone_by_the_next_command() {
     );
     assert_eq!(site.psql("SELECT max(n) = count(*) FROM ticks"), "t");
 }
+
+/// SIGKILL once the dumps are started and the apps run again, before the dumps are read: the
+/// dump processes end with nuwax's connection, the next command abandons the backup (failed,
+/// no partial file) and every service runs.
+#[test]
+fn sigkill_while_dumps_are_held_leaves_nothing_behind() {
+    let compose = require_docker!();
+    let site = Site::new(compose);
+    site.up();
+    // More than the pipes between pg_dump and nuwax hold, so that pg_dump waits on them.
+    site.psql("CREATE TABLE big AS SELECT g, md5(g::text) || repeat('x', 1000) AS pad FROM generate_series(1, 40000) g");
+    let pause = site.dir.join("pause");
+    let mut child = site
+        .nuwax()
+        .arg("backup")
+        .env("NUWAX_TEST_PAUSE", "backup-dumps-started")
+        .env("NUWAX_TEST_PAUSE_FILE", &pause)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !pause.exists() {
+        assert!(std::time::Instant::now() < deadline, "nuwax never reached the pause");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(site.exec("db", &["busybox", "ps", "-o", "args"]).contains("pg_dump"), "the dumps are held");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(&pause);
+    let status = site.run(&["status"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("abandoned"));
+    site.wait_healthy(&["db", "app", "maria", "shop"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while site.exec("db", &["busybox", "ps", "-o", "args"]).contains("pg_dump") {
+        assert!(std::time::Instant::now() < deadline, "a pg_dump outlived nuwax");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let list = json_of(&site, &["list"]);
+    assert_eq!(list[0]["status"], "failed");
+    let partial = std::fs::read_dir(site.dir.join("backups"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with(".nuwax-partial"));
+    assert!(!partial);
+}

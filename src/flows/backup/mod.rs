@@ -295,6 +295,9 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
                 .await;
             match frozen {
                 Ok((frozen, killed, started)) => {
+                    if !started.is_empty() {
+                        crate::faults::pause(crate::faults::Pause::BackupDumpsStarted).await;
+                    }
                     phases.delta_bytes = Some(frozen.report.bytes_written);
                     let dumps = Dumps { records, started: started.into() };
                     let moment = Moment { stopped: true, live: false, killed, dumps };
