@@ -106,12 +106,9 @@ pub(super) async fn plan(ctx: &Ctx, containers: &[Container]) -> Result<DumpPlan
     Ok(DumpPlan { servers })
 }
 
-/// Starts every dump and waits until each has fixed its moment: called inside the stop, so
-/// that all of them, and the files, hold one point in time.
+/// Starts every dump at once and waits until each has fixed its moment: called inside the
+/// stop, so that all of them, and the files, hold one point in time. In archive order.
 pub(super) async fn start(engine: &dyn Engine, plan: &DumpPlan) -> Result<Vec<dump::Started>> {
-    let mut started = Vec::new();
-    for spec in plan.servers.iter().flat_map(|s| s.specs.iter()) {
-        started.push(dump::start(engine, spec.clone()).await?);
-    }
-    Ok(started)
+    let specs = plan.servers.iter().flat_map(|s| s.specs.iter());
+    Ok(futures_util::future::try_join_all(specs.map(|spec| dump::start(engine, spec.clone()))).await?)
 }
