@@ -20,12 +20,53 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::*;
 
+/// What an attached exec outputs.
+type ExecOutputStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<Item = std::result::Result<bollard::container::LogOutput, BollardError>>
+            + Send,
+    >,
+>;
+
 pub struct DockerEngine {
     docker: Docker,
     host: String,
 }
 
 impl DockerEngine {
+    /// Creates and starts `cmd` in container `id`, attached: its exec id, a name for errors,
+    /// its output (stdout and stderr) and its stdin (open when `stdin`).
+    async fn attach(
+        &self,
+        id: &str,
+        cmd: &[String],
+        user: Option<&str>,
+        stdin: bool,
+    ) -> Result<(String, String, ExecOutputStream, std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>)>
+    {
+        let config = ExecConfig {
+            attach_stdin: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd.to_vec()),
+            user: user.map(str::to_string),
+            ..Default::default()
+        };
+        let target = format!("{id}: {}", cmd.first().map(String::as_str).unwrap_or_default());
+        let created = self.docker.create_exec(id, config).await.map_err(api("exec", &target))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(StartExecOptions { detach: false, ..Default::default() }))
+            .await
+            .map_err(api("exec", &target))?;
+        match started {
+            StartExecResults::Attached { output, input } => Ok((created.id, target, output, input)),
+            StartExecResults::Detached => {
+                Err(EngineError::Api { op: "exec", target, detail: "the engine did not attach".into() })
+            }
+        }
+    }
+
     /// Connect through `DOCKER_HOST` or the default socket and negotiate the API version.
     /// Fails with [`EngineError::Unreachable`] when nothing answers.
     pub async fn connect() -> Result<Self> {
@@ -375,29 +416,12 @@ impl Engine for DockerEngine {
     }
 
     async fn exec_stream(&self, id: &str, cmd: &[String], user: Option<&str>) -> Result<ExecStream> {
-        let config = ExecConfig {
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(cmd.to_vec()),
-            user: user.map(str::to_string),
-            ..Default::default()
-        };
-        let target = format!("{id}: {}", cmd.first().map(String::as_str).unwrap_or_default());
-        let created = self.docker.create_exec(id, config).await.map_err(api("exec", &target))?;
-        let started = self
-            .docker
-            .start_exec(&created.id, Some(StartExecOptions { detach: false, ..Default::default() }))
-            .await
-            .map_err(api("exec", &target))?;
-        let StartExecResults::Attached { output: mut stream, .. } = started else {
-            return Err(EngineError::Api { op: "exec", target, detail: "the engine did not attach".into() });
-        };
+        let (exec_id, target, mut stream, _) = self.attach(id, cmd, user, false).await?;
         // A few chunks in flight: when nobody reads, the pump stops polling the engine, whose
         // connection then fills and the command blocks on its stdout.
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Result<ExecEnd>>();
         let docker = self.docker.clone();
-        let exec_id = created.id.clone();
         tokio::spawn(async move {
             let mut stderr: Vec<u8> = Vec::new();
             let mut failed: Option<EngineError> = None;
@@ -464,24 +488,7 @@ impl Engine for DockerEngine {
         mut input: TarStream,
     ) -> Result<ExecOutput> {
         use tokio::io::AsyncWriteExt;
-        let config = ExecConfig {
-            attach_stdin: Some(true),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(cmd.to_vec()),
-            user: user.map(str::to_string),
-            ..Default::default()
-        };
-        let target = format!("{id}: {}", cmd.first().map(String::as_str).unwrap_or_default());
-        let created = self.docker.create_exec(id, config).await.map_err(api("exec", &target))?;
-        let started = self
-            .docker
-            .start_exec(&created.id, Some(StartExecOptions { detach: false, ..Default::default() }))
-            .await
-            .map_err(api("exec", &target))?;
-        let StartExecResults::Attached { output: mut stream, input: mut stdin } = started else {
-            return Err(EngineError::Api { op: "exec", target, detail: "the engine did not attach".into() });
-        };
+        let (exec_id, target, mut stream, mut stdin) = self.attach(id, cmd, user, true).await?;
         // Feed stdin while the output is read: a command that writes a lot before it reads all
         // its input must not block on a full pipe.
         let feed = async {
@@ -504,7 +511,7 @@ impl Engine for DockerEngine {
         let output = output?;
         let from = output.len().saturating_sub(STDERR_KEPT);
         let output = String::from_utf8_lossy(&output[from..]).into_owned();
-        let inspected = self.docker.inspect_exec(&created.id).await.map_err(api("exec", &target))?;
+        let inspected = self.docker.inspect_exec(&exec_id).await.map_err(api("exec", &target))?;
         let exit_code = inspected.exit_code.unwrap_or(-1);
         if let Err(e) = fed {
             // A command that stopped reading early says why in its output and exit code.

@@ -92,6 +92,16 @@ pub fn build_image(dir: &Path, tag: &str, version: Option<&str>) {
     assert!(out.status.success(), "build-images {tag}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Removes the tags nuwax put on project `project`'s images for its backups' rollbacks.
+pub fn remove_keep_tags(project: &str) {
+    let kept = Command::new("docker")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &format!("nuwax-keep/{project}-*")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    remove_images(&kept.split_whitespace().collect::<Vec<_>>(), false);
+}
+
 /// `docker image rm [-f] TAG...` under the [`ImageLock`], each tag on its own (one missing tag
 /// must not keep the others); returns whether each went.
 pub fn remove_images(tags: &[&str], force: bool) -> Vec<bool> {
@@ -289,12 +299,7 @@ impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.compose(&["down", "-v", "--remove-orphans", "--timeout", "2"]);
         // The tags nuwax kept for rollback, then the test's own images.
-        let kept = Command::new("docker")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &format!("nuwax-keep/{}-*", self.name)])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        remove_images(&kept.split_whitespace().collect::<Vec<_>>(), false);
+        remove_keep_tags(&self.name);
         let upgrades = [format!("{}:2", self.repo), format!("{}:3", self.repo)];
         remove_images(&[self.image.as_str(), &upgrades[0], &upgrades[1]], true);
         // Whatever a test chmod-ed away, the temp dir must still go.

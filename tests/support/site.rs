@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{ComposeCli, ImageLock, copy_dir, remove_images, repo, unique};
+use super::{ComposeCli, ImageLock, copy_dir, repo, unique};
 
 /// Builds (or finds up to date) the bookworm database images, once per test process, under the
 /// image lock. Panics with the script's output when it fails.
@@ -117,11 +117,6 @@ impl Site {
 impl Drop for Site {
     fn drop(&mut self) {
         let _ = self.compose(&["down", "-v", "--remove-orphans", "--timeout", "5"]);
-        let kept = Command::new("docker")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &format!("nuwax-keep/{}-*", self.name)])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        remove_images(&kept.split_whitespace().collect::<Vec<_>>(), false);
+        super::remove_keep_tags(&self.name);
     }
 }

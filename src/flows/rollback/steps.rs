@@ -65,12 +65,17 @@ pub async fn restore<'c>(
         op.advance(|j| j.version_before = version).await?;
     }
     let mut progress = SwapProgress::default();
-    if let Err(e) = swap_in(op, scope, &mut progress).await {
-        let archive = safety
+    // The safety archive, when it was written inside the stop: what engine volumes are put
+    // back from.
+    let safety_archive = || {
+        safety
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .and_then(|s| s.archive().map(Path::to_path_buf));
+            .and_then(|s| s.archive().map(Path::to_path_buf))
+    };
+    if let Err(e) = swap_in(op, scope, &mut progress).await {
+        let archive = safety_archive();
         return Err(match undo_failed(op, scope, before, &progress, archive.as_deref()).await {
             Ok(()) => e,
             Err(u) => e.context(format!(
@@ -84,11 +89,7 @@ pub async fn restore<'c>(
     if !plan.loads.is_empty()
         && let Err(e) = super::load::load(op, scope, plan).await
     {
-        let archive = safety
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|s| s.archive().map(Path::to_path_buf));
+        let archive = safety_archive();
         return Err(match undo_failed(op, scope, before, &progress, archive.as_deref()).await {
             Ok(()) => e.context("loading the backup's database dumps failed, so the rollback was undone"),
             Err(u) => e.context(format!(
