@@ -71,11 +71,21 @@ fn sh(script: String) -> Vec<String> {
 }
 
 /// `'s'` for a shell.
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-const PG_USER: &str = "\"${POSTGRES_USER:-postgres}\"";
+/// The server's superuser, from the container's own environment.
+pub(super) const PG_USER: &str = "\"${POSTGRES_USER:-postgres}\"";
+
+/// What nuwax cannot dump (it copies that server's files while it is stopped).
+fn not_dumped(service: &str, kind: Kind) -> DumpError {
+    DumpError::Failed {
+        service: service.into(),
+        what: "dump".into(),
+        detail: format!("nuwax cannot dump {kind} yet; its data is copied while it is stopped"),
+    }
+}
 
 /// Runs `script` in the container and returns its stdout; a non-zero exit is an error with the
 /// command's own message.
@@ -113,13 +123,7 @@ pub async fn versions(
             "mariadb -N -e 'SELECT version()' 2>/dev/null || mysql -N -e 'SELECT version()'".to_string(),
             "mariadb-dump --version 2>/dev/null || mysqldump --version".to_string(),
         ),
-        Kind::Redis => {
-            return Err(DumpError::Failed {
-                service: service.into(),
-                what: "dump".into(),
-                detail: "nuwax cannot dump Redis yet; its data is copied while it is stopped".into(),
-            });
-        }
+        Kind::Redis => return Err(not_dumped(service, kind)),
     };
     let server = query(engine, container, service, "asking the server's version", server).await?;
     let tool = query(engine, container, service, "asking the dump tool's version", tool).await?;
@@ -180,11 +184,7 @@ pub async fn plan(
              --hex-blob --default-character-set=utf8mb4 --flush-privileges"
                 .to_string(),
         )]),
-        Kind::Redis => Err(DumpError::Failed {
-            service: service.into(),
-            what: "dump".into(),
-            detail: "nuwax cannot dump Redis yet; its data is copied while it is stopped".into(),
-        }),
+        Kind::Redis => Err(not_dumped(service, kind)),
     }
 }
 
@@ -231,10 +231,12 @@ pub async fn start(engine: &dyn Engine, spec: Spec) -> Result<Started, DumpError
             eof = true;
             break;
         }
+        // Only the new bytes, and the marker's length before them, can complete it.
+        let from = head.len().saturating_sub(MARKER_MAX);
         head.extend_from_slice(&buf[..n]);
         let done = match ready {
             Ready::FirstByte => true,
-            Ready::Marker(m) => memchr_find(&head, m.as_bytes()),
+            Ready::Marker(m) => memchr_find(&head[from..], m.as_bytes()),
             Ready::End => false,
         };
         if done {
@@ -243,6 +245,9 @@ pub async fn start(engine: &dyn Engine, spec: Spec) -> Result<Started, DumpError
     }
     Ok(Started { spec, head, stream, eof })
 }
+
+/// Longer than any [`Ready::Marker`].
+const MARKER_MAX: usize = 64;
 
 fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)

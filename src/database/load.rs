@@ -11,19 +11,13 @@
 //! - MariaDB / MySQL: the whole-server SQL through `mariadb` (`mysql`), then `FLUSH
 //!   PRIVILEGES` (the users came back with the `mysql` database).
 
+use super::dump::{PG_USER, quote};
 use crate::archive::manifest::DumpRecord;
 
 /// `"name"` as an SQL identifier.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
-
-/// `'s'` for a shell.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-const PG_USER: &str = "\"${POSTGRES_USER:-postgres}\"";
 
 /// The command that loads `dump` from its stdin, as `sh -c` words; `None` for a server or
 /// format nuwax does not load.

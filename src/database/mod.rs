@@ -47,6 +47,13 @@ impl Kind {
             Kind::Redis => &["/data"],
         }
     }
+
+    /// Whether a mount at `destination` (inside the container) holds the server's data files.
+    pub fn holds_data(self, destination: &str) -> bool {
+        self.data_dirs().iter().any(|d| {
+            destination == *d || destination.strip_prefix(d).is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
 }
 
 impl std::fmt::Display for Kind {

@@ -92,6 +92,21 @@ pub fn build_image(dir: &Path, tag: &str, version: Option<&str>) {
     assert!(out.status.success(), "build-images {tag}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The `nuwax` binary pointed at the project in `dir`, with the environment of a clean shell
+/// (no storage or state dir overrides, no stdin) and the compose CLI `compose`: never a
+/// fallback to the other one.
+pub fn nuwax_at(dir: &Path, compose: &ComposeCli) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nuwax"));
+    c.arg("--project-dir")
+        .arg(dir)
+        .env_remove("NUWAX_STORAGE_DIR")
+        .env_remove("NUWAX_STATE_DIR")
+        .env("NUWAX_LOG", "nuwax=info")
+        .env("NUWAX_COMPOSE", if compose.major == 1 { "v1" } else { "v2" })
+        .stdin(Stdio::null());
+    c
+}
+
 /// Removes the tags nuwax put on project `project`'s images for its backups' rollbacks.
 pub fn remove_keep_tags(project: &str) {
     let kept = Command::new("docker")
@@ -234,19 +249,11 @@ impl Demo {
 
     /// The `nuwax` binary pointed at this project.
     pub fn nuwax(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_nuwax"));
-        c.arg("--project-dir")
-            .arg(&self.dir)
-            .env_remove("NUWAX_STORAGE_DIR")
-            .env_remove("NUWAX_STATE_DIR")
-            .env_remove("COMPOSE_PROJECT_NAME")
-            .env("NUWAX_LOG", "nuwax=info")
-            // The compose CLI this test runs under, never a fallback to the other one.
-            .env("NUWAX_COMPOSE", self.compose_choice())
+        let mut c = nuwax_at(&self.dir, &self.compose);
+        c.env_remove("COMPOSE_PROJECT_NAME")
             // What the operator's shell would hold for the compose file's ${NUWAX_DEMO_IMAGE}.
             .env("NUWAX_DEMO_IMAGE", &self.image)
-            .env("NUWAX_DEMO_REPO", &self.repo)
-            .stdin(Stdio::null());
+            .env("NUWAX_DEMO_REPO", &self.repo);
         c
     }
 

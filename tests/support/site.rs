@@ -97,15 +97,8 @@ impl Site {
 
     /// The `nuwax` binary pointed at this project.
     pub fn nuwax(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_nuwax"));
-        c.arg("--project-dir")
-            .arg(&self.dir)
-            .env_remove("NUWAX_STORAGE_DIR")
-            .env_remove("NUWAX_STATE_DIR")
-            .env("COMPOSE_PROJECT_NAME", &self.name)
-            .env("NUWAX_LOG", "nuwax=info")
-            .env("NUWAX_COMPOSE", if self.compose.major == 1 { "v1" } else { "v2" })
-            .stdin(Stdio::null());
+        let mut c = super::nuwax_at(&self.dir, &self.compose);
+        c.env("COMPOSE_PROJECT_NAME", &self.name);
         c
     }
 

@@ -59,7 +59,7 @@ impl DumpPlan {
                 !destinations.is_empty()
                     && destinations.iter().all(|d| {
                         d.split_once(':').is_some_and(|(service, path)| {
-                            service == srv.service && srv.kind.data_dirs().iter().any(|dir| under(path, dir))
+                            service == srv.service && srv.kind.holds_data(path)
                         })
                     })
             });
@@ -80,10 +80,6 @@ impl DumpPlan {
 /// The dump's name in the archive.
 pub(super) fn archive_name(spec: &dump::Spec) -> String {
     format!("{}{}", crate::archive::manifest::DUMPS_PREFIX, spec.name)
-}
-
-fn under(path: &str, dir: &str) -> bool {
-    path == dir || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The running servers the project's settings and commands say to dump, with their dumps

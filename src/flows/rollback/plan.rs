@@ -271,9 +271,7 @@ fn fresh_data_items(loads: &[Load], containers: &[Container]) -> Result<Vec<Item
         let kind: crate::database::Kind = l.server.parse().map_err(anyhow::Error::msg)?;
         let Some(c) = containers.iter().find(|c| c.service == l.service) else { continue };
         for m in &c.mounts {
-            let data = kind.data_dirs().iter().any(|d| {
-                m.destination == *d || m.destination.strip_prefix(d).is_some_and(|r| r.starts_with('/'))
-            });
+            let data = kind.holds_data(&m.destination);
             if !data || items.iter().any(|i: &Item| i.dest == m.source) {
                 continue;
             }
