@@ -18,6 +18,8 @@ pub enum Crash {
     RollbackAfterSwap,
     /// A rollback started a database server on its fresh data and dies loading its first dump.
     RollbackWhileLoading,
+    /// An upgrade started a reloaded database's new server and dies loading its first dump.
+    UpgradeWhileLoading,
 }
 
 /// Where a test can make nuwax fail with an error, with `NUWAX_TEST_FAIL=<name>`.
@@ -82,6 +84,7 @@ impl Crash {
             Crash::RollbackWhileUndoing => "rollback-while-undoing",
             Crash::RollbackAfterSwap => "rollback-after-swap",
             Crash::RollbackWhileLoading => "rollback-while-loading",
+            Crash::UpgradeWhileLoading => "upgrade-while-loading",
         }
     }
 }

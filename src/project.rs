@@ -273,6 +273,15 @@ pub fn read_services(
     Ok(services)
 }
 
+/// The top-level `volumes:` of the compose `files`: compose name → explicit `name:` when set.
+pub fn read_volumes(files: &[PathBuf], dir: &Path) -> Result<BTreeMap<String, Option<String>>> {
+    let mut volumes = BTreeMap::new();
+    for f in files {
+        volumes.extend(parse_compose(f, dir)?.volumes);
+    }
+    Ok(volumes)
+}
+
 /// A later compose file adds to (lists) or overrides (values) what earlier ones said.
 fn merge_services(
     into: &mut BTreeMap<String, ComposeService>,

@@ -9,6 +9,7 @@ mod cli;
 mod extract;
 mod faults;
 mod lifecycle;
+mod major;
 mod package;
 mod regression;
 mod rollback;

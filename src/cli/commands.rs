@@ -135,6 +135,7 @@ async fn rollback(cli: &Cli, args: &crate::cli::RollbackArgs, interrupt: Interru
     let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
     recover_if_needed(&mut ctx, Some(&lock)).await?;
     let opts = RollbackOptions {
+        keep_data: Vec::new(),
         id: args.id,
         data: !args.config_only,
         config: !args.data_only,

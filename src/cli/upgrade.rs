@@ -131,6 +131,19 @@ fn render_plan(cli: &Cli, p: &Plan) {
         "  then: compose creates the new version's services ({}); what ran before and what the package adds starts, what was stopped stays stopped",
         p.services.join(", ")
     );
+    for r in &p.reload {
+        outln!(
+            "  reload {} {}: dumped by the pre-upgrade backup (sealed inside the stop), loaded into the new server on new data{}; the old data ({}) is kept untouched for the way back",
+            r.server,
+            r.service,
+            if r.fresh_volumes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.fresh_volumes.join(", "))
+            },
+            r.data_before
+        );
+    }
     for h in &p.hooks {
         let when = match h.when {
             crate::package::When::BeforeStart => "before start, in a one-off container of",
@@ -161,11 +174,23 @@ fn render_outcome(cli: &Cli, o: &UpgradeOutcome) {
     );
     match (&o.backup_single_phase, o.backup_precopy_ms) {
         (Some(why), _) => outln!("  pre-upgrade backup made inside the stop ({why})"),
+        (None, Some(ms)) if !o.reloaded.is_empty() => outln!(
+            "  pre-upgrade backup copied while running ({}), then the changes and the database dumps while stopped; sealed inside the stop",
+            crate::fsutil::human_ms(ms)
+        ),
         (None, Some(ms)) => outln!(
             "  pre-upgrade backup copied while running ({}), only the changes while stopped; archive written after the start",
             crate::fsutil::human_ms(ms)
         ),
         (None, None) => {}
+    }
+    for r in &o.reloaded {
+        outln!(
+            "  {} {}: loaded into the new server; the old data ({}) is kept untouched as the way back: remove it once you no longer need it",
+            r.server,
+            r.service,
+            r.data_before
+        );
     }
     if !o.hooks_run.is_empty() {
         outln!("  hooks run: {}", o.hooks_run.join(", "));

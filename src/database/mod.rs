@@ -54,6 +54,11 @@ impl Kind {
             destination == *d || destination.strip_prefix(d).is_some_and(|rest| rest.starts_with('/'))
         })
     }
+
+    /// Whether nuwax can dump (and load) this server's databases.
+    pub fn can_dump(self) -> bool {
+        matches!(self, Kind::Postgres | Kind::Mariadb | Kind::Mysql)
+    }
 }
 
 impl std::fmt::Display for Kind {

@@ -32,6 +32,11 @@ pub struct PackageManifest {
     pub hooks: Vec<Hook>,
     #[serde(default)]
     pub probes: Vec<Probe>,
+    /// Database services whose new version starts on empty data and is loaded from a dump of
+    /// the old server, taken by the pre-upgrade backup (a major-version upgrade: PostgreSQL 15
+    /// to 17, MariaDB to a newer series). The old data stays untouched for the way back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reload: Vec<String>,
 }
 
 /// A file the upgrade places into the project directory.
@@ -213,6 +218,14 @@ impl PackageManifest {
                 p.push(format!("{at}.timeout must be at least 1 second"));
             }
         }
+        let mut reloads = HashSet::new();
+        for (i, service) in self.reload.iter().enumerate() {
+            if service.trim().is_empty() {
+                p.push(format!("reload[{i}] must name a service"));
+            } else if !reloads.insert(service.as_str()) {
+                p.push(format!("reload[{i}]: service {service:?} is named twice"));
+            }
+        }
         for (i, probe) in self.probes.iter().enumerate() {
             let at = format!("probes[{i}]");
             if probe.name.trim().is_empty() {
@@ -345,6 +358,17 @@ mod tests {
     fn top_level_key_after_a_table_gets_a_hint() {
         let e = PackageManifest::parse("name = \"x\"\nversion = \"1\"\n[env]\nimages = []\n").unwrap_err();
         assert!(e.contains("before the first [table]"), "{e}");
+    }
+
+    #[test]
+    fn reload_names_each_service_once() {
+        let m = PackageManifest::parse("name = \"x\"\nversion = \"1\"\nreload = [\"db\"]\n").unwrap();
+        assert_eq!(m.reload, ["db"]);
+        assert!(m.problems(None).is_empty());
+        let m = PackageManifest::parse("name = \"x\"\nversion = \"1\"\nreload = [\"db\", \"\", \"db\"]\n")
+            .unwrap();
+        let p = m.problems(None).join("; ");
+        assert!(p.contains("reload[1] must name a service") && p.contains("named twice"), "{p}");
     }
 
     #[test]

@@ -14,9 +14,24 @@ use super::{ComposeCli, ImageLock, copy_dir, repo, unique};
 /// image lock. Panics with the script's output when it fails.
 pub fn database_images() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let r = BUILT.get_or_init(|| {
+    build_images(&BUILT, &[]);
+}
+
+/// The Debian 13 (trixie) PostgreSQL image, `nuwax-postgres:17`, for major-version upgrades:
+/// built (or found up to date) once per test process.
+pub fn newer_postgres_image() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    build_images(&BUILT, &["--suite", "trixie", "postgres"]);
+}
+
+fn build_images(built: &OnceLock<Result<(), String>>, args: &[&str]) {
+    let r = built.get_or_init(|| {
         let _lock = ImageLock::acquire();
-        let out = Command::new(repo().join("compose/images/build")).stdin(Stdio::null()).output().unwrap();
+        let out = Command::new(repo().join("compose/images/build"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
         if out.status.success() {
             Ok(())
         } else {
@@ -24,7 +39,7 @@ pub fn database_images() {
         }
     });
     if let Err(e) = r {
-        panic!("compose/images/build failed:\n{e}");
+        panic!("compose/images/build {args:?} failed:\n{e}");
     }
 }
 
@@ -95,6 +110,13 @@ impl Site {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The project's volumes, by compose's label.
+    pub fn volumes(&self) -> Vec<String> {
+        let label = format!("label=com.docker.compose.project={}", self.name);
+        let out = Command::new("docker").args(["volume", "ls", "-q", "--filter", &label]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+
     /// The `nuwax` binary pointed at this project.
     pub fn nuwax(&self) -> Command {
         let mut c = super::nuwax_at(&self.dir, &self.compose);
@@ -110,6 +132,11 @@ impl Site {
 impl Drop for Site {
     fn drop(&mut self) {
         let _ = self.compose(&["down", "-v", "--remove-orphans", "--timeout", "5"]);
+        // `down -v` removes the volumes the compose files name now; an upgrade may have left
+        // others of the project (the old server's data after a major-version upgrade).
+        for v in self.volumes() {
+            let _ = Command::new("docker").args(["volume", "rm", "-f", &v]).output();
+        }
         super::remove_keep_tags(&self.name);
     }
 }

@@ -29,6 +29,8 @@ use crate::runner::{Operation, Scope, ScopeReport};
 /// What was done before the stop: the sources found and, in two phases, the copy while running.
 pub struct Prepared {
     sources: Sources,
+    /// The servers dumped inside the stop (their data mounts are not among the sources).
+    dumps: super::dumps::DumpPlan,
     /// Kept until the archive is written: it holds the images the archive takes in.
     spool: Option<ImageSpool>,
     pre: Option<Precopied>,
@@ -39,17 +41,20 @@ pub struct Prepared {
 /// Before the stop: finds what the backup reads and, unless `one_phase` says why not (or the
 /// snapshot cannot be used), copies it into the snapshot while the services run. The caller
 /// checked the room before, for `data` bytes when it says (else they are counted here); a copy
-/// that does not fit falls back to one phase.
+/// that does not fit falls back to one phase. The database servers of `dump` are dumped inside
+/// the stop, which must leave them running, and the archive is then sealed inside it: the
+/// caller loads a database from it before the stop ends.
 pub async fn prepare(
     ctx: &Ctx,
     opts: &BackupOptions,
     containers: &[Container],
     one_phase: Option<&str>,
     data: Option<u64>,
+    dump: &[String],
 ) -> Result<Prepared> {
     let started = Instant::now();
-    let (sources, spool) =
-        super::find_sources(ctx, opts, containers, &super::dumps::DumpPlan::default()).await?;
+    let dumps = super::dumps::plan_for(ctx, containers, dump).await?;
+    let (sources, spool) = super::find_sources(ctx, opts, containers, &dumps).await?;
     let (pre, phases) = match one_phase {
         Some(why) => (None, PhaseReport { single_phase: Some(why.to_string()), ..Default::default() }),
         None => {
@@ -73,7 +78,7 @@ pub async fn prepare(
         }
     }
     ctx.interrupt.check()?;
-    Ok(Prepared { sources, spool, pre, phases, started })
+    Ok(Prepared { sources, dumps, spool, pre, phases, started })
 }
 
 /// A backup recorded inside a stop: sealed already (one phase), or frozen in the snapshot and
@@ -107,13 +112,18 @@ impl Prepared {
     ) -> Result<InScope<'c>> {
         ctx.interrupt.check()?;
         let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
-        let services = service_records(&containers, |c| scope.keeps_running(&c.service));
+        // A server dumped inside the stop runs through it.
+        let services =
+            service_records(&containers, |c| scope.keeps_running(&c.service) || self.dumps.serves(c));
         let (mut op, pending, services) = begin(ctx, opts, services).await?;
-        let moment =
-            Moment { stopped: true, live: false, killed: scope.killed().to_vec(), dumps: Default::default() };
+        let killed = scope.killed().to_vec();
         let Some(pre) = self.pre.take() else {
-            let written =
-                write(ctx, opts, &pending, &self.sources, services, moment, progress, Vec::new()).await;
+            let written = match self.moment(ctx, killed).await {
+                Ok(moment) => {
+                    write(ctx, opts, &pending, &self.sources, services, moment, progress, Vec::new()).await
+                }
+                Err(e) => Err(e),
+            };
             let report = ScopeReport::default();
             let made = finish(ctx, op, &pending, written, report, self.phases, self.started).await?;
             return Ok(InScope::Done(Box::new(made)));
@@ -128,6 +138,20 @@ impl Prepared {
             }
         };
         self.phases.delta_bytes = Some(frozen.report.bytes_written);
+        if !self.dumps.servers.is_empty() {
+            // The caller loads a database from this backup before its stop ends: the dumps are
+            // read while their servers still run, and the archive sealed, here.
+            let written = match self.moment(ctx, killed).await {
+                Ok(moment) => {
+                    write_frozen(ctx, opts, &pending, &self.sources, services, moment, progress, frozen).await
+                }
+                Err(e) => Err(e),
+            };
+            let report = ScopeReport::default();
+            let made = finish(ctx, op, &pending, written, report, self.phases, self.started).await;
+            return made.map(|b| InScope::Done(Box::new(b)));
+        }
+        let moment = Moment { stopped: true, live: false, killed, dumps: Default::default() };
         // The caller's way back from here on: a crash must not lose it.
         if let Err(e) = self.keep(&mut op, opts, &pending, &services, &moment, &frozen).await {
             let report = ScopeReport::default();
@@ -137,6 +161,13 @@ impl Prepared {
         let opts = opts.clone();
         let held = Held { op, pending, opts, prepared: self, services, moment, frozen };
         Ok(InScope::Held(Box::new(held)))
+    }
+
+    /// The moment inside the stop: the dumps (if any) started now, each holding it.
+    async fn moment(&self, ctx: &Ctx, killed: Vec<String>) -> Result<Moment> {
+        let started = super::start_dumps(ctx, &self.dumps).await?;
+        let dumps = super::write::Dumps { records: self.dumps.records(), started: started.into() };
+        Ok(Moment { stopped: true, live: false, killed, dumps })
     }
 
     /// Saves what the archive will be written from, so that recovery can write it.

@@ -95,11 +95,40 @@ pub(super) async fn plan(ctx: &Ctx, containers: &[Container]) -> Result<DumpPlan
             tracing::info!("{} {} is not running: its files are copied instead of a dump", kind, f.service);
             continue;
         };
-        let specs = dump::plan(&**engine, &c.id, &f.service, kind).await?;
-        let (server_version, tool_version) = dump::versions(&**engine, &c.id, &f.service, kind).await?;
-        servers.push(Server { service: f.service, kind, specs, tool_version, server_version });
+        servers.push(server(&**engine, c, kind).await?);
     }
     Ok(DumpPlan { servers })
+}
+
+/// The dumps of `services`, whose servers must run and be ones nuwax can dump: for a backup
+/// another operation loads a database from (an upgrade that reloads it into a new server).
+pub(super) async fn plan_for(ctx: &Ctx, containers: &[Container], services: &[String]) -> Result<DumpPlan> {
+    if services.is_empty() {
+        return Ok(DumpPlan::default());
+    }
+    let engine = ctx.engine()?;
+    let found = database::detect(containers, &ctx.project.settings.services)?;
+    let mut servers = Vec::new();
+    for service in services {
+        let kind = found.iter().find(|f| &f.service == service).and_then(|f| f.kind);
+        let Some(kind) = kind.filter(|k| k.can_dump()) else {
+            anyhow::bail!(
+                "service {service} runs no database server nuwax can dump (PostgreSQL, MariaDB, MySQL)"
+            );
+        };
+        let Some(c) = containers.iter().find(|c| &c.service == service && c.is_running()) else {
+            anyhow::bail!("{kind} {service} is not running: its databases cannot be dumped");
+        };
+        servers.push(server(engine, c, kind).await?);
+    }
+    Ok(DumpPlan { servers })
+}
+
+/// One running server's dumps and versions, asked inside its container.
+async fn server(engine: &dyn Engine, c: &Container, kind: Kind) -> Result<Server> {
+    let specs = dump::plan(engine, &c.id, &c.service, kind).await?;
+    let (server_version, tool_version) = dump::versions(engine, &c.id, &c.service, kind).await?;
+    Ok(Server { service: c.service.clone(), kind, specs, tool_version, server_version })
 }
 
 /// Starts every dump at once and waits until each has fixed its moment: called inside the

@@ -456,7 +456,8 @@ pub async fn backup_in(
 ) -> Result<BackupOutcome> {
     let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
     let prepared =
-        around::prepare(ctx, opts, &containers, Some("made inside another operation's stop"), None).await?;
+        around::prepare(ctx, opts, &containers, Some("made inside another operation's stop"), None, &[])
+            .await?;
     prepared.freeze(ctx, opts, scope, progress.clone()).await?.complete(ctx, progress).await
 }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::{Journal, Plan, steps};
+use crate::archive::manifest::{DumpDigest, DumpRecord};
 use crate::archive::{self, Cancel};
 use crate::database;
 use crate::faults::{self, Crash};
@@ -18,7 +19,6 @@ use crate::runner::{Operation, Scope};
 /// Loads every dump of `plan` (journaled: the servers being loaded).
 pub(super) async fn load(op: &mut Operation<'_, Journal>, scope: &Scope<'_>, plan: &Plan) -> Result<()> {
     let ctx = op.ctx();
-    let engine = ctx.engine()?;
     let servers: Vec<String> = plan.loads.iter().map(|l| l.service.clone()).collect();
     op.advance(|j| j.loading = servers.clone()).await?;
     for l in &plan.loads {
@@ -26,50 +26,56 @@ pub(super) async fn load(op: &mut Operation<'_, Journal>, scope: &Scope<'_>, pla
             .start_these_now(std::slice::from_ref(&l.service))
             .await
             .with_context(|| format!("starting {} on its fresh data to load its dumps", l.service))?;
-        let c = engine
-            .project_containers(&ctx.project.name)
-            .await?
-            .into_iter()
-            .find(|c| c.service == l.service && c.is_running())
-            .with_context(|| format!("{} is not running after its start", l.service))?;
-        for (i, (d, want)) in l.dumps.iter().zip(&l.digests).enumerate() {
-            let cmd = database::load::command(d)
-                .with_context(|| format!("nuwax cannot load {} ({} {})", d.name, d.server, d.format))?;
-            tracing::info!("loading {} into {} ({} bytes)", d.name, l.service, want.bytes);
-            if i == 0 {
-                faults::crash(Crash::RollbackWhileLoading);
-            }
-            let (reader, writer) = tokio::io::duplex(1 << 20);
-            let (archive, name) = (plan.archive.clone(), d.name.clone());
-            let handle = tokio::runtime::Handle::current();
-            // Deaf to signals like the rest of the rollback from the swap on.
-            let feed = tokio::task::spawn_blocking(move || {
-                let mut w = tokio_util::io::SyncIoBridge::new_with_handle(writer, handle);
-                let read = archive::read_dump(&archive, &name, &mut w, &Cancel::default());
-                let _ = w.shutdown();
-                read
-            });
-            let out = engine.exec_stdin(&c.id, &cmd, None, Box::pin(reader)).await?;
-            let fed = feed.await?;
-            if out.exit_code != 0 {
-                bail!(
-                    "loading {} into {} failed (exit {}): {}",
-                    d.name,
-                    l.service,
-                    out.exit_code,
-                    out.output.trim()
-                );
-            }
-            let digest = fed.with_context(|| format!("reading {} from the archive", d.name))?;
-            if digest != *want {
-                bail!("{} read back differs from what the archive's verification read", d.name);
-            }
-            if !out.output.trim().is_empty() {
-                tracing::info!("{} says: {}", l.service, out.output.trim());
-            }
-        }
+        faults::crash(Crash::RollbackWhileLoading);
+        feed(ctx, &plan.archive, &l.service, &l.dumps, &l.digests).await?;
     }
     op.advance(|j| j.loading.clear()).await
+}
+
+/// Loads `dumps` from `archive` into `service`'s running server, in order: each streamed into
+/// its loader's stdin, the loader's exit status checked, the bytes read held to `digests` (as a
+/// verifying pass read them). Deaf to signals: its callers finish what they began.
+pub(crate) async fn feed(
+    ctx: &Ctx,
+    archive: &Path,
+    service: &str,
+    dumps: &[DumpRecord],
+    digests: &[DumpDigest],
+) -> Result<()> {
+    let engine = ctx.engine()?;
+    let c = engine
+        .project_containers(&ctx.project.name)
+        .await?
+        .into_iter()
+        .find(|c| c.service == service && c.is_running())
+        .with_context(|| format!("{service} is not running after its start"))?;
+    for (d, want) in dumps.iter().zip(digests) {
+        let cmd = database::load::command(d)
+            .with_context(|| format!("nuwax cannot load {} ({} {})", d.name, d.server, d.format))?;
+        tracing::info!("loading {} into {service} ({} bytes)", d.name, want.bytes);
+        let (reader, writer) = tokio::io::duplex(1 << 20);
+        let (archive, name) = (archive.to_path_buf(), d.name.clone());
+        let handle = tokio::runtime::Handle::current();
+        let fed = tokio::task::spawn_blocking(move || {
+            let mut w = tokio_util::io::SyncIoBridge::new_with_handle(writer, handle);
+            let read = archive::read_dump(&archive, &name, &mut w, &Cancel::default());
+            let _ = w.shutdown();
+            read
+        });
+        let out = engine.exec_stdin(&c.id, &cmd, None, Box::pin(reader)).await?;
+        let fed = fed.await?;
+        if out.exit_code != 0 {
+            bail!("loading {} into {service} failed (exit {}): {}", d.name, out.exit_code, out.output.trim());
+        }
+        let digest = fed.with_context(|| format!("reading {} from the archive", d.name))?;
+        if digest != *want {
+            bail!("{} read back differs from what the archive's verification read", d.name);
+        }
+        if !out.output.trim().is_empty() {
+            tracing::info!("{service} says: {}", out.output.trim());
+        }
+    }
+    Ok(())
 }
 
 /// Puts back a rollback whose load failed or was cut short: the servers being loaded are

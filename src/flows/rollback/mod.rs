@@ -27,6 +27,7 @@ use crate::archive::Progress;
 use crate::engine::Container;
 use crate::runner::{self, Operation, OperationKind};
 use engine::EngineSlot;
+pub(crate) use load::feed;
 pub use plan::{ImageStep, Item, Load, Plan, RollbackOptions, plan};
 pub use steps::{cleanup, load_images, restore};
 use swap::Slot;

@@ -29,6 +29,10 @@ pub struct RollbackOptions {
     pub note: Option<String>,
     /// Restore a backup copied while services ran (`--accept-live`).
     pub accept_live: bool,
+    /// Database services whose data is left as it is and whose dumps are not loaded: the way
+    /// back from an upgrade that reloaded them into a new server, whose old data it never
+    /// touched.
+    pub keep_data: Vec<String>,
 }
 
 /// One thing the rollback replaces.
@@ -135,6 +139,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     if opts.data {
         items.extend(mount_items(&**engine, &manifest, opts, &ctx.project, &mut warnings).await?);
         loads = loads_of(&manifest, &digests);
+        loads.retain(|l| !opts.keep_data.contains(&l.service));
         items.extend(fresh_data_items(&loads, &containers)?);
     }
     if opts.config {

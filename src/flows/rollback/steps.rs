@@ -117,7 +117,7 @@ async fn safety_backup<'c>(
         Some(p) => p,
         None => {
             let containers = ctx.engine()?.project_containers(&ctx.project.name).await?;
-            prepare(ctx, &o, &containers, Some("made inside the rollback's stop"), None).await?
+            prepare(ctx, &o, &containers, Some("made inside the rollback's stop"), None, &[]).await?
         }
     };
     let made = prepared
@@ -153,7 +153,7 @@ pub(super) async fn prepare_safety(
 ) -> Result<Prepared> {
     let one_phase = (!journal.engine.is_empty())
         .then_some("volumes restored through the engine are put back from its archive if the swap fails");
-    prepare(ctx, &safety_options(opts, plan), &plan.containers, one_phase, Some(plan.safety_bytes)).await
+    prepare(ctx, &safety_options(opts, plan), &plan.containers, one_phase, Some(plan.safety_bytes), &[]).await
 }
 
 /// How far a swap got, for the way back.

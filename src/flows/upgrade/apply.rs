@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Journal, Plan, UpgradeOptions, health};
+use super::{Journal, Plan, UpgradeOptions, health, reload};
 use crate::engine::compose::{Up, run_container_name};
 use crate::flows::Ctx;
 use crate::package::{Hook, When};
@@ -20,10 +20,12 @@ pub(super) async fn apply(
     scope: &mut Scope<'_>,
     opts: &UpgradeOptions,
     plan: &Plan,
+    reload_from: Option<&reload::Source>,
     hooks_run: &mut Vec<String>,
 ) -> Result<Vec<String>> {
     let ctx = op.ctx();
     ctx.interrupt.check()?;
+    reload::stop_old(scope, plan).await?;
     // The configs placed next are the new version's, and so is the project from here on (a
     // failure rolls back to the backup, which sets its own).
     let reason = format!("upgrade {}", op.journal.upgrade_id);
@@ -42,6 +44,10 @@ pub(super) async fn apply(
     scope.set_services(run.clone()).await?;
     scope.via_compose(run.iter().cloned()).await?;
     new.compose()?.up(&new.project, Up::CreateAll, &[]).await.context("creating the new version")?;
+    if let Some(from) = reload_from {
+        reload::load(op, scope, plan, from).await?;
+        ctx.interrupt.check()?;
+    }
     for h in plan.hooks.iter().filter(|h| h.when == When::BeforeStart) {
         before_start(&new, h).await?;
         hooks_run.push(h.name.clone());

@@ -44,10 +44,12 @@ pub(super) async fn roll_back(
             j.to_version, j.to_version
         )),
         accept_live: true,
+        keep_data: j.reload.clone(),
     };
     let plan = rollback::plan(ctx, &ropts).await?;
     let Some(scope) = scope else {
         let done = rollback::rollback(ctx, &ropts, plan, progress).await?;
+        super::reload::remove_fresh(ctx.engine()?, j).await;
         return Ok(done.safety_backup_id);
     };
     if let Some(prefix) = &plan.load_images {
@@ -65,7 +67,9 @@ pub(super) async fn roll_back(
     let safety = safety.into_inner().unwrap_or_else(|e| e.into_inner());
     restored?;
     let safety = safety.context("the rollback made no safety backup")?;
-    Ok(safety.complete(ctx, progress).await?.id)
+    let safety = safety.complete(ctx, progress).await?.id;
+    super::reload::remove_fresh(ctx.engine()?, j).await;
+    Ok(safety)
 }
 
 /// Recovery of an upgrade a dead nuwax (operation `op_id`) left: nothing to do before the

@@ -14,6 +14,7 @@ mod apply;
 mod back;
 mod health;
 mod plan;
+mod reload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use crate::interrupt::Interrupt;
 use crate::runner::{self, Operation, OperationKind, Scope};
 pub use back::recover;
 use back::roll_back;
-pub use plan::{FileStep, ImageNeed, Plan, plan};
+pub use plan::{FileStep, ImageNeed, Plan, Reload, plan};
 
 #[derive(Debug, Clone)]
 pub struct UpgradeOptions {
@@ -67,6 +68,9 @@ pub struct UpgradeOutcome {
     pub left_stopped: Vec<String>,
     pub duration_ms: u64,
     pub downtime_ms: Option<u64>,
+    /// Databases loaded into their new servers from the pre-upgrade backup's dumps (that
+    /// backup was then sealed inside the stop); their old data is kept as it was.
+    pub reloaded: Vec<Reload>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +106,14 @@ pub struct Journal {
     /// The operation of the rollback this upgrade runs (phase `rolling_back`).
     #[serde(default)]
     pub rollback_op: Option<i64>,
+    /// Database services the new version reloads from the pre-upgrade backup's dumps: their old
+    /// data stays as it is, and a rollback keeps it.
+    #[serde(default)]
+    pub reload: Vec<String>,
+    /// Volumes the new version's reloaded servers got, created by this upgrade: a rollback
+    /// removes them.
+    #[serde(default)]
+    pub fresh_volumes: Vec<String>,
 }
 
 impl runner::Journal for Journal {
@@ -149,6 +161,8 @@ pub async fn upgrade(
         added: plan.files.iter().filter(|f| f.action == "add").map(|f| f.dest.clone()).collect(),
         unpacked: plan.package.unpacked().map(PathBuf::from),
         rollback_op: None,
+        reload: plan.reload.iter().map(|r| r.service.clone()).collect(),
+        fresh_volumes: plan.reload.iter().flat_map(|r| r.fresh_volumes.iter().cloned()).collect(),
     };
     let mut op = Operation::begin(ctx, journal).await?;
     // Images first: loading them does not touch the running services.
@@ -166,8 +180,11 @@ pub async fn upgrade(
         note: Some(format!("before upgrade to {} {}", plan.package_name, plan.to_version)),
         ..opts.backup.clone()
     };
-    // While the services run: the pre-upgrade backup's copy into the snapshot.
-    let prepared = match backup::prepare(ctx, &o, &containers, None, Some(plan.backup_bytes)).await {
+    // While the services run: the pre-upgrade backup's copy into the snapshot. Servers the new
+    // version reloads keep running into the stop, to be dumped there.
+    let reloaded = op.journal.reload.clone();
+    let prepared = match backup::prepare(ctx, &o, &containers, None, Some(plan.backup_bytes), &reloaded).await
+    {
         Ok(p) => p,
         Err(e) => {
             end(UpgradeStatus::Failed, Some(format!("the pre-upgrade backup failed: {e:#}")), None, None)
@@ -181,8 +198,9 @@ pub async fn upgrade(
     let held = std::sync::Mutex::new(None);
     let held_ref = &held;
     let after = progress.clone();
+    let to_stop: Vec<_> = containers.iter().filter(|c| !reloaded.contains(&c.service)).cloned().collect();
     let (ended, started_again) = op
-        .with_stopped_apart(&containers, |op, scope| {
+        .with_stopped_apart(&to_stop, |op, scope| {
             Box::pin(async move {
                 let id = pre_upgrade_backup(op, scope, o_ref, prepared, held_ref, progress.clone()).await?;
                 Ok(apply_or_roll_back(op, scope, opts, plan_ref, id, held_ref, progress).await)
@@ -227,6 +245,7 @@ pub async fn upgrade(
         outcome.backup_precopy_ms = b.precopy_ms;
         outcome.backup_single_phase = b.single_phase;
     }
+    outcome.reloaded = plan.reload.clone();
     Ok(outcome)
 }
 
@@ -281,6 +300,7 @@ impl Recorded<'_> {
                     left_stopped,
                     duration_ms: self.started.elapsed().as_millis() as u64,
                     downtime_ms: self.downtime,
+                    reloaded: Vec::new(),
                 })
             }
             Ended::LeftInPlace { backup_id, cause } => {
@@ -383,7 +403,11 @@ async fn apply_or_roll_back<'c>(
 ) -> Ended {
     let ctx = op.ctx();
     let mut hooks_run = Vec::new();
-    let cause = match apply::apply(op, scope, opts, plan, &mut hooks_run).await {
+    let applied = match reload::source(held, &plan.reload) {
+        Ok(from) => apply::apply(op, scope, opts, plan, from.as_ref(), &mut hooks_run).await,
+        Err(e) => Err(e),
+    };
+    let cause = match applied {
         Ok(left_stopped) => {
             // Gated: from here a crash keeps the new version.
             if let Err(e) = op.advance(|j| j.phase = Phase::Applied).await {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::UpgradeOptions;
 use crate::engine::{Container, ImageRef};
@@ -52,6 +52,8 @@ pub struct Plan {
     pub services_to_stop: Vec<String>,
     pub hooks: Vec<Hook>,
     pub probes: Vec<Probe>,
+    /// Databases the new version's servers load from the pre-upgrade backup's dumps.
+    pub reload: Vec<Reload>,
     /// What the pre-upgrade backup will hold.
     pub backup: String,
     pub warnings: Vec<String>,
@@ -60,6 +62,20 @@ pub struct Plan {
     pub backup_bytes: u64,
     #[serde(skip)]
     pub(super) package: Package,
+}
+
+/// A database server the new version starts on empty data and loads from the old server's
+/// dump (a major-version upgrade), the old data left untouched for the way back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reload {
+    pub service: String,
+    /// `postgres`, `mariadb` or `mysql`.
+    pub server: String,
+    /// The old server's data: a volume name or a host path. Never touched.
+    pub data_before: String,
+    /// Volumes the new version gives the service that do not exist yet: compose creates them
+    /// empty, and a rollback of the upgrade removes them.
+    pub fresh_volumes: Vec<String>,
 }
 
 /// Every problem found, reported together; warnings for the plan.
@@ -93,7 +109,8 @@ pub async fn plan(
         checks.problems.push(format!("{e:#}"));
     }
     let files = file_steps(&package, project);
-    let services = new_services(&package, project, &files, &mut checks);
+    let compose_files = new_compose_files(project, &files);
+    let services = new_services(&package, project, &compose_files, &mut checks);
     let images = image_needs(ctx, &package, &services, &mut checks).await;
     for h in &package.manifest.hooks {
         if !services.contains_key(&h.service) {
@@ -107,6 +124,7 @@ pub async fn plan(
         Some(e) => e.project_containers(&project.name).await.unwrap_or_default(),
         None => Vec::new(),
     };
+    let reload = reloads(ctx, &package, &containers, &services, &compose_files, &mut checks).await;
     let estimate = check_room(ctx, &package, &containers, &mut checks).await;
     if !checks.problems.is_empty() {
         return Err(crate::Error::Preflight(checks.problems).into());
@@ -128,6 +146,7 @@ pub async fn plan(
         services_to_stop: running,
         hooks: package.manifest.hooks.clone(),
         probes: package.manifest.probes.clone(),
+        reload,
         backup: format!(
             "a pre-upgrade backup of project {} (~{}: configs, volumes, bind mounts; images kept by tag)",
             project.name,
@@ -207,12 +226,22 @@ fn file_steps(package: &Package, project: &Project) -> Vec<FileStep> {
         .collect()
 }
 
+/// The compose files of the new version: the project's, each replaced by the package's copy
+/// when it places one.
+fn new_compose_files(project: &Project, files: &[FileStep]) -> Vec<PathBuf> {
+    project
+        .compose_files
+        .iter()
+        .map(|f| files.iter().find(|s| &s.dest == f).map(|s| s.src.clone()).unwrap_or_else(|| f.clone()))
+        .collect()
+}
+
 /// The services of the new version: its compose files read with the env compose will read
 /// (the project's env file as the package's changes leave it, when they are aimed at it).
 fn new_services(
     package: &Package,
     project: &Project,
-    files: &[FileStep],
+    compose_files: &[PathBuf],
     checks: &mut Checks,
 ) -> BTreeMap<String, ComposeService> {
     let env_text = std::fs::read_to_string(&project.env_file).unwrap_or_default();
@@ -223,12 +252,7 @@ fn new_services(
         _ => env_text,
     };
     let new_env = crate::project::parse_env(&new_env_text);
-    let compose_files: Vec<PathBuf> = project
-        .compose_files
-        .iter()
-        .map(|f| files.iter().find(|s| &s.dest == f).map(|s| s.src.clone()).unwrap_or_else(|| f.clone()))
-        .collect();
-    crate::project::read_services(&compose_files, &project.dir, &new_env).unwrap_or_else(|e| {
+    crate::project::read_services(compose_files, &project.dir, &new_env).unwrap_or_else(|e| {
         checks.problems.push(format!("the new compose files do not parse: {e:#}"));
         BTreeMap::new()
     })
@@ -280,6 +304,93 @@ async fn image_needs(
         images.push(ImageNeed { service: service.clone(), image: image.clone(), source });
     }
     images
+}
+
+/// The package's `reload` services: each a running server nuwax can dump and load, whose new
+/// version mounts none of the old server's data and only empty (or new) data.
+async fn reloads(
+    ctx: &Ctx,
+    package: &Package,
+    containers: &[Container],
+    new: &BTreeMap<String, ComposeService>,
+    compose_files: &[PathBuf],
+    checks: &mut Checks,
+) -> Vec<Reload> {
+    let wanted = &package.manifest.reload;
+    let Some(engine) = ctx.engine.as_ref().filter(|_| !wanted.is_empty()) else { return Vec::new() };
+    let found = match crate::database::detect(containers, &ctx.project.settings.services) {
+        Ok(f) => f,
+        Err(e) => {
+            checks.problems.push(format!("{e:#}"));
+            return Vec::new();
+        }
+    };
+    let declared = crate::project::read_volumes(compose_files, &ctx.project.dir).unwrap_or_default();
+    let mut out = Vec::new();
+    for service in wanted {
+        let kind = found.iter().find(|f| &f.service == service).and_then(|f| f.kind);
+        let Some(kind) = kind.filter(|k| k.can_dump()) else {
+            checks.problems.push(format!(
+                "reload: service {service} runs no database server nuwax can dump and load (PostgreSQL, MariaDB, MySQL)"
+            ));
+            continue;
+        };
+        let Some(c) = containers.iter().find(|c| &c.service == service && c.is_running()) else {
+            checks.problems.push(format!(
+                "reload: {kind} {service} is not running: the pre-upgrade backup dumps it from the running server; start it first"
+            ));
+            continue;
+        };
+        let Some(data) = c.mounts.iter().find(|m| kind.holds_data(&m.destination)) else {
+            checks.problems.push(format!(
+                "reload: the data of {kind} {service} is in no volume or bind mount: nothing would keep it for the way back"
+            ));
+            continue;
+        };
+        let Some(s) = new.get(service) else {
+            checks.problems.push(format!("reload: the new version has no service {service}"));
+            continue;
+        };
+        let before = data.name.clone().unwrap_or_else(|| data.source.display().to_string());
+        let volumes: Vec<String> = s
+            .volumes
+            .iter()
+            .map(|v| match declared.get(v) {
+                Some(Some(name)) => name.clone(),
+                _ => format!("{}_{v}", ctx.project.name),
+            })
+            .collect();
+        if volumes.contains(&before) || s.binds.contains(&data.source) {
+            checks.problems.push(format!(
+                "reload: the new version of {service} mounts the old server's data ({before}): a new server \
+                 cannot start on it, and the way back needs it untouched; give the new version's data a new volume"
+            ));
+            continue;
+        }
+        let mut fresh_volumes = Vec::new();
+        for v in volumes.iter().filter(|v| !c.mounts.iter().any(|m| m.name.as_ref() == Some(*v))) {
+            match engine.volume_spec(v).await {
+                Ok(None) => fresh_volumes.push(v.clone()),
+                Ok(Some(_)) => match engine.volume_mountpoint(v).await.map(|p| std::fs::read_dir(p).map(Iterator::count)) {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(_)) => checks.problems.push(format!(
+                        "reload: volume {v} of the new {service} exists and holds data (an earlier attempt?): \
+                         remove it (`docker volume rm {v}`) or name another"
+                    )),
+                    Ok(Err(e)) => checks.problems.push(format!("reload: reading volume {v}: {e}")),
+                    Err(e) => checks.problems.push(format!("reload: volume {v}: {e:#}")),
+                },
+                Err(e) => checks.problems.push(format!("reload: volume {v}: {e:#}")),
+            }
+        }
+        out.push(Reload {
+            service: service.clone(),
+            server: kind.as_str().to_string(),
+            data_before: before,
+            fresh_volumes,
+        });
+    }
+    out
 }
 
 /// Room for the pre-upgrade backup and the unpacked package; returns the backup's estimate.
