@@ -224,7 +224,7 @@ fn json_of(site: &Site, args: &[&str]) -> serde_json::Value {
 
 /// The highest tick in the backup's own dump of `site`, loaded into a scratch database of the
 /// running server, and the `last-tick` the app had noted in the backup's uploads.
-fn backup_moment(site: &Site, archive: &std::path::Path) -> (u64, u64) {
+pub(crate) fn backup_moment(site: &Site, archive: &std::path::Path) -> (u64, u64) {
     use nuwax::archive::{Cancel, NoProgress, Target};
     let mut bytes = Vec::new();
     nuwax::archive::read_dump(archive, "databases/db/site.pgdump", &mut bytes, &Cancel::default()).unwrap();

@@ -11,6 +11,7 @@ mod faults;
 mod lifecycle;
 mod major;
 mod package;
+mod pause;
 mod regression;
 mod rollback;
 mod site;

@@ -71,7 +71,15 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
             outln!("    {} down {ms}", w.services.join(", "));
         }
     } else if !o.services_stopped.is_empty() {
-        outln!("  services stopped and started again: {}", o.services_stopped.join(", "));
+        let stopped: Vec<&String> =
+            o.services_stopped.iter().filter(|s| !o.services_paused.contains(s)).collect();
+        if !stopped.is_empty() {
+            let names: Vec<&str> = stopped.iter().map(|s| s.as_str()).collect();
+            outln!("  services stopped and started again: {}", names.join(", "));
+        }
+        if !o.services_paused.is_empty() {
+            outln!("  services paused and unpaused (backup = \"pause\"): {}", o.services_paused.join(", "));
+        }
     }
     for d in &o.dumps {
         outln!("  dumped {} ({}) while its server ran", d.name, human_bytes(d.bytes));
@@ -521,6 +529,7 @@ fn database_cell(found: Option<&Vec<crate::database::Found>>, service: &str) -> 
     let mode = match f.backup {
         crate::database::Mode::Dump => "dumped",
         crate::database::Mode::Stop => "copied stopped",
+        crate::database::Mode::Pause => "copied paused",
     };
     format!("{} ({said}), {mode}", parts.join(", "))
 }

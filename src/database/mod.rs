@@ -97,6 +97,10 @@ pub enum Mode {
     Dump,
     /// Its data files, copied while it is stopped like any service's.
     Stop,
+    /// Paused (frozen, not stopped) while the backup takes its moment, then unpaused: the
+    /// shortest window for a service that writes (no shutdown, no restart), its files copied
+    /// as a crash would leave them. For any service, not only databases.
+    Pause,
 }
 
 impl std::str::FromStr for Mode {
@@ -105,7 +109,8 @@ impl std::str::FromStr for Mode {
         match s {
             "dump" => Ok(Mode::Dump),
             "stop" => Ok(Mode::Stop),
-            other => Err(format!("backup must be \"dump\" or \"stop\", not {other:?}")),
+            "pause" => Ok(Mode::Pause),
+            other => Err(format!("backup must be \"dump\", \"stop\" or \"pause\", not {other:?}")),
         }
     }
 }
@@ -120,7 +125,7 @@ pub struct ServiceSettings {
     /// SQLite database files inside the container (absolute paths).
     #[serde(default)]
     pub sqlite: Vec<String>,
-    /// How a backup takes its database: `dump` or `stop`.
+    /// How a backup takes the service: `dump` (its database, while it runs), `stop` or `pause`.
     pub backup: Option<String>,
 }
 
@@ -157,6 +162,30 @@ fn said_kind(value: &str, whose: &str) -> anyhow::Result<Option<Kind>> {
         return Ok(None);
     }
     value.parse::<Kind>().map(Some).map_err(|e| anyhow::anyhow!("{whose}: {e}"))
+}
+
+/// The services a backup pauses instead of stopping: `backup = "pause"` in nuwax.toml, else
+/// the label `nuwax.backup=pause`.
+pub fn paused(
+    containers: &[Container],
+    settings: &BTreeMap<String, ServiceSettings>,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    for c in containers {
+        let said = match settings.get(&c.service).and_then(|s| s.backup.as_deref()) {
+            Some(v) => Some((v, format!("nuwax.toml: services.{}", c.service))),
+            None => c
+                .labels
+                .get(LABEL_BACKUP)
+                .map(|v| (v.as_str(), format!("label {LABEL_BACKUP} of {}", c.service))),
+        };
+        if let Some((v, whose)) = said
+            && v.parse::<Mode>().map_err(|e| anyhow::anyhow!("{whose}: {e}"))? == Mode::Pause
+        {
+            out.insert(c.service.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The server a command runs, told by the names of the programs it names (`postgres`,

@@ -123,3 +123,20 @@ fn a_wrong_setting_is_an_error_that_names_it() {
     let err = detect(&cs, &settings).unwrap_err().to_string();
     assert!(err.contains("\"dump\" or \"stop\""), "{err}");
 }
+
+#[test]
+fn pause_is_said_by_the_settings_or_a_label() {
+    let mut labelled = container("worker", &["/run"], &[], "x");
+    labelled.labels.insert(LABEL_BACKUP.into(), "pause".into());
+    let cs = [container("app", &["/srv/app"], &[], "x"), labelled, container("web", &["/srv/web"], &[], "x")];
+    let mut settings = BTreeMap::new();
+    settings
+        .insert("app".to_string(), ServiceSettings { backup: Some("pause".into()), ..Default::default() });
+    settings.insert("web".to_string(), ServiceSettings { backup: Some("stop".into()), ..Default::default() });
+    let paused = paused(&cs, &settings).unwrap();
+    assert_eq!(paused.into_iter().collect::<Vec<_>>(), ["app", "worker"]);
+    settings
+        .insert("web".to_string(), ServiceSettings { backup: Some("freeze".into()), ..Default::default() });
+    let err = super::paused(&cs, &settings).unwrap_err().to_string();
+    assert!(err.contains("services.web") && err.contains("pause"), "{err}");
+}

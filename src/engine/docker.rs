@@ -245,9 +245,22 @@ impl Engine for DockerEngine {
         Ok(Outcome::Done)
     }
 
-    async fn start(&self, id: &str) -> Result<Outcome> {
-        if self.inspect(id).await?.state == State::Running {
+    async fn pause(&self, id: &str) -> Result<Outcome> {
+        if self.inspect(id).await?.state != State::Running {
             return Ok(Outcome::AlreadyInState);
+        }
+        self.docker.pause_container(id).await.map_err(api("pause container", id))?;
+        Ok(Outcome::Done)
+    }
+
+    async fn start(&self, id: &str) -> Result<Outcome> {
+        match self.inspect(id).await?.state {
+            State::Running => return Ok(Outcome::AlreadyInState),
+            State::Paused => {
+                self.docker.unpause_container(id).await.map_err(api("unpause container", id))?;
+                return Ok(Outcome::Done);
+            }
+            _ => {}
         }
         self.docker
             .start_container(id, None::<StartContainerOptions>)

@@ -168,6 +168,18 @@ impl Engine for FakeEngine {
         })
     }
 
+    async fn pause(&self, id: &str) -> Result<Outcome> {
+        self.with(id, |c, calls, _| {
+            calls.push(format!("pause {}", c.service));
+            if c.is_running() {
+                c.state = State::Paused;
+                Outcome::Done
+            } else {
+                Outcome::AlreadyInState
+            }
+        })
+    }
+
     async fn start(&self, id: &str) -> Result<Outcome> {
         self.with(id, |c, calls, fail| {
             calls.push(format!("start {}", c.service));

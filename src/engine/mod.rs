@@ -183,6 +183,10 @@ pub trait Engine: Send + Sync {
     async fn project_volumes(&self, project: &str) -> Result<Vec<String>>;
     async fn volume_mountpoint(&self, name: &str) -> Result<PathBuf>;
     async fn stop(&self, id: &str, timeout_secs: u64) -> Result<Outcome>;
+    /// Freezes every process of a running container (the cgroup freezer): nothing runs, and
+    /// nothing restarts either.
+    async fn pause(&self, id: &str) -> Result<Outcome>;
+    /// Runs the container: starts a stopped one, unpauses a paused one.
     async fn start(&self, id: &str) -> Result<Outcome>;
     /// `GET /containers/{id}/archive?path=...`: entries are named `<basename of path>/...`.
     async fn export_path(&self, id: &str, path: &str) -> Result<TarStream>;

@@ -47,6 +47,8 @@ pub struct ScopeReport {
     pub stopped: Vec<String>,
     /// Services the engine SIGKILLed at their stop timeout.
     pub killed: Vec<String>,
+    /// Services paused rather than stopped (also in `stopped`).
+    pub paused: Vec<String>,
     /// First stop to the last service ready again; `None` when nothing was stopped.
     pub downtime_ms: Option<u64>,
 }
@@ -60,11 +62,20 @@ pub struct Scope<'c> {
     before: Vec<Container>,
     first_stop: Option<Instant>,
     killed: Vec<String>,
+    paused: Vec<String>,
 }
 
 impl<'c> Scope<'c> {
     pub(super) fn new(ctx: &'c Ctx, owner: i64, before: Vec<Container>) -> Scope<'c> {
-        Scope { ctx, owner, journal: ScopeJournal::default(), before, first_stop: None, killed: Vec::new() }
+        Scope {
+            ctx,
+            owner,
+            journal: ScopeJournal::default(),
+            before,
+            first_stop: None,
+            killed: Vec::new(),
+            paused: Vec::new(),
+        }
     }
 
     /// The project's containers as they were when the scope began, before anything stopped.
@@ -128,6 +139,35 @@ impl<'c> Scope<'c> {
         Ok(())
     }
 
+    /// Journals, then pauses the running containers among `containers` (the cgroup freezer: no
+    /// shutdown, no restart, their files as a crash would leave them). The end of the scope, or
+    /// recovery, unpauses them as it starts what it stopped.
+    pub async fn pause(&mut self, containers: &[Container]) -> Result<()> {
+        let engine = self.ctx.engine()?;
+        let known: BTreeSet<&str> = self.journal.stopped.iter().map(|s| s.id.as_str()).collect();
+        let running: Vec<Container> =
+            containers.iter().filter(|c| c.is_running() && !known.contains(c.id.as_str())).cloned().collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        for c in &running {
+            self.journal.stopped.push(StoppedService { service: c.service.clone(), id: c.id.clone() });
+            self.journal.services.insert(c.service.clone());
+        }
+        self.save().await?;
+        self.first_stop.get_or_insert_with(Instant::now);
+        let results = join_all(running.iter().map(|c| {
+            tracing::info!(service = %c.service, container = %c.name, "pausing");
+            engine.pause(&c.id)
+        }))
+        .await;
+        for (c, r) in running.iter().zip(results) {
+            r.map_err(|e| anyhow::anyhow!("pausing {} ({}): {e}", c.service, c.name))?;
+            self.paused.push(c.service.clone());
+        }
+        Ok(())
+    }
+
     /// From now on these services come back through compose, created from the compose files as
     /// they are then: their configs, image or volumes changed under their old containers.
     /// Journaled before the change it announces.
@@ -174,6 +214,7 @@ impl<'c> Scope<'c> {
         let report = ScopeReport {
             stopped: self.journal.stopped.iter().map(|s| s.service.clone()).collect(),
             killed: self.killed.clone(),
+            paused: self.paused.clone(),
             downtime_ms: self.first_stop.map(|t| t.elapsed().as_millis() as u64),
         };
         (result, report)
@@ -225,6 +266,9 @@ pub async fn ensure_running(ctx: &Ctx, journal: &ScopeJournal) -> Result<()> {
     let containers = engine.project_containers(&ctx.project.name).await?;
     let deps = dependencies(ctx, &containers);
     let mut failures = Vec::new();
+    // Containers unpaused here: their processes never stopped, so running is ready (the engine
+    // calls a paused container unhealthy, and says so until its next probe, which may be far).
+    let mut unpaused: BTreeSet<String> = BTreeSet::new();
     for level in start_levels(&journal.services, &deps) {
         let containers = engine.project_containers(&ctx.project.name).await?;
         // A container of a service handed to compose that nuwax itself stopped is stale.
@@ -239,6 +283,7 @@ pub async fn ensure_running(ctx: &Ctx, journal: &ScopeJournal) -> Result<()> {
             }
             let mine: Vec<&Container> =
                 of.iter().filter(|c| stopped.contains(c.id.as_str())).copied().collect();
+            unpaused.extend(mine.iter().filter(|c| c.state == State::Paused).map(|c| c.id.clone()));
             match mine.is_empty() {
                 true => by_compose.push(service.clone()),
                 false => by_engine.extend(mine),
@@ -277,9 +322,8 @@ pub async fn ensure_running(ctx: &Ctx, journal: &ScopeJournal) -> Result<()> {
             }
         }
         let ready = ctx.timeouts().ready;
-        for (c, r) in
-            waiting.iter().zip(join_all(waiting.iter().map(|c| wait_ready(engine, &c.id, ready))).await)
-        {
+        let waits = waiting.iter().map(|c| wait_ready(engine, &c.id, ready, unpaused.contains(&c.id)));
+        for (c, r) in waiting.iter().zip(join_all(waits).await) {
             if let Err(e) = r {
                 failures.push(format!("{} ({}): {e}", c.service, c.name));
             }
@@ -291,13 +335,14 @@ pub async fn ensure_running(ctx: &Ctx, journal: &ScopeJournal) -> Result<()> {
     }
 }
 
-/// Waits until the container is running and healthy (where it has a healthcheck). Gives up at
-/// once when it turns unhealthy, or exits with nothing to restart it.
-async fn wait_ready(engine: &dyn Engine, id: &str, timeout: Duration) -> Result<(), String> {
+/// Waits until the container is running and healthy (where it has a healthcheck; just running
+/// when it was `unpaused`). Gives up at once when it turns unhealthy, or exits with nothing to
+/// restart it.
+async fn wait_ready(engine: &dyn Engine, id: &str, timeout: Duration, unpaused: bool) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
         let c = engine.inspect(id).await.map_err(|e| e.to_string())?;
-        if c.is_ready() {
+        if c.is_ready() || (unpaused && c.state == State::Running) {
             return Ok(());
         }
         if c.health == Some(Health::Unhealthy) {

@@ -157,6 +157,8 @@ pub struct BackupOutcome {
     /// First stop to last service ready; `null` when nothing was stopped.
     pub downtime_ms: Option<u64>,
     pub services_stopped: Vec<String>,
+    /// Services paused instead (`backup = "pause"`; also in `services_stopped`).
+    pub services_paused: Vec<String>,
     pub services_touched: bool,
     /// The data was copied while services ran: not one point in time.
     pub live: bool,
@@ -248,8 +250,16 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         false => dumps::plan(ctx, &containers).await?,
     };
     let (sources, _spool) = find_sources(ctx, opts, &containers, &dumps).await?;
-    // What the stop stops: everything that runs but the servers being dumped.
-    let to_stop: Vec<Container> = containers.iter().filter(|c| !dumps.serves(c)).cloned().collect();
+    // What the stop stops: everything that runs but the servers being dumped, and the services
+    // the settings pause instead (with `stop = "each"` every group is stopped in turn).
+    let pause = match opts.stop_each {
+        true => Default::default(),
+        false => crate::database::paused(&containers, &ctx.project.settings.services)?,
+    };
+    let to_stop: Vec<Container> =
+        containers.iter().filter(|c| !dumps.serves(c) && !pause.contains(&c.service)).cloned().collect();
+    let to_pause: Vec<Container> =
+        containers.iter().filter(|c| !dumps.serves(c) && pause.contains(&c.service)).cloned().collect();
     let records = dumps.records();
     let room = preflight(&ctx.project.storage_dir, &sources.plan, &sources.excludes, &sources.skip_dirs)?;
     ctx.interrupt.check()?;
@@ -282,10 +292,11 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             }
         }
         (true, Some(pre)) => {
-            let (sources, dumps) = (&sources, &dumps);
+            let (sources, dumps, to_pause) = (&sources, &dumps, &to_pause);
             let frozen = op
                 .with_stopped(&to_stop, |_, scope| {
                     Box::pin(async move {
+                        scope.pause(to_pause).await?;
                         crate::faults::pause(crate::faults::Pause::BackupStopped).await;
                         let frozen = twophase::delta(ctx, pre, sources).await?;
                         let started = start_dumps(ctx, dumps).await?;
@@ -307,9 +318,10 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
             }
         }
         (true, None) => {
-            let (pending, sources, dumps) = (&pending, &sources, &dumps);
+            let (pending, sources, dumps, to_pause) = (&pending, &sources, &dumps, &to_pause);
             op.with_stopped(&to_stop, |_, scope| {
                 Box::pin(async move {
+                    scope.pause(to_pause).await?;
                     let dumps = Dumps { records, started: start_dumps(ctx, dumps).await?.into() };
                     let moment =
                         Moment { stopped: true, live: false, killed: scope.killed().to_vec(), dumps };
@@ -605,6 +617,7 @@ async fn finish(
                 verify_ms: s.verify_ms,
                 downtime_ms: report.downtime_ms,
                 services_stopped: report.stopped,
+                services_paused: report.paused,
                 services_touched: w.manifest.services_stopped,
                 live: w.manifest.live,
                 stop_killed: w.manifest.stop_killed,
