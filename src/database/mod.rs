@@ -236,8 +236,11 @@ pub fn detect(
         if kind.is_none() && sqlite.is_empty() {
             continue;
         }
-        let evidence =
-            if evidence.is_empty() { format!("nuwax.toml: services.{}.sqlite", c.service) } else { evidence };
+        // SQLite files alone: the settings named them.
+        let (said, evidence) = match evidence.is_empty() {
+            true => (Said::Settings, format!("nuwax.toml: services.{}.sqlite", c.service)),
+            false => (said, evidence),
+        };
         // Dump mode needs every database of the service dumpable: a server nuwax cannot dump
         // (Redis) is copied while stopped, and so are the SQLite files beside it.
         let dumpable = match kind {

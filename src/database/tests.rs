@@ -88,6 +88,10 @@ fn settings_and_labels_say_what_the_command_does_not() {
         ]
     );
     assert_eq!(found[0].sqlite, vec!["/data/app.db".to_string()]);
+    assert_eq!(
+        (found[0].said, found[0].evidence.as_str()),
+        (Said::Settings, "nuwax.toml: services.app.sqlite")
+    );
     assert_eq!(found[1].said, Said::Label);
     assert_eq!(found[2].said, Said::Settings);
     assert_eq!(found[2].evidence, "nuwax.toml: services.m.database = \"MariaDB\"");
