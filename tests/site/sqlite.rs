@@ -85,6 +85,16 @@ fn the_sqlite_app_is_dumped_while_it_writes_and_written_back_by_a_rollback() {
     site.exec("notes", &["sh", "-c", "echo changed > /data/about.txt"]);
 
     let id = b["id"].as_i64().unwrap().to_string();
+    let show = site.run(&["show", &id]);
+    let said = String::from_utf8_lossy(&show.stdout);
+    assert!(said.contains("dump databases/notes/data%2Fnotes.db of sqlite notes"), "{said}");
+    assert!(said.contains("was copied while notes ran"), "{said}");
+    let status = site.run(&["status"]);
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains("sqlite /data/notes.db (nuwax.toml), dumped if its container has sqlite3"),
+        "{said}"
+    );
     let plan = site.run(&["rollback", &id, "--dry-run"]);
     let said = String::from_utf8_lossy(&plan.stdout);
     assert!(said.contains("write SQLite database /data/notes.db of notes"), "{said}");
