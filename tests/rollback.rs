@@ -256,6 +256,7 @@ fn hostile_archives_imported_and_rolled_back_to_are_refused_with_services_untouc
             access: Access::Host,
             size: 0,
             file_count: 0,
+            running: vec![],
         }];
         m.configs.clear();
         let mut members = bytes(

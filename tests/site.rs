@@ -1,10 +1,12 @@
 //! The site stack (`compose/site`): real PostgreSQL and MariaDB servers built from Debian
 //! packages, and apps writing to them.
 
+mod sqlite;
+
 use std::time::Duration;
 
 use crate::require_docker;
-use crate::support::site::Site;
+use crate::support::site::{SERVICES, Site};
 
 /// The site comes up from the locally built images, its apps write rows, and nuwax tells which
 /// services run which database server (and that the apps, which run in the same images, do not).
@@ -32,7 +34,7 @@ fn the_site_runs_real_databases_and_nuwax_tells_which() {
         .map(|d| {
             (
                 d["service"].as_str().unwrap().into(),
-                d["kind"].as_str().unwrap().into(),
+                d["kind"].as_str().unwrap_or("-").into(),
                 d["said"].as_str().unwrap().into(),
             )
         })
@@ -41,9 +43,12 @@ fn the_site_runs_real_databases_and_nuwax_tells_which() {
         dbs,
         vec![
             ("db".into(), "postgres".into(), "command".into()),
-            ("maria".into(), "mariadb".into(), "command".into())
+            ("maria".into(), "mariadb".into(), "command".into()),
+            ("notes".into(), "-".into(), "settings".into())
         ]
     );
+    let notes = &v["databases"][2];
+    assert_eq!((&notes["sqlite"][0], &notes["backup"]), (&"/data/notes.db".into(), &"dump".into()));
 }
 
 /// Dumps run inside the servers' own containers through the engine's exec API and stream out:
@@ -283,13 +288,14 @@ fn dump_mode_backs_up_hot_and_rolls_back_through_the_databases() {
             "databases/db/globals.sql",
             "databases/db/postgres.pgdump",
             "databases/db/site.pgdump",
-            "databases/maria/all-databases.sql"
+            "databases/maria/all-databases.sql",
+            "databases/notes/data%2Fnotes.db"
         ]
     );
     let mut stopped: Vec<&str> =
         b["services_stopped"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     stopped.sort();
-    assert_eq!(stopped, ["app", "shop"], "the database servers keep running");
+    assert_eq!(stopped, ["app", "shop"], "the database servers (and notes, SQLite's writer) keep running");
     let again =
         site.exec("db", &["psql", "-U", "postgres", "-qAtX", "-c", "SELECT pg_postmaster_start_time()"]);
     assert_eq!(db_started, again, "PostgreSQL was never restarted");
@@ -309,7 +315,7 @@ fn dump_mode_backs_up_hot_and_rolls_back_through_the_databases() {
     let id = b["id"].as_i64().unwrap().to_string();
     let r = json_of(&site, &["rollback", &id, "--yes"]);
     assert_eq!(r["backup_id"].as_i64().unwrap().to_string(), id);
-    site.wait_healthy(&["db", "app", "maria", "shop"]);
+    site.wait_healthy(&SERVICES);
     let dbs = site.psql("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database");
     assert_eq!(dbs, "postgres,site,template0,template1", "the database made since is gone");
     let (count, max) = {
@@ -364,7 +370,7 @@ fn a_failing_dump_fails_the_backup_cleanly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No space left on device"), "{err}");
-    site.wait_healthy(&["db", "app", "maria", "shop"]);
+    site.wait_healthy(&SERVICES);
     let list = json_of(&site, &["list"]);
     let statuses: Vec<&str> =
         list.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
@@ -399,7 +405,7 @@ fn a_crash_while_loading_a_dump_is_undone_by_the_next_command() {
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let said = String::from_utf8_lossy(&status.stderr);
     assert!(said.contains("undone"), "{said}");
-    site.wait_healthy(&["db", "app", "maria", "shop"]);
+    site.wait_healthy(&SERVICES);
     assert_eq!(
         site.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'after_backup'"),
         "1",
@@ -440,7 +446,7 @@ fn sigkill_while_dumps_are_held_leaves_nothing_behind() {
     let status = site.run(&["status"]);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     assert!(String::from_utf8_lossy(&status.stderr).contains("abandoned"));
-    site.wait_healthy(&["db", "app", "maria", "shop"]);
+    site.wait_healthy(&SERVICES);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while site.exec("db", &["busybox", "ps", "-o", "args"]).contains("pg_dump") {
         assert!(std::time::Instant::now() < deadline, "a pg_dump outlived nuwax");

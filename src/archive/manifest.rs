@@ -83,12 +83,14 @@ pub struct DumpRecord {
     /// Archive name, under [`DUMPS_PREFIX`]: `databases/<service>/<file>`.
     pub name: String,
     pub service: String,
-    /// `postgres`, `mariadb`, `mysql`.
+    /// `postgres`, `mariadb`, `mysql`, `sqlite`.
     pub server: String,
-    /// The database it holds; none for a whole server's or its globals.
+    /// The database it holds (SQLite: the file's path inside the container); none for a whole
+    /// server's or its globals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// `pg_dump-custom` (`pg_restore` loads it) or `sql`.
+    /// `pg_dump-custom` (`pg_restore` loads it), `sql`, or `sqlite3-file` (the database file,
+    /// written back in place).
     pub format: String,
     /// The dump tool's version, as it says it.
     pub tool_version: String,
@@ -152,6 +154,11 @@ pub struct MountRecord {
     pub access: Access,
     pub size: u64,
     pub file_count: u64,
+    /// Services of its destinations that kept running while it was copied (their databases
+    /// dumped instead: the SQLite files in it): its other files are as they were read then, not
+    /// frozen by a stop.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -155,6 +155,19 @@ pub fn rollback_plan(cli: &Cli, p: &crate::flows::rollback::Plan) {
     if let Some(images) = &p.load_images {
         outln!("  load the backup's images from {images} (some are missing on this host)");
     }
+    for l in &p.loads {
+        let names: Vec<&str> = l.dumps.iter().map(|d| d.name.as_str()).collect();
+        outln!("  load into {} {} on fresh data: {}", l.server, l.service, names.join(", "));
+    }
+    for q in &p.sqlite {
+        outln!(
+            "  write SQLite database {} of {} back from {}: {}",
+            q.path,
+            q.service,
+            q.dump,
+            q.dest.display()
+        );
+    }
     for i in &p.images {
         if i.current_id.as_deref() == Some(i.image_id.as_str()) {
             outln!("  image {} ({}): unchanged", i.image, i.service);
@@ -324,6 +337,13 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
         ]);
     }
     outln!("{t}");
+    for x in m.mounts.iter().filter(|x| !x.running.is_empty()) {
+        outln!(
+            "  {} was copied while {} ran (its databases dumped): its other files are as read then",
+            x.name,
+            x.running.join(", ")
+        );
+    }
     for d in &m.dumps {
         outln!(
             "  dump {} of {} {} (database {}, {}; {} of server {})",
@@ -526,10 +546,12 @@ fn database_cell(found: Option<&Vec<crate::database::Found>>, service: &str) -> 
         crate::database::Said::Settings => "nuwax.toml",
         crate::database::Said::Label => "label",
     };
-    let mode = match f.backup {
-        crate::database::Mode::Dump => "dumped",
-        crate::database::Mode::Stop => "copied stopped",
-        crate::database::Mode::Pause => "copied paused",
+    let mode = match (f.backup, f.backup_said, f.kind) {
+        // SQLite files alone: dumped by default only when the container has `sqlite3`.
+        (crate::database::Mode::Dump, None, None) => "dumped if its container has sqlite3",
+        (crate::database::Mode::Dump, _, _) => "dumped",
+        (crate::database::Mode::Stop, _, _) => "copied stopped",
+        (crate::database::Mode::Pause, _, _) => "copied paused",
     };
     format!("{} ({said}), {mode}", parts.join(", "))
 }
@@ -608,8 +630,10 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # the `database` column). database: "postgres", "mariadb", "mysql", "redis" or "none"; sqlite:
 # SQLite files, as paths inside the container. The label nuwax.database=NAME says the same.
 # backup: "dump" (the default for PostgreSQL, MariaDB and MySQL: a dump taken inside its
-# container while it runs, loaded back through it by a rollback) or "stop" (its files, copied
-# while it is stopped). The label nuwax.backup=dump|stop says the same.
+# container while it runs, loaded back through it by a rollback; and for SQLite files when the
+# container has sqlite3: `VACUUM INTO` while the service runs, written back in place by a
+# rollback) or "stop" (its files, copied while it is stopped). The label nuwax.backup=dump|stop
+# says the same.
 # [services.db]
 # database = "postgres"
 # backup = "dump"

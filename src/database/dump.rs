@@ -8,6 +8,9 @@
 //!   --globals-only` for roles and tablespaces. `-Z0`: the archive compresses.
 //! - MariaDB / MySQL: `mariadb-dump` (`mysqldump`) `--single-transaction --all-databases
 //!   --routines --events --triggers`.
+//! - SQLite: `sqlite3 FILE "VACUUM INTO TMP"`, then TMP streamed out ([`sqlite`]). The one
+//!   dump with a temp file, in the container's `/tmp`: SQLite writes a database by page
+//!   offsets, which a pipe cannot take, and `.dump`'s SQL would not give the file back.
 //!
 //! Commands run through `sh -c` so that they take the user from the container's own environment
 //! (`POSTGRES_USER`): nuwax never reads or passes a password.
@@ -41,7 +44,7 @@ pub struct Spec {
     pub name: String,
     /// The database it holds (`None`: all of them, or the server's globals).
     pub database: Option<String>,
-    /// `pg_dump-custom`, `sql`.
+    /// `pg_dump-custom`, `sql`, `sqlite3-file`.
     pub format: String,
     pub cmd: Vec<String>,
 }
@@ -51,6 +54,8 @@ impl Spec {
         match (self.kind, self.format.as_str()) {
             (Kind::Postgres, "pg_dump-custom") => Ready::FirstByte,
             (Kind::Postgres, _) => Ready::End,
+            // `cat` starts once `VACUUM INTO` has read its one transaction.
+            (Kind::Sqlite, _) => Ready::FirstByte,
             _ => Ready::Marker("\n-- Current Database: "),
         }
     }
@@ -123,6 +128,12 @@ pub async fn versions(
             "mariadb -N -e 'SELECT version()' 2>/dev/null || mysql -N -e 'SELECT version()'".to_string(),
             "mariadb-dump --version 2>/dev/null || mysqldump --version".to_string(),
         ),
+        Kind::Sqlite => {
+            // No server: the library the tool links is the version.
+            let v = query(engine, container, service, "asking sqlite3's version", "sqlite3 -version".into())
+                .await?;
+            return Ok((v.trim().to_string(), v.trim().to_string()));
+        }
         Kind::Redis => return Err(not_dumped(service, kind)),
     };
     let server = query(engine, container, service, "asking the server's version", server).await?;
@@ -184,9 +195,48 @@ pub async fn plan(
              --hex-blob --default-character-set=utf8mb4 --flush-privileges"
                 .to_string(),
         )]),
-        Kind::Redis => Err(not_dumped(service, kind)),
+        // Its dumps are of the files the settings name: [`sqlite`].
+        Kind::Sqlite | Kind::Redis => Err(not_dumped(service, kind)),
     }
 }
+
+/// The dumps of a service's SQLite files (paths inside its container), one per file.
+///
+/// `VACUUM INTO` rather than `.backup`: it reads the database in one read transaction, which a
+/// writer in WAL mode does not block, while the backup API copies 100 pages a step and starts
+/// over whenever another process writes between two steps (it may never end under a busy
+/// writer). Its output is a compacted, valid database of that moment. The temp file is removed
+/// on every path the shell sees (a trap on exit and on HUP/INT/TERM; `cat` dying on a closed
+/// pipe ends the script, which runs the exit trap). A missing file is an error, not a new empty
+/// database (which `sqlite3` would create).
+pub fn sqlite(container: &str, service: &str, paths: &[String]) -> Vec<Spec> {
+    paths
+        .iter()
+        .map(|path| Spec {
+            service: service.to_string(),
+            container: container.to_string(),
+            kind: Kind::Sqlite,
+            name: format!("{service}/{}", file_safe(path.trim_start_matches('/'))),
+            database: Some(path.clone()),
+            format: SQLITE_FORMAT.to_string(),
+            cmd: sh(format!(
+                "f={}; [ -f \"$f\" ] || {{ echo \"no SQLite database at $f\" >&2; exit 1; }}; \
+                 command -v sqlite3 >/dev/null || {{ echo 'sqlite3: not found' >&2; exit 127; }}; \
+                 t=$(mktemp /tmp/nuwax-sqlite.XXXXXX) || exit 1; \
+                 trap 'rm -f \"$t\"' EXIT; trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM; \
+                 sqlite3 -bail -cmd '.timeout 30000' \"$f\" \"VACUUM INTO '$t'\" || exit 1; \
+                 cat \"$t\"",
+                quote(path)
+            )),
+        })
+        .collect()
+}
+
+/// The format of a SQLite dump: the database file itself.
+pub const SQLITE_FORMAT: &str = "sqlite3-file";
+
+/// The first bytes of every SQLite database file.
+pub const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// A database name as a file name: what is not `[A-Za-z0-9._-]` becomes `%XX`.
 pub fn file_safe(name: &str) -> String {

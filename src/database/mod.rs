@@ -26,6 +26,8 @@ pub enum Kind {
     Mariadb,
     Mysql,
     Redis,
+    /// SQLite files a service holds (no server: the service itself writes them).
+    Sqlite,
 }
 
 impl Kind {
@@ -35,6 +37,7 @@ impl Kind {
             Kind::Mariadb => "mariadb",
             Kind::Mysql => "mysql",
             Kind::Redis => "redis",
+            Kind::Sqlite => "sqlite",
         }
     }
 
@@ -45,7 +48,15 @@ impl Kind {
             Kind::Postgres => &["/var/lib/postgresql"],
             Kind::Mariadb | Kind::Mysql => &["/var/lib/mysql"],
             Kind::Redis => &["/data"],
+            // Its files are named one by one (`sqlite = [...]`); the mount holding them also
+            // holds other files, which are copied.
+            Kind::Sqlite => &[],
         }
+    }
+
+    /// Whether nuwax can dump it.
+    pub fn dumpable(self) -> bool {
+        matches!(self, Kind::Postgres | Kind::Mariadb | Kind::Mysql | Kind::Sqlite)
     }
 
     /// Whether a mount at `destination` (inside the container) holds the server's data files.
@@ -68,6 +79,7 @@ impl std::fmt::Display for Kind {
             Kind::Mariadb => "MariaDB",
             Kind::Mysql => "MySQL",
             Kind::Redis => "Redis",
+            Kind::Sqlite => "SQLite",
         })
     }
 }
@@ -80,6 +92,7 @@ impl std::str::FromStr for Kind {
             "mariadb" => Ok(Kind::Mariadb),
             "mysql" => Ok(Kind::Mysql),
             "redis" => Ok(Kind::Redis),
+            "sqlite" | "sqlite3" => Ok(Kind::Sqlite),
             other => Err(format!("unknown database {other:?}: postgres, mariadb, mysql, redis or none")),
         }
     }
@@ -93,7 +106,8 @@ pub const LABEL_BACKUP: &str = "nuwax.backup";
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// A dump taken inside its container while it runs (the default for PostgreSQL, MariaDB
-    /// and MySQL); its data files are not copied.
+    /// and MySQL, and for SQLite files when the container has `sqlite3`); its data files are
+    /// not copied.
     Dump,
     /// Its data files, copied while it is stopped like any service's.
     Stop,
@@ -152,8 +166,11 @@ pub struct Found {
     pub evidence: String,
     /// SQLite files it holds (paths inside the container).
     pub sqlite: Vec<String>,
-    /// How a backup takes it (`dump` only for a server nuwax can dump).
+    /// How a backup takes it (`dump` only for what nuwax can dump).
     pub backup: Mode,
+    /// Who said how (`None`: the default, which for SQLite files holds only when the container
+    /// has `sqlite3`).
+    pub backup_said: Option<Said>,
 }
 
 /// What the settings say a service runs: `Some(None)` is "none".
@@ -161,7 +178,13 @@ fn said_kind(value: &str, whose: &str) -> anyhow::Result<Option<Kind>> {
     if value.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    value.parse::<Kind>().map(Some).map_err(|e| anyhow::anyhow!("{whose}: {e}"))
+    match value.parse::<Kind>() {
+        Ok(Kind::Sqlite) => Err(anyhow::anyhow!(
+            "{whose}: SQLite has no server; name its files instead: sqlite = [\"/path/in/container.db\"]"
+        )),
+        Ok(k) => Ok(Some(k)),
+        Err(e) => Err(anyhow::anyhow!("{whose}: {e}")),
+    }
 }
 
 /// The services a backup pauses instead of stopping: `backup = "pause"` in nuwax.toml, else
@@ -223,7 +246,9 @@ pub fn detect(
             continue;
         }
         let set = settings.get(&c.service);
-        let sqlite = set.map(|s| s.sqlite.clone()).unwrap_or_default();
+        let mut sqlite = set.map(|s| s.sqlite.clone()).unwrap_or_default();
+        let mut seen = std::collections::BTreeSet::new();
+        sqlite.retain(|p| seen.insert(p.clone()));
         if let Some(p) = sqlite.iter().find(|p| !p.starts_with('/')) {
             anyhow::bail!(
                 "nuwax.toml: services.{}.sqlite: {p:?} is not an absolute path inside the container",
@@ -245,22 +270,35 @@ pub fn detect(
         if kind.is_none() && sqlite.is_empty() {
             continue;
         }
-        let evidence =
-            if evidence.is_empty() { format!("nuwax.toml: services.{}.sqlite", c.service) } else { evidence };
-        let dumpable = matches!(kind, Some(Kind::Postgres | Kind::Mariadb | Kind::Mysql));
-        let backup = match (set.and_then(|s| s.backup.as_deref()), c.labels.get(LABEL_BACKUP)) {
-            (Some(v), _) => {
-                v.parse::<Mode>().map_err(|e| anyhow::anyhow!("nuwax.toml: services.{}: {e}", c.service))?
-            }
-            (None, Some(v)) => v
-                .parse::<Mode>()
-                .map_err(|e| anyhow::anyhow!("label {LABEL_BACKUP} of {}: {e}", c.service))?,
-            (None, None) if dumpable => Mode::Dump,
-            (None, None) => Mode::Stop,
+        // SQLite files alone: the settings named them.
+        let (said, evidence) = match evidence.is_empty() {
+            true => (Said::Settings, format!("nuwax.toml: services.{}.sqlite", c.service)),
+            false => (said, evidence),
+        };
+        // Dump mode needs every database of the service dumpable: a server nuwax cannot dump
+        // (Redis) is copied while stopped, and so are the SQLite files beside it.
+        let dumpable = match kind {
+            Some(k) => k.dumpable(),
+            None => !sqlite.is_empty(),
+        };
+        let (backup, backup_said) = match (set.and_then(|s| s.backup.as_deref()), c.labels.get(LABEL_BACKUP))
+        {
+            (Some(v), _) => (
+                v.parse::<Mode>().map_err(|e| anyhow::anyhow!("nuwax.toml: services.{}: {e}", c.service))?,
+                Some(Said::Settings),
+            ),
+            (None, Some(v)) => (
+                v.parse::<Mode>()
+                    .map_err(|e| anyhow::anyhow!("label {LABEL_BACKUP} of {}: {e}", c.service))?,
+                Some(Said::Label),
+            ),
+            (None, None) if dumpable => (Mode::Dump, None),
+            (None, None) => (Mode::Stop, None),
         };
         if backup == Mode::Dump && !dumpable {
             anyhow::bail!(
-                "service {}: backup = \"dump\" needs PostgreSQL, MariaDB or MySQL; {}",
+                "service {}: backup = \"dump\" needs PostgreSQL, MariaDB, MySQL or SQLite files \
+                 (sqlite = [...]); {}",
                 c.service,
                 match kind {
                     Some(k) => format!("nuwax cannot dump {k} yet"),
@@ -268,10 +306,34 @@ pub fn detect(
                 }
             );
         }
-        out.push(Found { service: c.service.clone(), kind, said, evidence, sqlite, backup });
+        out.push(Found { service: c.service.clone(), kind, said, evidence, sqlite, backup, backup_said });
     }
     out.sort_by(|a, b| a.service.cmp(&b.service));
     Ok(out)
+}
+
+/// The companions SQLite keeps beside a database file while it is in use: a copy of them
+/// taken apart from the database is worse than none.
+pub const SQLITE_COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Of the mount destinations (paths inside a container), the one that holds `path`, the
+/// deepest when mounts nest, and `path` relative to it. A mount of the file itself holds
+/// nothing here: its companions would not be beside it on the host.
+pub fn mount_holding<'a>(
+    destinations: impl IntoIterator<Item = &'a str>,
+    path: &str,
+) -> Option<(&'a str, String)> {
+    destinations
+        .into_iter()
+        .filter_map(|d| {
+            let rel = match d.trim_end_matches('/') {
+                "" => path.strip_prefix('/'),
+                base => path.strip_prefix(base).and_then(|r| r.strip_prefix('/')),
+            }?;
+            (!rel.is_empty() && !rel.split('/').any(|c| c.is_empty() || c == "." || c == ".."))
+                .then(|| (d, rel.to_string()))
+        })
+        .max_by_key(|(d, _)| d.len())
 }
 
 #[cfg(test)]

@@ -88,11 +88,88 @@ fn settings_and_labels_say_what_the_command_does_not() {
         ]
     );
     assert_eq!(found[0].sqlite, vec!["/data/app.db".to_string()]);
+    assert_eq!(
+        (found[0].said, found[0].evidence.as_str()),
+        (Said::Settings, "nuwax.toml: services.app.sqlite")
+    );
     assert_eq!(found[1].said, Said::Label);
     assert_eq!(found[2].said, Said::Settings);
     assert_eq!(found[2].evidence, "nuwax.toml: services.m.database = \"MariaDB\"");
     assert_eq!((found[1].backup, found[2].backup), (Mode::Dump, Mode::Stop));
-    assert_eq!(found[0].backup, Mode::Stop, "SQLite files are not dumped yet");
+    assert_eq!(
+        (found[0].backup, found[0].backup_said),
+        (Mode::Dump, None),
+        "SQLite files: dumped by default"
+    );
+    assert_eq!(found[2].backup_said, Some(Said::Settings));
+}
+
+#[test]
+fn sqlite_files_are_dumped_unless_a_server_beside_them_cannot_be() {
+    let mut said_stop = container("b", &["/srv/app"], &[], "x");
+    said_stop.labels.insert(LABEL_BACKUP.into(), "stop".into());
+    let cs = [
+        container("a", &["/srv/app"], &[], "x"),
+        said_stop,
+        container("cache", &["redis-server"], &[], "redis"),
+    ];
+    let files = |paths: &[&str]| ServiceSettings {
+        database: None,
+        sqlite: paths.iter().map(|p| p.to_string()).collect(),
+        backup: None,
+    };
+    let mut settings = BTreeMap::new();
+    settings.insert("a".to_string(), files(&["/data/a.db", "/data/b.db", "/data/a.db"]));
+    settings.insert("b".to_string(), files(&["/data/b.db"]));
+    settings.insert("cache".to_string(), files(&["/data/c.db"]));
+    let found = detect(&cs, &settings).unwrap();
+    let modes: Vec<(&str, Mode, Option<Said>)> =
+        found.iter().map(|f| (f.service.as_str(), f.backup, f.backup_said)).collect();
+    assert_eq!(
+        modes,
+        [
+            ("a", Mode::Dump, None),
+            ("b", Mode::Stop, Some(Said::Label)),
+            // Redis's data would be copied while it runs: the whole service is stopped.
+            ("cache", Mode::Stop, None),
+        ]
+    );
+    assert_eq!(found[0].sqlite, ["/data/a.db", "/data/b.db"], "each file once");
+    // SQLite is no server to name.
+    settings.insert(
+        "a".to_string(),
+        ServiceSettings { database: Some("sqlite".into()), sqlite: vec![], backup: None },
+    );
+    let err = detect(&cs, &settings).unwrap_err().to_string();
+    assert!(err.contains("sqlite = ["), "{err}");
+}
+
+#[test]
+fn the_mount_holding_a_file_is_the_deepest_that_contains_it() {
+    let dests = ["/data", "/data/db", "/", "/data/db/notes.db", "/srv"];
+    assert_eq!(mount_holding(dests, "/data/db/notes.db"), Some(("/data/db", "notes.db".into())));
+    assert_eq!(mount_holding(dests, "/data/x/a.db"), Some(("/data", "x/a.db".into())));
+    assert_eq!(mount_holding(dests, "/var/a.db"), Some(("/", "var/a.db".into())));
+    assert_eq!(mount_holding(["/data"], "/database/a.db"), None, "a prefix is not a parent");
+    assert_eq!(mount_holding(["/data/a.db"], "/data/a.db"), None, "a file mounted alone");
+    assert_eq!(mount_holding(["/data/"], "/data/../etc/x"), None);
+}
+
+#[test]
+fn a_sqlite_dump_is_vacuumed_into_a_temp_file_that_always_goes() {
+    let specs = dump::sqlite("c1", "notes", &["/data/it's.db".to_string()]);
+    assert_eq!(specs.len(), 1);
+    let s = &specs[0];
+    assert_eq!((s.name.as_str(), s.database.as_deref()), ("notes/data%2Fit%27s.db", Some("/data/it's.db")));
+    assert_eq!(
+        (s.kind, s.format.as_str(), s.ready()),
+        (Kind::Sqlite, dump::SQLITE_FORMAT, dump::Ready::FirstByte)
+    );
+    let script = &s.cmd[2];
+    assert!(script.starts_with(r"f='/data/it'\''s.db';"), "{script}");
+    assert!(script.contains("[ -f \"$f\" ] ||"), "a missing file is an error, not a new database");
+    assert!(script.contains("trap 'rm -f \"$t\"' EXIT") && script.contains("VACUUM INTO"), "{script}");
+    assert!(!script.contains("exec "), "the shell stays to remove the temp file");
 }
 
 #[test]

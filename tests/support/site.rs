@@ -1,6 +1,6 @@
-//! The site stack (`compose/site`: PostgreSQL, MariaDB and two apps writing to them) under its
-//! own compose project name and temp dir, torn down (`down -v`, nuwax's keep tags) even when the
-//! test fails. Its database images are built once per machine by `compose/images/build` and
+//! The site stack (`compose/site`: PostgreSQL, MariaDB, two apps writing to them and a SQLite
+//! app) under its own compose project name and temp dir, torn down (`down -v`, nuwax's keep
+//! tags) even when the test fails. Its database images are built once per machine by `compose/images/build` and
 //! reused by tag; tests never remove them.
 
 use std::path::PathBuf;
@@ -43,6 +43,9 @@ fn build_images(built: &OnceLock<Result<(), String>>, args: &[&str]) {
     }
 }
 
+/// Every service of the site.
+pub const SERVICES: [&str; 5] = ["db", "app", "maria", "shop", "notes"];
+
 pub struct Site {
     pub name: String,
     pub dir: PathBuf,
@@ -72,7 +75,7 @@ impl Site {
     pub fn up(&self) {
         let out = self.compose(&["up", "-d"]);
         assert!(out.status.success(), "compose up: {}", String::from_utf8_lossy(&out.stderr));
-        self.wait_healthy(&["db", "app", "maria", "shop"]);
+        self.wait_healthy(&SERVICES);
     }
 
     pub fn wait_healthy(&self, services: &[&str]) {
@@ -101,6 +104,20 @@ impl Site {
         let out = self.compose(&[&["exec", "-T", service][..], cmd].concat());
         assert!(out.status.success(), "exec {cmd:?} in {service}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `sqlite3` on the notes app's database, in its container; the output, trimmed.
+    pub fn notes(&self, sql: &str) -> String {
+        self.exec("notes", &["sqlite3", "-cmd", ".timeout 5000", "/data/notes.db", sql])
+    }
+
+    /// When the service's container last started, as the engine says.
+    pub fn started_at(&self, service: &str) -> String {
+        let id = self.container_id(service);
+        let out =
+            Command::new("docker").args(["inspect", "-f", "{{.State.StartedAt}}", &id]).output().unwrap();
+        assert!(out.status.success(), "inspect {service}: {}", String::from_utf8_lossy(&out.stderr));
+        format!("{id} {}", String::from_utf8_lossy(&out.stdout).trim())
     }
 
     /// The id of the service's container.

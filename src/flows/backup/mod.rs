@@ -490,6 +490,7 @@ async fn find_sources(
         None => sources::compose_bind_sources(project, &mut skipped),
     });
     dumps.drop_data_mounts(&mut plan, &mut skipped);
+    let sqlite = dumps.sqlite_excludes(containers, &plan, &mut skipped)?;
     check_storage(&project.storage_dir)?;
     let mut spool = None;
     if opts.with_images {
@@ -498,7 +499,7 @@ async fn find_sources(
         plan.push(s.save(&**engine, containers).await?);
         spool = Some(s);
     }
-    let excludes = build_excludes(&project.settings.exclude)?;
+    let excludes = build_excludes(&[project.settings.exclude.clone(), sqlite].concat())?;
     let skip_dirs = vec![project.storage_dir.clone(), project.state_dir.clone()];
     Ok((Sources { plan, skipped, excludes, skip_dirs }, spool))
 }

@@ -52,6 +52,7 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
                 access: s.access(),
                 size: scan.size,
                 file_count: scan.file_count,
+                running: Vec::new(),
             }),
         }
     }

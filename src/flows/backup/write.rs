@@ -144,6 +144,20 @@ pub(super) async fn write(
             scans: &scans,
             skipped,
         });
+        let mut manifest = manifest;
+        // The services being dumped ran while their other mounts were copied.
+        let dumped: std::collections::BTreeSet<&str> =
+            moment.dumps.records.iter().map(|d| d.service.as_str()).collect();
+        for m in &mut manifest.mounts {
+            m.running = m
+                .destinations
+                .iter()
+                .filter_map(|d| d.split_once(':').map(|(s, _)| s))
+                .filter(|s| dumped.contains(s))
+                .map(str::to_string)
+                .collect();
+            m.running.dedup();
+        }
         let manifest = Manifest {
             dump_part_bytes: (!moment.dumps.records.is_empty()).then_some(archive::DUMP_PART_BYTES),
             dumps: moment.dumps.records,

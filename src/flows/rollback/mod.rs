@@ -12,6 +12,7 @@
 pub mod engine;
 mod load;
 mod plan;
+mod sqlite;
 mod steps;
 pub mod swap;
 

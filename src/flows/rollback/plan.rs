@@ -98,6 +98,8 @@ pub struct Plan {
     pub load_images: Option<String>,
     /// The database dumps loaded into their servers after the swap.
     pub loads: Vec<Load>,
+    /// The SQLite dumps written into the staged mounts that held them, before the swap.
+    pub sqlite: Vec<super::sqlite::Place>,
     pub warnings: Vec<String>,
     /// The project has no containers (never started here, or `compose down`): the rollback
     /// creates and starts them all with the compose CLI.
@@ -135,9 +137,10 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
     let mut warnings = warnings_of(&manifest, opts, rec.id, &ctx.project.name)?;
     let mut items = Vec::new();
     let containers = engine.project_containers(&ctx.project.name).await?;
-    let mut loads = Vec::new();
+    let (mut loads, mut sqlite) = (Vec::new(), Vec::new());
     if opts.data {
         items.extend(mount_items(&**engine, &manifest, opts, &ctx.project, &mut warnings).await?);
+        sqlite = super::sqlite::places(&manifest, &digests, &items)?;
         loads = loads_of(&manifest, &digests);
         loads.retain(|l| !opts.keep_data.contains(&l.service));
         items.extend(fresh_data_items(&loads, &containers)?);
@@ -176,6 +179,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
         images,
         load_images: manifest.images_archive.clone().filter(|_| load_images),
         loads,
+        sqlite,
         warnings,
         start_all,
         carrier_image,
@@ -246,10 +250,11 @@ async fn verify(
     Ok((report.manifest, report.dumps))
 }
 
-/// The backup's dumps, by server, in archive order.
+/// The backup's dumps loaded through their servers, by server, in archive order (SQLite's are
+/// files, written back by `sqlite.rs`).
 fn loads_of(manifest: &Manifest, digests: &[crate::archive::manifest::DumpDigest]) -> Vec<Load> {
     let mut loads: Vec<Load> = Vec::new();
-    for (d, digest) in manifest.dumps.iter().zip(digests) {
+    for (d, digest) in manifest.dumps.iter().zip(digests).filter(|(d, _)| d.server != "sqlite") {
         match loads.iter_mut().find(|l| l.service == d.service) {
             Some(l) => {
                 l.dumps.push(d.clone());

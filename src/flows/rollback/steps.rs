@@ -344,10 +344,24 @@ async fn stage(
         .zip(&journal.engine)
         .map(|(i, s)| (i.prefix.clone(), s.tar.clone()))
         .collect();
+    // The SQLite dumps, each into the staged tree of the mount that held it.
+    let sqlite: Vec<(super::sqlite::Place, PathBuf)> = plan
+        .sqlite
+        .iter()
+        .map(|place| {
+            let slot = host.iter().find(|(i, _)| i.prefix == place.prefix).map(|(_, s)| s.staging.clone());
+            slot.map(|staged| (place.clone(), staged)).with_context(|| {
+                format!("SQLite database {} of {}: its mount is not staged", place.path, place.service)
+            })
+        })
+        .collect::<Result<_>>()?;
     let (a, cancel) = (plan.archive.clone(), ctx.interrupt.cancel().clone());
     tokio::task::spawn_blocking(move || {
         if !targets.is_empty() {
             archive::extract(&a, &targets, &cancel, &*p)?;
+        }
+        for (place, staged) in &sqlite {
+            super::sqlite::write(&a, place, staged, &cancel)?;
         }
         for (prefix, tar) in &via_engine {
             engine::stage(&a, prefix, tar, &cancel, &*p)?;
