@@ -3,7 +3,7 @@
 //! as many times as needed, one entry at a time ([`Entries`]).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::EntryMeta;
+use super::manifest::{EntryKind, EntryMeta};
 use super::scan::Stamp;
 use super::{Error, Result};
 use crate::fsutil::RemovedOnDrop;
@@ -87,17 +87,23 @@ impl Listing {
 
     /// Reads the items from the start.
     pub fn iter(&self) -> Result<ListingIter> {
-        Ok(match &self.file {
-            None => ListingIter::Memory(Arc::clone(&self.items), 0),
-            Some(file) => {
-                let f = File::open(&file.path).map_err(Error::io(&file.path))?;
-                ListingIter::File {
-                    path: file.path.clone(),
-                    reader: BufReader::with_capacity(1 << 16, f),
-                    line: String::new(),
-                }
-            }
-        })
+        let Some(file) = &self.file else {
+            return Ok(ListingIter(Source::Memory(Arc::clone(&self.items), 0)));
+        };
+        let path = file.path.clone();
+        let mut reader =
+            File::open(&path).map(|f| BufReader::with_capacity(1 << 16, f)).map_err(Error::io(&path))?;
+        let mut magic = [0; SPILL_MAGIC.len()];
+        let binary = match reader.read_exact(&mut magic) {
+            Ok(()) => magic == *SPILL_MAGIC,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Err(e) => return Err(Error::io(&path)(e)),
+        };
+        if binary {
+            return Ok(ListingIter(Source::File { path, reader }));
+        }
+        reader.rewind().map_err(Error::io(&path))?;
+        Ok(ListingIter(Source::Json { path, reader, line: String::new() }))
     }
 
     /// Every entry in memory: for tests and small listings.
@@ -107,22 +113,38 @@ impl Listing {
 }
 
 /// Items of a [`Listing`], in order.
-pub enum ListingIter {
+pub struct ListingIter(Source);
+
+enum Source {
     Memory(Arc<Vec<Item>>, usize),
-    File { path: PathBuf, reader: BufReader<File>, line: String },
+    File {
+        path: PathBuf,
+        reader: BufReader<File>,
+    },
+    /// A spill file of an older version: JSON lines.
+    Json {
+        path: PathBuf,
+        reader: BufReader<File>,
+        line: String,
+    },
 }
 
 impl Iterator for ListingIter {
     type Item = Result<Item>;
 
     fn next(&mut self) -> Option<Result<Item>> {
-        match self {
-            ListingIter::Memory(items, at) => {
+        match &mut self.0 {
+            Source::Memory(items, at) => {
                 let item = items.get(*at).cloned();
                 *at += 1;
                 item.map(Ok)
             }
-            ListingIter::File { path, reader, line } => {
+            Source::File { path, reader } => match reader.fill_buf() {
+                Ok([]) => None,
+                Ok(_) => Some(decode(reader).map_err(|e| Error::io(&*path)(e))),
+                Err(e) => Some(Err(Error::io(&*path)(e))),
+            },
+            Source::Json { path, reader, line } => {
                 line.clear();
                 match reader.read_line(line) {
                     Ok(0) => None,
@@ -142,12 +164,14 @@ pub struct ListingBuilder {
     dir: Option<PathBuf>,
     items: Vec<Item>,
     file: Option<(Arc<RemovedOnDrop>, BufWriter<File>)>,
+    /// One item's bytes, reused.
+    buf: Vec<u8>,
     len: u64,
 }
 
 impl ListingBuilder {
     pub fn new(dir: Option<&Path>) -> Self {
-        Self { dir: dir.map(Path::to_path_buf), items: Vec::new(), file: None, len: 0 }
+        Self { dir: dir.map(Path::to_path_buf), items: Vec::new(), file: None, buf: Vec::new(), len: 0 }
     }
 
     pub fn push(&mut self, entry: EntryMeta, stamp: Option<Stamp>) -> Result<()> {
@@ -182,7 +206,9 @@ impl ListingBuilder {
             .mode(0o600)
             .open(&path)
             .map_err(Error::io(&path))?;
-        self.file = Some((Arc::new(RemovedOnDrop { path }), BufWriter::with_capacity(1 << 16, file)));
+        let mut out = BufWriter::with_capacity(1 << 16, file);
+        out.write_all(SPILL_MAGIC).map_err(Error::io(&path))?;
+        self.file = Some((Arc::new(RemovedOnDrop { path }), out));
         for item in std::mem::take(&mut self.items) {
             self.write(&item)?;
         }
@@ -191,11 +217,98 @@ impl ListingBuilder {
 
     fn write(&mut self, item: &Item) -> Result<()> {
         let Some((spill, out)) = &mut self.file else { return Ok(()) };
-        serde_json::to_writer(&mut *out, item)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(Error::io(&spill.path))
+        self.buf.clear();
+        encode(item, &mut self.buf)
+            .and_then(|()| out.write_all(&self.buf))
+            .map_err(|e| Error::io(&spill.path)(e))
     }
+}
+
+/// Spill files start with this, then hold each item as [`encode`] writes it: a listing is
+/// written once and read back a few times per backup, so neither may cost much per entry. A
+/// file without it holds JSON lines, as older versions spilled (a frozen backup's saved state
+/// may point at one).
+const SPILL_MAGIC: &[u8; 16] = b"nuwax-listing-2\n";
+
+/// An item in the spill file's layout: the path, then kind, size, mode, uid, gid and mtime,
+/// then the link target and the stamp, each after a byte saying whether it is there (numbers
+/// little-endian, strings after their length as a `u32`).
+fn encode((entry, stamp): &Item, out: &mut Vec<u8>) -> std::io::Result<()> {
+    put_str(out, &entry.path)?;
+    out.push(match entry.kind {
+        EntryKind::File => 0,
+        EntryKind::Dir => 1,
+        EntryKind::Symlink => 2,
+    });
+    out.extend_from_slice(&entry.size.to_le_bytes());
+    out.extend_from_slice(&entry.mode.to_le_bytes());
+    out.extend_from_slice(&entry.uid.to_le_bytes());
+    out.extend_from_slice(&entry.gid.to_le_bytes());
+    out.extend_from_slice(&entry.mtime.to_le_bytes());
+    out.push(u8::from(entry.link_target.is_some()));
+    if let Some(target) = &entry.link_target {
+        put_str(out, target)?;
+    }
+    out.push(u8::from(stamp.is_some()));
+    if let Some(stamp) = stamp {
+        stamp.encode(out);
+    }
+    Ok(())
+}
+
+fn decode(r: &mut impl Read) -> std::io::Result<Item> {
+    let path = get_str(r)?;
+    let kind = match get::<1>(r)? {
+        [0] => EntryKind::File,
+        [1] => EntryKind::Dir,
+        [2] => EntryKind::Symlink,
+        _ => return Err(invalid("an unknown entry kind")),
+    };
+    let size = u64::from_le_bytes(get(r)?);
+    let mode = u32::from_le_bytes(get(r)?);
+    let uid = u64::from_le_bytes(get(r)?);
+    let gid = u64::from_le_bytes(get(r)?);
+    let mtime = i64::from_le_bytes(get(r)?);
+    let link_target = if get::<1>(r)? == [0] { None } else { Some(get_str(r)?) };
+    let stamp = if get::<1>(r)? == [0] { None } else { Some(Stamp::decode(r)?) };
+    Ok((EntryMeta { path, kind, size, mode, uid, gid, mtime, link_target }, stamp))
+}
+
+/// A string longer than this is damage, not a path or a link target.
+const MAX_STR: usize = 1 << 20;
+
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) -> std::io::Result<()> {
+    let len = u32::try_from(s.len()).ok().filter(|&n| n as usize <= MAX_STR);
+    let len = len.ok_or_else(|| invalid("a string too long"))?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Reads the bytes of a string [`put_str`] wrote into `buf`, not checked to be UTF-8.
+pub(crate) fn get_bytes(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let len = u32::from_le_bytes(get(r)?) as usize;
+    if len > MAX_STR {
+        return Err(invalid("a string too long"));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf)
+}
+
+pub(crate) fn get_str(r: &mut impl Read) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    get_bytes(r, &mut bytes)?;
+    String::from_utf8(bytes).map_err(|_| invalid("a string that is not UTF-8"))
+}
+
+pub(crate) fn get<const N: usize>(r: &mut impl Read) -> std::io::Result<[u8; N]> {
+    let mut bytes = [0; N];
+    r.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn invalid(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("damaged file: {what}"))
 }
 
 #[cfg(test)]
@@ -241,5 +354,39 @@ mod tests {
         // The last clone of a spilled listing removes its file.
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn stamps_and_link_targets_read_back_and_a_spill_of_an_older_version_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let item = |i: usize| {
+            let mut e = entry(i);
+            (e.kind, e.link_target) = match i % 3 {
+                0 => (EntryKind::Dir, None),
+                1 => (EntryKind::Symlink, Some(format!("../t\"é{i}"))),
+                _ => (EntryKind::File, None),
+            };
+            e.mtime = -(i as i64);
+            let stamp = Stamp { dev: 1, ino: i as u64, size: 2, mtime_ns: -3 << 80, ctime_ns: i128::MAX };
+            (e, i.is_multiple_of(2).then_some(stamp))
+        };
+        let n = SPILL_AFTER + 10;
+        let mut b = ListingBuilder::new(Some(dir.path()));
+        for i in 0..n {
+            let (e, stamp) = item(i);
+            b.push(e, stamp).unwrap();
+        }
+        let list = b.finish().unwrap();
+        let read: Vec<Item> = list.iter().unwrap().map(Result::unwrap).collect();
+        assert_eq!(read, (0..n).map(item).collect::<Vec<_>>());
+
+        // JSON lines, no magic: what a frozen backup of an older version points at.
+        let path = dir.path().join(format!("{SPILL_PREFIX}old"));
+        let lines: Vec<String> = (0..n).map(|i| serde_json::to_string(&item(i)).unwrap()).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let old =
+            Listing { items: Arc::default(), file: Some(Arc::new(RemovedOnDrop { path })), len: n as u64 };
+        let read: Vec<Item> = old.iter().unwrap().map(Result::unwrap).collect();
+        assert_eq!(read, (0..n).map(item).collect::<Vec<_>>());
     }
 }

@@ -4,7 +4,7 @@
 mod codec;
 mod extract;
 mod host;
-mod listing;
+pub(crate) mod listing;
 pub mod manifest;
 mod reader;
 mod repack;
@@ -26,6 +26,7 @@ pub use listing::{Entries, Item, Listing, ListingBuilder, ListingIter, SPILL_AFT
 pub use manifest::{Checksums, EntryKind, EntryMeta, FORMAT_VERSION, Manifest, Skipped};
 pub use reader::{VerifyReport, file_sha256, read_dump, read_entries, read_manifest, verify};
 pub use repack::repack;
+pub(crate) use scan::{OPEN_LEVELS, SortedDir};
 pub use scan::{
     ScanOpts, ScanResult, Stamp, count_host, scan_host, scan_host_stamped, scan_host_with, scan_tar_stream,
     scan_tar_stream_in,

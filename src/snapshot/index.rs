@@ -2,6 +2,11 @@
 //! stamp when the file was copied), in the order a scan lists the source (depth first, names
 //! sorted). A pass reads the old records alongside its scan and writes the new ones as it goes,
 //! so neither is held in memory whatever the number of files.
+//!
+//! The file is binary (a pass reads and writes a record per file, while the services may be
+//! stopped): [`MAGIC`], then lines that are a tag byte and the line's fields, strings after
+//! their length as a `u32`, numbers little-endian. A source line (tag 0) is its prefix; a
+//! record (tag 1) is the path, the [`Stamp`] as `Stamp::encode` writes it, and the racy flag.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -14,16 +19,25 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use serde::{Deserialize, Serialize};
 
 use super::Record;
+use crate::archive::Stamp;
+use crate::archive::listing::{get, get_bytes, get_str, put_str};
 use crate::fsutil::{self, RemovedOnDrop};
 
 /// The committed index, in the snapshot's directory.
-pub(super) const COMMITTED: &str = "index.jsonl";
-/// The index of format 1 (one JSON map): no longer read, removed (its mirror is compared by
-/// content once).
-pub(super) const LEGACY: &str = "index.json";
+pub(super) const COMMITTED: &str = "index.bin";
+/// Indexes of earlier formats (one JSON map; JSON lines): no longer read, removed (their
+/// mirror is compared by content once).
+pub(super) const LEGACY: [&str; 2] = ["index.json", "index.jsonl"];
 /// Name prefix of the index files a pass is reading or writing: never trusted after a crash.
 const WORKING: &str = "index.";
-const WORKING_SUFFIX: &str = ".work.jsonl";
+/// Working files end in one of these (the second as earlier formats named them).
+const WORKING_SUFFIXES: [&str; 2] = [".work", ".work.jsonl"];
+/// The first bytes of an index file of this format.
+const MAGIC: &[u8; 16] = b"nuwax-index-3\n\0\0";
+const SOURCE: u8 = 0;
+const RECORD: u8 = 1;
+/// A record's bytes after its path: the stamp and the racy flag.
+const RECORD_TAIL: usize = 8 * 3 + 16 * 2 + 1;
 
 /// Records of the mirrored files, per source prefix. Empty: nothing is proven current.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -32,37 +46,6 @@ pub struct Index {
     file: Option<Arc<RemovedOnDrop>>,
     /// Per source prefix: byte offset of its first record and how many there are.
     sections: BTreeMap<String, (u64, u64)>,
-}
-
-/// One line of the file: a section's start (an object), or a record of it (an array). Not an
-/// untagged enum: serde cannot buffer the stamps' 128-bit times.
-enum Line {
-    Source { source: String },
-    Record(String, Record),
-}
-
-#[derive(Serialize, Deserialize)]
-struct SourceLine {
-    source: String,
-}
-
-impl Line {
-    fn parse(line: &str) -> io::Result<Line> {
-        let parsed = if line.starts_with('{') {
-            serde_json::from_str::<SourceLine>(line).map(|l| Line::Source { source: l.source })
-        } else {
-            serde_json::from_str::<(String, Record)>(line).map(|(path, record)| Line::Record(path, record))
-        };
-        parsed.map_err(io::Error::other)
-    }
-
-    fn to_bytes(&self) -> io::Result<Vec<u8>> {
-        let bytes = match self {
-            Line::Source { source } => serde_json::to_vec(&SourceLine { source: source.clone() }),
-            Line::Record(path, record) => serde_json::to_vec(&(path, record)),
-        };
-        bytes.map_err(io::Error::other)
-    }
 }
 
 impl Index {
@@ -74,43 +57,47 @@ impl Index {
     /// Reads an index file's sections (a pass over its lines, nothing kept but the offsets).
     pub(super) fn load(path: PathBuf) -> io::Result<Index> {
         let mut reader = BufReader::with_capacity(1 << 16, File::open(&path)?);
-        let (mut sections, mut current, mut offset) = (BTreeMap::new(), None::<String>, 0u64);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = reader.read_line(&mut line)? as u64;
-            if n == 0 {
-                break;
-            }
-            offset += n;
-            match Line::parse(&line)? {
-                Line::Source { source } => {
+        if get::<{ MAGIC.len() }>(&mut reader).ok().as_ref() != Some(MAGIC) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an index of this format"));
+        }
+        let (mut sections, mut current, mut offset) = (BTreeMap::new(), None::<String>, MAGIC.len() as u64);
+        while !reader.fill_buf()?.is_empty() {
+            match get::<1>(&mut reader)? {
+                [SOURCE] => {
+                    let source = get_str(&mut reader)?;
+                    offset += 1 + 4 + source.len() as u64;
                     sections.insert(source.clone(), (offset, 0));
                     current = Some(source);
                 }
-                Line::Record(..) => {
+                [RECORD] => {
+                    let len = u32::from_le_bytes(get(&mut reader)?);
+                    let skip = i64::from(len) + RECORD_TAIL as i64;
+                    reader.seek_relative(skip)?;
+                    offset += 1 + 4 + skip as u64;
                     let section = current.as_ref().and_then(|s| sections.get_mut(s));
-                    let section = section.ok_or_else(|| io::Error::other("a record before any source"))?;
+                    let section = section.ok_or_else(|| damaged("a record before any source"))?;
                     section.1 += 1;
                 }
+                _ => return Err(damaged("an unknown line")),
             }
+        }
+        // A truncated last record: the seek went past the end.
+        if reader.get_ref().metadata()?.len() != offset {
+            return Err(damaged("a truncated record"));
         }
         Ok(Index { file: Some(Arc::new(RemovedOnDrop { path })), sections })
     }
 
     /// The records of source `prefix`, in scan order.
     pub(super) fn cursor(&self, prefix: &str) -> io::Result<Cursor> {
+        let mut cursor = Cursor { reader: None, left: 0, next: None, path: Vec::new() };
         let (Some(file), Some(&(offset, count))) = (&self.file, self.sections.get(prefix)) else {
-            return Ok(Cursor { reader: None, left: 0, next: None, line: String::new() });
+            return Ok(cursor);
         };
         let mut f = File::open(&file.path)?;
         f.seek(SeekFrom::Start(offset))?;
-        let mut cursor = Cursor {
-            reader: Some(BufReader::with_capacity(1 << 16, f)),
-            left: count,
-            next: None,
-            line: String::new(),
-        };
+        cursor.reader = Some(BufReader::with_capacity(1 << 16, f));
+        cursor.left = count;
         cursor.advance()?;
         Ok(cursor)
     }
@@ -119,18 +106,24 @@ impl Index {
     pub(super) fn persist(&self, to: &Path) -> io::Result<()> {
         match &self.file {
             Some(file) => std::fs::rename(&file.path, to),
-            None => fsutil::write_atomically(to, b"", 0o600).map_err(io::Error::other),
+            None => fsutil::write_atomically(to, MAGIC, 0o600).map_err(io::Error::other),
         }
     }
 }
 
-/// Removes the working files a dead pass left (and the legacy index) from snapshot `dir`.
+fn damaged(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("damaged index: {what}"))
+}
+
+/// Removes the working files a dead pass left (and the legacy indexes) from snapshot `dir`.
 pub(super) fn clear_working(dir: &Path) -> io::Result<()> {
-    let _ = std::fs::remove_file(dir.join(LEGACY));
+    for legacy in LEGACY {
+        let _ = std::fs::remove_file(dir.join(legacy));
+    }
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(WORKING) && name.ends_with(WORKING_SUFFIX) {
+        if name.starts_with(WORKING) && WORKING_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             let _ = std::fs::remove_file(dir.join(&*name));
         }
     }
@@ -141,30 +134,33 @@ pub(super) fn clear_working(dir: &Path) -> io::Result<()> {
 pub(super) fn working(dir: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, AtomicOrdering::Relaxed);
-    dir.join(format!("{WORKING}{}-{n}{WORKING_SUFFIX}", std::process::id()))
+    dir.join(format!("{WORKING}{}-{n}{}", std::process::id(), WORKING_SUFFIXES[0]))
 }
 
 /// The order a scan lists paths in: depth first, siblings by name (bytes).
-pub(super) fn scan_order(a: &str, b: &str) -> Ordering {
-    a.split('/').cmp(b.split('/'))
+fn scan_order(a: &[u8], b: &[u8]) -> Ordering {
+    if a == b {
+        return Ordering::Equal;
+    }
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
 }
 
 /// Old records of one source, read in step with a scan of it.
 pub(super) struct Cursor {
     reader: Option<BufReader<File>>,
     left: u64,
-    next: Option<(String, Record)>,
-    line: String,
+    /// The record at hand; its path is in `path`.
+    next: Option<Record>,
+    path: Vec<u8>,
 }
 
 impl Cursor {
     /// The record of `path`, if the index has one; `path`s must come in scan order.
     pub(super) fn find(&mut self, path: &str) -> io::Result<Option<Record>> {
-        while let Some((p, record)) = &self.next {
-            match scan_order(p, path) {
+        while let Some(record) = self.next {
+            match scan_order(&self.path, path.as_bytes()) {
                 Ordering::Less => self.advance()?,
                 Ordering::Equal => {
-                    let record = *record;
                     self.advance()?;
                     return Ok(Some(record));
                 }
@@ -178,12 +174,13 @@ impl Cursor {
         self.next = None;
         let Some(reader) = self.reader.as_mut().filter(|_| self.left > 0) else { return Ok(()) };
         self.left -= 1;
-        self.line.clear();
-        reader.read_line(&mut self.line)?;
-        match Line::parse(&self.line)? {
-            Line::Record(path, record) => self.next = Some((path, record)),
-            Line::Source { .. } => return Err(io::Error::other("the index ends a section early")),
+        if get::<1>(reader)? != [RECORD] {
+            return Err(damaged("a section ends early"));
         }
+        get_bytes(reader, &mut self.path)?;
+        let stamp = Stamp::decode(reader)?;
+        let racy = get::<1>(reader)? != [0];
+        self.next = Some(Record { stamp, racy });
         Ok(())
     }
 }
@@ -196,30 +193,43 @@ pub(crate) struct Writer {
     offset: u64,
     sections: BTreeMap<String, (u64, u64)>,
     current: Option<String>,
+    /// One line's bytes, reused.
+    buf: Vec<u8>,
 }
 
 impl Writer {
     pub(super) fn create(path: PathBuf) -> io::Result<Writer> {
         use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let mut out = BufWriter::with_capacity(1 << 16, file);
+        out.write_all(MAGIC)?;
         Ok(Writer {
             file: Arc::new(RemovedOnDrop { path }),
-            out: BufWriter::with_capacity(1 << 16, file),
-            offset: 0,
+            out,
+            offset: MAGIC.len() as u64,
             sections: BTreeMap::new(),
             current: None,
+            buf: Vec::new(),
         })
     }
 
     pub(super) fn source(&mut self, prefix: &str) -> io::Result<()> {
-        self.line(&Line::Source { source: prefix.to_owned() })?;
+        self.buf.clear();
+        self.buf.push(SOURCE);
+        put_str(&mut self.buf, prefix)?;
+        self.line()?;
         self.sections.insert(prefix.to_owned(), (self.offset, 0));
         self.current = Some(prefix.to_owned());
         Ok(())
     }
 
     pub(super) fn record(&mut self, path: &str, record: Record) -> io::Result<()> {
-        self.line(&Line::Record(path.to_owned(), record))?;
+        self.buf.clear();
+        self.buf.push(RECORD);
+        put_str(&mut self.buf, path)?;
+        record.stamp.encode(&mut self.buf);
+        self.buf.push(u8::from(record.racy));
+        self.line()?;
         if let Some(section) = self.current.as_ref().and_then(|s| self.sections.get_mut(s)) {
             section.1 += 1;
         }
@@ -231,11 +241,9 @@ impl Writer {
         Ok(Index { file: Some(self.file), sections: self.sections })
     }
 
-    fn line(&mut self, line: &Line) -> io::Result<()> {
-        let mut bytes = line.to_bytes()?;
-        bytes.push(b'\n');
-        self.out.write_all(&bytes)?;
-        self.offset += bytes.len() as u64;
+    fn line(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.buf)?;
+        self.offset += self.buf.len() as u64;
         Ok(())
     }
 }

@@ -5,14 +5,16 @@
 //!
 //! `data/` holds the mirrored trees under their archive paths (owner-only: directories 0700,
 //! files 0600; the archive takes modes and owners from the source, never from the mirror).
-//! `index.jsonl` says, per file, the source's [`Stamp`] when it was copied (`index.rs`: per
-//! source, in scan order, read and written as a stream). It is present only while the mirror
+//! `index.bin` says, per file, the source's [`Stamp`] when it was copied (`index.rs`: per
+//! source, in scan order, read and written as a stream; `mirror.rs` reads the mirror's
+//! directories in step with the same scan). It is present only while the mirror
 //! matches it: [`Snapshot::take_index`] moves it aside before the mirror changes and
 //! [`Snapshot::commit`] puts the new one in place after a sync to disk, so a crash in between
 //! leaves a mirror without an index, whose files are then compared by content (reused, never
 //! trusted).
 
 mod index;
+mod mirror;
 mod pass;
 
 use std::io;
