@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{EntryKind, EntryMeta};
+use super::manifest::EntryMeta;
 use super::scan::Stamp;
-use super::{Error, Result};
+use super::{Error, Result, binfmt};
 use crate::fsutil::RemovedOnDrop;
 
 /// Entries kept in memory before a listing moves to a file.
@@ -141,7 +141,7 @@ impl Iterator for ListingIter {
             }
             Source::File { path, reader } => match reader.fill_buf() {
                 Ok([]) => None,
-                Ok(_) => Some(decode(reader).map_err(|e| Error::io(&*path)(e))),
+                Ok(_) => Some(binfmt::decode(reader).map_err(|e| Error::io(&*path)(e))),
                 Err(e) => Some(Err(Error::io(&*path)(e))),
             },
             Source::Json { path, reader, line } => {
@@ -218,98 +218,16 @@ impl ListingBuilder {
     fn write(&mut self, item: &Item) -> Result<()> {
         let Some((spill, out)) = &mut self.file else { return Ok(()) };
         self.buf.clear();
-        encode(item, &mut self.buf)
+        binfmt::encode(item, &mut self.buf)
             .and_then(|()| out.write_all(&self.buf))
             .map_err(|e| Error::io(&spill.path)(e))
     }
 }
 
-/// Spill files start with this, then hold each item as [`encode`] writes it: a listing is
-/// written once and read back a few times per backup, so neither may cost much per entry. A
-/// file without it holds JSON lines, as older versions spilled (a frozen backup's saved state
-/// may point at one).
+/// Spill files start with this, then hold each item as [`binfmt::encode`] writes it. A file
+/// without it holds JSON lines, as older versions spilled (a frozen backup's saved state may
+/// point at one).
 const SPILL_MAGIC: &[u8; 16] = b"nuwax-listing-2\n";
-
-/// An item in the spill file's layout: the path, then kind, size, mode, uid, gid and mtime,
-/// then the link target and the stamp, each after a byte saying whether it is there (numbers
-/// little-endian, strings after their length as a `u32`).
-fn encode((entry, stamp): &Item, out: &mut Vec<u8>) -> std::io::Result<()> {
-    put_str(out, &entry.path)?;
-    out.push(match entry.kind {
-        EntryKind::File => 0,
-        EntryKind::Dir => 1,
-        EntryKind::Symlink => 2,
-    });
-    out.extend_from_slice(&entry.size.to_le_bytes());
-    out.extend_from_slice(&entry.mode.to_le_bytes());
-    out.extend_from_slice(&entry.uid.to_le_bytes());
-    out.extend_from_slice(&entry.gid.to_le_bytes());
-    out.extend_from_slice(&entry.mtime.to_le_bytes());
-    out.push(u8::from(entry.link_target.is_some()));
-    if let Some(target) = &entry.link_target {
-        put_str(out, target)?;
-    }
-    out.push(u8::from(stamp.is_some()));
-    if let Some(stamp) = stamp {
-        stamp.encode(out);
-    }
-    Ok(())
-}
-
-fn decode(r: &mut impl Read) -> std::io::Result<Item> {
-    let path = get_str(r)?;
-    let kind = match get::<1>(r)? {
-        [0] => EntryKind::File,
-        [1] => EntryKind::Dir,
-        [2] => EntryKind::Symlink,
-        _ => return Err(invalid("an unknown entry kind")),
-    };
-    let size = u64::from_le_bytes(get(r)?);
-    let mode = u32::from_le_bytes(get(r)?);
-    let uid = u64::from_le_bytes(get(r)?);
-    let gid = u64::from_le_bytes(get(r)?);
-    let mtime = i64::from_le_bytes(get(r)?);
-    let link_target = if get::<1>(r)? == [0] { None } else { Some(get_str(r)?) };
-    let stamp = if get::<1>(r)? == [0] { None } else { Some(Stamp::decode(r)?) };
-    Ok((EntryMeta { path, kind, size, mode, uid, gid, mtime, link_target }, stamp))
-}
-
-/// A string longer than this is damage, not a path or a link target.
-const MAX_STR: usize = 1 << 20;
-
-pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) -> std::io::Result<()> {
-    let len = u32::try_from(s.len()).ok().filter(|&n| n as usize <= MAX_STR);
-    let len = len.ok_or_else(|| invalid("a string too long"))?;
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-    Ok(())
-}
-
-/// Reads the bytes of a string [`put_str`] wrote into `buf`, not checked to be UTF-8.
-pub(crate) fn get_bytes(r: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let len = u32::from_le_bytes(get(r)?) as usize;
-    if len > MAX_STR {
-        return Err(invalid("a string too long"));
-    }
-    buf.resize(len, 0);
-    r.read_exact(buf)
-}
-
-pub(crate) fn get_str(r: &mut impl Read) -> std::io::Result<String> {
-    let mut bytes = Vec::new();
-    get_bytes(r, &mut bytes)?;
-    String::from_utf8(bytes).map_err(|_| invalid("a string that is not UTF-8"))
-}
-
-pub(crate) fn get<const N: usize>(r: &mut impl Read) -> std::io::Result<[u8; N]> {
-    let mut bytes = [0; N];
-    r.read_exact(&mut bytes)?;
-    Ok(bytes)
-}
-
-fn invalid(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("damaged file: {what}"))
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! The archive format: one tar stream (optionally zstd- or gzip-compressed) that starts with
 //! `manifest.json`, holds every declared entry in order and ends with `checksums.json`.
 
+pub(crate) mod binfmt;
 mod codec;
 mod extract;
 mod host;
@@ -10,6 +11,7 @@ mod reader;
 mod repack;
 mod scan;
 mod tarfmt;
+mod walk;
 mod writer;
 
 use std::fmt;
@@ -26,11 +28,11 @@ pub use listing::{Entries, Item, Listing, ListingBuilder, ListingIter, SPILL_AFT
 pub use manifest::{Checksums, EntryKind, EntryMeta, FORMAT_VERSION, Manifest, Skipped};
 pub use reader::{VerifyReport, file_sha256, read_dump, read_entries, read_manifest, verify};
 pub use repack::repack;
-pub(crate) use scan::{OPEN_LEVELS, SortedDir};
 pub use scan::{
     ScanOpts, ScanResult, Stamp, count_host, scan_host, scan_host_stamped, scan_host_with, scan_tar_stream,
     scan_tar_stream_in,
 };
+pub(crate) use walk::{OPEN_LEVELS, SortedDir};
 pub use writer::{ArchiveWriter, DUMP_PART_BYTES, WriteOptions, WriteSummary};
 
 /// Size of the buffers used to copy entry content. Large copies keep the per-syscall and

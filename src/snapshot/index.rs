@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Record;
 use crate::archive::Stamp;
-use crate::archive::listing::{get, get_bytes, get_str, put_str};
+use crate::archive::binfmt::{get, get_bytes, get_str, put_str};
 use crate::fsutil::{self, RemovedOnDrop};
 
 /// The committed index, in the snapshot's directory.
