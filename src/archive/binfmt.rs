@@ -4,13 +4,17 @@
 //! so neither may cost much per entry.
 
 use std::io::{self, Read};
+use std::path::Path;
 
-use super::Item;
 use super::manifest::{EntryKind, EntryMeta};
 use super::scan::Stamp;
+use super::{Error, Item};
+
+/// A string longer than this is damage, not a path or a link target.
+const MAX_STR: usize = 1 << 20;
 
 impl Stamp {
-    /// Writes the stamp as spill and index files hold it (five numbers, little-endian).
+    /// Writes the stamp as spill and index files hold it (five numbers).
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.dev.to_le_bytes());
         out.extend_from_slice(&self.ino.to_le_bytes());
@@ -63,7 +67,7 @@ pub(super) fn decode(r: &mut impl Read) -> io::Result<Item> {
         [0] => EntryKind::File,
         [1] => EntryKind::Dir,
         [2] => EntryKind::Symlink,
-        _ => return Err(invalid("an unknown entry kind")),
+        _ => return Err(damaged("an unknown entry kind")),
     };
     let size = u64::from_le_bytes(get(r)?);
     let mode = u32::from_le_bytes(get(r)?);
@@ -75,12 +79,13 @@ pub(super) fn decode(r: &mut impl Read) -> io::Result<Item> {
     Ok((EntryMeta { path, kind, size, mode, uid, gid, mtime, link_target }, stamp))
 }
 
-/// A string longer than this is damage, not a path or a link target.
-const MAX_STR: usize = 1 << 20;
-
+/// Appends `s` after its length. Paths this long cannot be recorded (no filesystem makes them).
 pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
     let len = u32::try_from(s.len()).ok().filter(|&n| n as usize <= MAX_STR);
-    let len = len.ok_or_else(|| invalid("a string too long"))?;
+    let len = len.ok_or_else(|| {
+        let what = format!("a name of {} bytes is longer than the {MAX_STR} a record may hold", s.len());
+        io::Error::new(io::ErrorKind::InvalidInput, what)
+    })?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(s.as_bytes());
     Ok(())
@@ -90,7 +95,7 @@ pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) -> io::Result<()> {
 pub(crate) fn get_bytes(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
     let len = u32::from_le_bytes(get(r)?) as usize;
     if len > MAX_STR {
-        return Err(invalid("a string too long"));
+        return Err(damaged("a string too long"));
     }
     buf.resize(len, 0);
     r.read_exact(buf)
@@ -99,7 +104,7 @@ pub(crate) fn get_bytes(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> 
 pub(crate) fn get_str(r: &mut impl Read) -> io::Result<String> {
     let mut bytes = Vec::new();
     get_bytes(r, &mut bytes)?;
-    String::from_utf8(bytes).map_err(|_| invalid("a string that is not UTF-8"))
+    String::from_utf8(bytes).map_err(|_| damaged("a string that is not UTF-8"))
 }
 
 pub(crate) fn get<const N: usize>(r: &mut impl Read) -> io::Result<[u8; N]> {
@@ -108,6 +113,43 @@ pub(crate) fn get<const N: usize>(r: &mut impl Read) -> io::Result<[u8; N]> {
     Ok(bytes)
 }
 
-fn invalid(what: &str) -> io::Error {
+/// The file holds something its writer never wrote.
+pub(crate) fn damaged(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("damaged file: {what}"))
+}
+
+/// An error reading spill or index file `path`, naming it; a file that ends inside a record
+/// is truncated (not the bare "failed to fill whole buffer" of `read_exact`).
+pub(crate) fn read_error(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |e| Error::io(path)(eof_is_truncated(e))
+}
+
+/// `read_exact` found the end of the file inside a record: the file is truncated.
+pub(crate) fn eof_is_truncated(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof { truncated("it ends inside a record") } else { e }
+}
+
+/// The file is shorter than what wrote it: `detail` says how it shows.
+pub(crate) fn truncated(detail: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("truncated: {detail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_read_is_truncated_and_names_the_file_and_a_long_name_says_what_it_is() {
+        let mut buf = Vec::new();
+        put_str(&mut buf, "vol/a").unwrap();
+        let err = get_str(&mut &buf[..buf.len() - 1]).unwrap_err();
+        let err = read_error(Path::new("/s/.nuwax-spill-1-0"))(err);
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("/s/.nuwax-spill-1-0") && text.contains("truncated"), "{text}");
+
+        let long = "x".repeat(MAX_STR + 1);
+        let err = put_str(&mut buf, &long).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(!err.to_string().contains("damaged"), "{err}");
+    }
 }

@@ -85,7 +85,8 @@ impl Listing {
         self.file.is_some()
     }
 
-    /// Reads the items from the start.
+    /// Reads the items from the start. A spill file must hold exactly [`Listing::len`] items:
+    /// one cut short, even between two items, is an error, never a shorter listing.
     pub fn iter(&self) -> Result<ListingIter> {
         let Some(file) = &self.file else {
             return Ok(ListingIter(Source::Memory(Arc::clone(&self.items), 0)));
@@ -96,14 +97,15 @@ impl Listing {
         let mut magic = [0; SPILL_MAGIC.len()];
         let binary = match reader.read_exact(&mut magic) {
             Ok(()) => magic == *SPILL_MAGIC,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-            Err(e) => return Err(Error::io(&path)(e)),
+            // Shorter than the magic: an empty listing of an older version, or damage.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && self.len == 0 => false,
+            Err(e) => return Err(binfmt::read_error(&path)(e)),
         };
-        if binary {
-            return Ok(ListingIter(Source::File { path, reader }));
+        let (left, kind) = (self.len, if binary { Format::Binary } else { Format::Json(String::new()) });
+        if !binary {
+            reader.rewind().map_err(Error::io(&path))?;
         }
-        reader.rewind().map_err(Error::io(&path))?;
-        Ok(ListingIter(Source::Json { path, reader, line: String::new() }))
+        Ok(ListingIter(Source::File { path, reader, left, kind }))
     }
 
     /// Every entry in memory: for tests and small listings.
@@ -117,43 +119,63 @@ pub struct ListingIter(Source);
 
 enum Source {
     Memory(Arc<Vec<Item>>, usize),
+    /// A spill file, and how many of its items are still to come.
     File {
         path: PathBuf,
         reader: BufReader<File>,
+        left: u64,
+        kind: Format,
     },
-    /// A spill file of an older version: JSON lines.
-    Json {
-        path: PathBuf,
-        reader: BufReader<File>,
-        line: String,
-    },
+    /// Read to the end, or failed.
+    Done,
+}
+
+enum Format {
+    Binary,
+    /// A spill file of an older version: JSON lines (the line's buffer).
+    Json(String),
 }
 
 impl Iterator for ListingIter {
     type Item = Result<Item>;
 
     fn next(&mut self) -> Option<Result<Item>> {
-        match &mut self.0 {
+        let next = match &mut self.0 {
             Source::Memory(items, at) => {
                 let item = items.get(*at).cloned();
                 *at += 1;
-                item.map(Ok)
+                return item.map(Ok);
             }
-            Source::File { path, reader } => match reader.fill_buf() {
-                Ok([]) => None,
-                Ok(_) => Some(binfmt::decode(reader).map_err(|e| Error::io(&*path)(e))),
-                Err(e) => Some(Err(Error::io(&*path)(e))),
-            },
-            Source::Json { path, reader, line } => {
-                line.clear();
-                match reader.read_line(line) {
-                    Ok(0) => None,
-                    Ok(_) => Some(serde_json::from_str(line).map_err(|e| {
-                        Error::io(&*path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-                    })),
-                    Err(e) => Some(Err(Error::io(&*path)(e))),
-                }
+            Source::Done => return None,
+            Source::File { path, reader, left, kind } => {
+                let next = next_in_file(reader, *left, kind).map_err(binfmt::read_error(path));
+                *left = left.saturating_sub(1);
+                next.transpose()?
             }
+        };
+        if next.is_err() {
+            self.0 = Source::Done;
+        }
+        Some(next)
+    }
+}
+
+/// The next item of a spill file that should hold `left` more.
+fn next_in_file(reader: &mut BufReader<File>, left: u64, kind: &mut Format) -> std::io::Result<Option<Item>> {
+    let at_end = reader.fill_buf()?.is_empty();
+    match (left, at_end) {
+        (0, true) => return Ok(None),
+        (0, false) => return Err(binfmt::damaged("more items than the listing holds")),
+        (_, true) => return Err(binfmt::truncated(&format!("{left} items missing at the end"))),
+        _ => {}
+    }
+    match kind {
+        Format::Binary => binfmt::decode(reader).map(Some),
+        Format::Json(line) => {
+            line.clear();
+            reader.read_line(line)?;
+            let item = serde_json::from_str(line);
+            item.map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         }
     }
 }
@@ -306,5 +328,48 @@ mod tests {
             Listing { items: Arc::default(), file: Some(Arc::new(RemovedOnDrop { path })), len: n as u64 };
         let read: Vec<Item> = old.iter().unwrap().map(Result::unwrap).collect();
         assert_eq!(read, (0..n).map(item).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_spill_cut_short_even_between_two_items_or_grown_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = SPILL_AFTER + 10;
+        let mut b = ListingBuilder::new(Some(dir.path()));
+        for i in 0..n {
+            b.push(entry(i), None).unwrap();
+        }
+        let list = b.finish().unwrap();
+        let path = list.file.as_ref().unwrap().path.clone();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut one = Vec::new();
+        binfmt::encode(&(entry(0), None), &mut one).unwrap();
+        assert_eq!(bytes.len(), SPILL_MAGIC.len() + n * one.len());
+
+        let boundary = |k: usize| SPILL_MAGIC.len() + k * one.len();
+        // Empty, inside the magic, right after it, between two items, inside one, one item short.
+        for cut in [0, 10, boundary(0), boundary(7), boundary(7) + 3, boundary(n - 1)] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let read: Result<Vec<Item>> = list.iter().and_then(Iterator::collect);
+            let text = format!("{:#}", anyhow::Error::from(read.unwrap_err()));
+            assert!(
+                text.contains("truncated") && text.contains(&*path.to_string_lossy()),
+                "cut at {cut}: {text}"
+            );
+        }
+        // An item more than the listing says.
+        let mut grown = bytes.clone();
+        grown.extend_from_slice(&one);
+        std::fs::write(&path, &grown).unwrap();
+        let read: Result<Vec<Item>> = list.iter().and_then(Iterator::collect);
+        assert!(format!("{:#}", anyhow::Error::from(read.unwrap_err())).contains("more items"));
+        // The same count holds for a spill of an older version (JSON lines).
+        let lines: Vec<String> =
+            (0..n - 1).map(|i| serde_json::to_string(&(entry(i), None::<Stamp>)).unwrap()).collect();
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let read: Result<Vec<Item>> = list.iter().and_then(Iterator::collect);
+        assert!(format!("{:#}", anyhow::Error::from(read.unwrap_err())).contains("truncated"));
+        // Intact, it reads, and the error did not stick to the listing.
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(list.to_vec().unwrap().len(), n);
     }
 }

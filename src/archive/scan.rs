@@ -306,21 +306,22 @@ mod tests {
     use std::os::unix::ffi::OsStrExt;
 
     use super::*;
-    use crate::archive::OPEN_LEVELS;
 
     /// The order and the stamps the snapshot's index and the archive rely on: depth first,
     /// names by bytes, as `walkdir` sorted by file name lists them; deeper than the levels kept
-    /// open too.
+    /// open too (a file and a symlink after each deep directory: read once it is open again).
     #[test]
     fn a_scan_lists_depth_first_by_name_bytes_and_stamps_as_std_does() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         let names = ["a", "a.b", "a-b", "a b", "B", "b", "ä", "z"];
         let mut deep = root.join("deep");
-        for _ in 0..OPEN_LEVELS + 3 {
+        for _ in 0..crate::archive::OPEN_LEVELS + 3 {
             deep.push("d");
+            fs::create_dir_all(&deep).unwrap();
+            fs::write(deep.with_file_name("e"), b"after").unwrap();
+            std::os::unix::fs::symlink("d/e", deep.with_file_name("l")).unwrap();
         }
-        fs::create_dir_all(&deep).unwrap();
         fs::write(deep.join("f"), b"deep").unwrap();
         for dir in ["", "a", "a/a"] {
             for name in names {

@@ -11,7 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -19,14 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use serde::{Deserialize, Serialize};
 
 use super::Record;
-use crate::archive::Stamp;
-use crate::archive::binfmt::{get, get_bytes, get_str, put_str};
+use crate::archive::binfmt::{eof_is_truncated, get, get_bytes, get_str, put_str, read_error, truncated};
+use crate::archive::{self, Error, Stamp};
 use crate::fsutil::{self, RemovedOnDrop};
 
 /// The committed index, in the snapshot's directory.
 pub(super) const COMMITTED: &str = "index.bin";
-/// Indexes of earlier formats (one JSON map; JSON lines): no longer read, removed (their
-/// mirror is compared by content once).
+/// Indexes of earlier formats (one JSON map; JSON lines): never read. One beside `index.bin`
+/// means an older version synced the mirror since, so neither is trusted.
 pub(super) const LEGACY: [&str; 2] = ["index.json", "index.jsonl"];
 /// Name prefix of the index files a pass is reading or writing: never trusted after a crash.
 const WORKING: &str = "index.";
@@ -48,29 +48,55 @@ pub struct Index {
     sections: BTreeMap<String, (u64, u64)>,
 }
 
+/// What the first bytes of an index file say it is.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Format {
+    /// This format.
+    Current,
+    /// JSON lines (or nothing), as earlier versions wrote: a frozen backup an older version
+    /// saved names such a working file.
+    Legacy,
+    Damaged,
+}
+
+impl Format {
+    pub(super) fn of(path: &Path) -> io::Result<Format> {
+        let mut head = Vec::with_capacity(MAGIC.len());
+        File::open(path)?.take(MAGIC.len() as u64).read_to_end(&mut head)?;
+        Ok(if head == MAGIC {
+            Format::Current
+        } else if head.is_empty() || head[0] == b'{' {
+            Format::Legacy
+        } else {
+            Format::Damaged
+        })
+    }
+}
+
 impl Index {
     /// Files the index proves.
     pub fn files(&self) -> u64 {
         self.sections.values().map(|(_, n)| n).sum()
     }
 
-    /// Reads an index file's sections (a pass over its lines, nothing kept but the offsets).
+    /// Reads the sections of index file `path`, of this format (a pass over its lines, nothing
+    /// kept but the offsets).
     pub(super) fn load(path: PathBuf) -> io::Result<Index> {
         let mut reader = BufReader::with_capacity(1 << 16, File::open(&path)?);
         if get::<{ MAGIC.len() }>(&mut reader).ok().as_ref() != Some(MAGIC) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an index of this format"));
+            return Err(damaged("not an index of this format"));
         }
         let (mut sections, mut current, mut offset) = (BTreeMap::new(), None::<String>, MAGIC.len() as u64);
         while !reader.fill_buf()?.is_empty() {
             match get::<1>(&mut reader)? {
                 [SOURCE] => {
-                    let source = get_str(&mut reader)?;
+                    let source = get_str(&mut reader).map_err(eof_is_truncated)?;
                     offset += 1 + 4 + source.len() as u64;
                     sections.insert(source.clone(), (offset, 0));
                     current = Some(source);
                 }
                 [RECORD] => {
-                    let len = u32::from_le_bytes(get(&mut reader)?);
+                    let len = u32::from_le_bytes(get(&mut reader).map_err(eof_is_truncated)?);
                     let skip = i64::from(len) + RECORD_TAIL as i64;
                     reader.seek_relative(skip)?;
                     offset += 1 + 4 + skip as u64;
@@ -83,31 +109,44 @@ impl Index {
         }
         // A truncated last record: the seek went past the end.
         if reader.get_ref().metadata()?.len() != offset {
-            return Err(damaged("a truncated record"));
+            return Err(truncated("it ends inside a record"));
         }
         Ok(Index { file: Some(Arc::new(RemovedOnDrop { path })), sections })
     }
 
-    /// The records of source `prefix`, in scan order.
-    pub(super) fn cursor(&self, prefix: &str) -> io::Result<Cursor> {
-        let mut cursor = Cursor { reader: None, left: 0, next: None, path: Vec::new() };
+    /// The records of source `prefix`, in scan order. An index of an earlier format (a frozen
+    /// backup an older version saved) has none: its mirror is compared by content.
+    pub(super) fn cursor(&self, prefix: &str) -> archive::Result<Cursor> {
+        let mut cursor = Cursor { reader: None, left: 0, next: None, path: Vec::new(), file: PathBuf::new() };
         let (Some(file), Some(&(offset, count))) = (&self.file, self.sections.get(prefix)) else {
             return Ok(cursor);
         };
-        let mut f = File::open(&file.path)?;
-        f.seek(SeekFrom::Start(offset))?;
+        if Format::of(&file.path).map_err(Error::io(&file.path))? != Format::Current {
+            return Ok(cursor);
+        }
+        let mut f = File::open(&file.path).map_err(Error::io(&file.path))?;
+        f.seek(SeekFrom::Start(offset)).map_err(Error::io(&file.path))?;
         cursor.reader = Some(BufReader::with_capacity(1 << 16, f));
         cursor.left = count;
+        cursor.file.clone_from(&file.path);
         cursor.advance()?;
         Ok(cursor)
     }
 
-    /// Moves the index file to `to` (the committed name).
-    pub(super) fn persist(&self, to: &Path) -> io::Result<()> {
-        match &self.file {
-            Some(file) => std::fs::rename(&file.path, to),
-            None => fsutil::write_atomically(to, MAGIC, 0o600).map_err(io::Error::other),
+    /// Moves the index file to `to` (the committed name). An index of an earlier format (the
+    /// working file a frozen backup of an older version names) is not moved: an empty one
+    /// goes in its place, so the mirror is compared by content.
+    pub(super) fn persist(&self, to: &Path) -> archive::Result<()> {
+        if let Some(file) = &self.file {
+            match Format::of(&file.path).map_err(Error::io(&file.path))? {
+                Format::Current => return std::fs::rename(&file.path, to).map_err(Error::io(to)),
+                Format::Legacy | Format::Damaged => {
+                    tracing::debug!("{} is no index of this format; not kept", file.path.display());
+                }
+            }
         }
+        fsutil::write_atomically(to, MAGIC, 0o600)
+            .map_err(|e| Error::io(to)(io::Error::other(format!("{e:#}"))))
     }
 }
 
@@ -152,11 +191,13 @@ pub(super) struct Cursor {
     /// The record at hand; its path is in `path`.
     next: Option<Record>,
     path: Vec<u8>,
+    /// The index file (for messages).
+    file: PathBuf,
 }
 
 impl Cursor {
     /// The record of `path`, if the index has one; `path`s must come in scan order.
-    pub(super) fn find(&mut self, path: &str) -> io::Result<Option<Record>> {
+    pub(super) fn find(&mut self, path: &str) -> archive::Result<Option<Record>> {
         while let Some(record) = self.next {
             match scan_order(&self.path, path.as_bytes()) {
                 Ordering::Less => self.advance()?,
@@ -170,17 +211,20 @@ impl Cursor {
         Ok(None)
     }
 
-    fn advance(&mut self) -> io::Result<()> {
+    fn advance(&mut self) -> archive::Result<()> {
         self.next = None;
         let Some(reader) = self.reader.as_mut().filter(|_| self.left > 0) else { return Ok(()) };
         self.left -= 1;
-        if get::<1>(reader)? != [RECORD] {
-            return Err(damaged("a section ends early"));
-        }
-        get_bytes(reader, &mut self.path)?;
-        let stamp = Stamp::decode(reader)?;
-        let racy = get::<1>(reader)? != [0];
-        self.next = Some(Record { stamp, racy });
+        let mut read = || -> io::Result<Record> {
+            if get::<1>(reader)? != [RECORD] {
+                return Err(damaged("a section ends early"));
+            }
+            get_bytes(reader, &mut self.path)?;
+            let stamp = Stamp::decode(reader)?;
+            let racy = get::<1>(reader)? != [0];
+            Ok(Record { stamp, racy })
+        };
+        self.next = Some(read().map_err(read_error(&self.file))?);
         Ok(())
     }
 }
@@ -198,11 +242,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn create(path: PathBuf) -> io::Result<Writer> {
+    pub(super) fn create(path: PathBuf) -> archive::Result<Writer> {
         use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        let mut out = BufWriter::with_capacity(1 << 16, file);
-        out.write_all(MAGIC)?;
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path);
+        let mut out = BufWriter::with_capacity(1 << 16, file.map_err(Error::io(&path))?);
+        out.write_all(MAGIC).map_err(Error::io(&path))?;
         Ok(Writer {
             file: Arc::new(RemovedOnDrop { path }),
             out,
@@ -213,20 +257,20 @@ impl Writer {
         })
     }
 
-    pub(super) fn source(&mut self, prefix: &str) -> io::Result<()> {
+    pub(super) fn source(&mut self, prefix: &str) -> archive::Result<()> {
         self.buf.clear();
         self.buf.push(SOURCE);
-        put_str(&mut self.buf, prefix)?;
+        put_str(&mut self.buf, prefix).map_err(Error::io(&self.file.path))?;
         self.line()?;
         self.sections.insert(prefix.to_owned(), (self.offset, 0));
         self.current = Some(prefix.to_owned());
         Ok(())
     }
 
-    pub(super) fn record(&mut self, path: &str, record: Record) -> io::Result<()> {
+    pub(super) fn record(&mut self, path: &str, record: Record) -> archive::Result<()> {
         self.buf.clear();
         self.buf.push(RECORD);
-        put_str(&mut self.buf, path)?;
+        put_str(&mut self.buf, path).map_err(Error::io(&self.file.path))?;
         record.stamp.encode(&mut self.buf);
         self.buf.push(u8::from(record.racy));
         self.line()?;
@@ -236,13 +280,13 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn finish(mut self) -> io::Result<Index> {
-        self.out.flush()?;
+    pub(super) fn finish(mut self) -> archive::Result<Index> {
+        self.out.flush().map_err(Error::io(&self.file.path))?;
         Ok(Index { file: Some(self.file), sections: self.sections })
     }
 
-    fn line(&mut self) -> io::Result<()> {
-        self.out.write_all(&self.buf)?;
+    fn line(&mut self) -> archive::Result<()> {
+        self.out.write_all(&self.buf).map_err(Error::io(&self.file.path))?;
         self.offset += self.buf.len() as u64;
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use rustix::fs::{AtFlags, FileType, OFlags};
+use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 
 use super::Snapshot;
@@ -79,12 +79,11 @@ impl<'a> Mirror<'a> {
         let dst = self.snap.data(path);
         let keep_open = self.levels.len() < OPEN_LEVELS;
         let (parent, name) = path.rsplit_once('/').unwrap_or_default();
-        let flags = OFlags::NOFOLLOW;
         let listing = match self.levels.last() {
             Some((dir, Some(listing))) if dir == parent => {
-                listing.open_child(name.as_bytes(), &dst, flags, keep_open)
+                listing.open_child(name.as_bytes(), &dst, keep_open)
             }
-            _ => SortedDir::open(rustix::fs::CWD, &dst, flags, keep_open),
+            _ => SortedDir::open(rustix::fs::CWD, &dst, keep_open),
         };
         let listing = match listing {
             Ok(listing) => Some(listing),

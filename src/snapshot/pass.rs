@@ -105,12 +105,12 @@ impl<'a> Pass<'a> {
         }
         self.sources.insert(prefix.to_owned());
         if self.new.is_none() {
-            self.new = Some(self.snap.new_index().map_err(archive::Error::io(self.snap.dir()))?);
+            self.new = Some(self.snap.new_index()?);
         }
         if let Some(new) = &mut self.new {
-            new.source(prefix).map_err(archive::Error::io(self.snap.dir()))?;
+            new.source(prefix)?;
         }
-        let mut old = self.old.cursor(prefix).map_err(archive::Error::io(self.snap.dir()))?;
+        let mut old = self.old.cursor(prefix)?;
         if let Some(p) = self.snap.data(prefix).parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -165,7 +165,7 @@ impl<'a> Pass<'a> {
             remove_any(item.path()).map_err(archive::Error::io(item.path()))?;
         }
         let index = match self.new {
-            Some(new) => new.finish().map_err(archive::Error::io(self.snap.dir()))?,
+            Some(new) => new.finish()?,
             None => Index::default(),
         };
         Ok((index, self.report))
@@ -182,7 +182,7 @@ impl<'a> Pass<'a> {
     ) -> archive::Result<()> {
         if entry.kind == EntryKind::File {
             // The common case, kept to a lookup in the index and a `stat` of the copy.
-            let known = old.find(&entry.path).map_err(|e| archive::Error::io(self.snap.dir())(e))?;
+            let known = old.find(&entry.path)?;
             if known.is_some_and(|r| r.stamp == stamp && !r.racy)
                 && mirror.holds_file(&entry.path, seen, entry.size)
             {
@@ -228,7 +228,7 @@ impl<'a> Pass<'a> {
 
     fn record(&mut self, path: &str, record: Record) -> archive::Result<()> {
         match &mut self.new {
-            Some(new) => new.record(path, record).map_err(|e| archive::Error::io(self.snap.dir())(e)),
+            Some(new) => new.record(path, record),
             None => Ok(()),
         }
     }

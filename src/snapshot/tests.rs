@@ -184,6 +184,52 @@ fn an_index_of_an_earlier_format_or_a_damaged_one_is_not_trusted() {
 }
 
 #[test]
+fn an_index_beside_one_of_an_earlier_format_is_stale_and_both_go() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("f"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, _) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    snap.commit(&index).unwrap();
+    // An older version ran since (a downgrade, then this one again): it synced the mirror and
+    // wrote its own index, leaving `index.bin` as it was.
+    let (committed, legacy) = (snap.dir().join(super::index::COMMITTED), snap.dir().join("index.jsonl"));
+    std::fs::write(&legacy, b"{\"source\":\"volumes/data\"}\n").unwrap();
+    let old = snap.take_index().unwrap();
+    assert_eq!(old.files(), 0);
+    assert!(!committed.exists() && !legacy.exists());
+    let (_, r) = pass(&snap, &old, PassKind::Stopped, src.path());
+    assert_eq!((r.files_current, r.files_updated, r.bytes_written), (0, 1, 0));
+}
+
+#[test]
+fn a_frozen_backup_of_an_older_version_names_an_index_of_its_format_which_is_not_kept() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("f"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    pass(&snap, &Index::default(), PassKind::Running, src.path());
+    // The working index (JSON lines) an older version's `.nuwax-frozen-<id>.json` names.
+    let work = snap.dir().join("index.1-0.work.jsonl");
+    let line =
+        r#"["volumes/data/f",{"stamp":{"dev":1,"ino":2,"size":1,"mtime_ns":3,"ctime_ns":4},"racy":false}]"#;
+    std::fs::write(&work, format!("{{\"source\":\"volumes/data\"}}\n{line}\n")).unwrap();
+    let saved = serde_json::json!({ "file": work, "sections": { "volumes/data": [26, 1] } });
+    let frozen: Index = serde_json::from_value(saved).unwrap();
+
+    // Read, it proves nothing (and is no error): the mirror is compared by content.
+    let (_, r) = pass(&snap, &frozen, PassKind::Stopped, src.path());
+    assert_eq!((r.files_current, r.files_updated), (0, 1), "{r:?}");
+    // Committed, it is not renamed into place: an empty index of this format is.
+    snap.commit(&frozen).unwrap();
+    let committed = snap.dir().join(super::index::COMMITTED);
+    assert_eq!(super::index::Format::of(&committed).unwrap(), super::index::Format::Current);
+    drop(frozen);
+    assert!(!work.exists());
+    assert_eq!(snap.take_index().unwrap().files(), 0);
+}
+
+#[test]
 fn an_uncommitted_snapshot_shows_as_incomplete_and_remove_deletes_it() {
     let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(src.path().join("f"), b"x").unwrap();
