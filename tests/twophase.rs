@@ -144,7 +144,7 @@ fn sigkill_during_the_copy_while_running_stops_nothing_and_leaves_a_reusable_sna
     let out = demo.run(&["list"]);
     assert!(out.status.success() && !stderr(&out).contains("recovered"), "{}", stderr(&out));
     assert!(demo.list().is_empty(), "{:?}", demo.list());
-    assert!(!demo.storage().join(".nuwax-snapshot").join(&demo.name).join("index.json").exists());
+    assert!(!demo.storage().join(".nuwax-snapshot").join(&demo.name).join("index.bin").exists());
     // The next backup reuses it (compared by content) and is exact.
     let out = demo.run(&["--json", "backup"]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -1,15 +1,17 @@
 //! The archive format: one tar stream (optionally zstd- or gzip-compressed) that starts with
 //! `manifest.json`, holds every declared entry in order and ends with `checksums.json`.
 
+pub(crate) mod binfmt;
 mod codec;
 mod extract;
 mod host;
-mod listing;
+pub(crate) mod listing;
 pub mod manifest;
 mod reader;
 mod repack;
 mod scan;
 mod tarfmt;
+mod walk;
 mod writer;
 
 use std::fmt;
@@ -30,6 +32,7 @@ pub use scan::{
     ScanOpts, ScanResult, Stamp, count_host, scan_host, scan_host_stamped, scan_host_with, scan_tar_stream,
     scan_tar_stream_in,
 };
+pub(crate) use walk::{OPEN_LEVELS, SortedDir};
 pub use writer::{ArchiveWriter, DUMP_PART_BYTES, WriteOptions, WriteSummary};
 
 /// Size of the buffers used to copy entry content. Large copies keep the per-syscall and

@@ -3,15 +3,14 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use globset::GlobSet;
-use walkdir::WalkDir;
 
 use super::listing::{Listing, ListingBuilder};
 use super::manifest::{EntryKind, EntryMeta, Skipped};
-use super::{Error, Result, check_archive_path};
+use super::{Error, Result, check_archive_path, walk};
 
 /// What a scan found. `entries` are in archive order (a directory before its content), each
 /// with its [`Stamp`] when the scan was stamped.
@@ -58,10 +57,24 @@ impl Stamp {
             ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
         }
     }
+
+    /// [`Stamp::of`] a `stat` result (the same numbers, without `std`'s `statx`).
+    // The field types of `struct stat` vary by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    pub(crate) fn of_stat(st: &rustix::fs::Stat) -> Stamp {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Stamp {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        }
+    }
 }
 
 /// A scan in progress.
-struct Found {
+pub(super) struct Found {
     list: Option<ListingBuilder>,
     entries: u64,
     skipped: Vec<Skipped>,
@@ -75,7 +88,7 @@ impl Found {
         Found { list, entries: 0, skipped: Vec::new(), size: 0, file_count: 0 }
     }
 
-    fn push(&mut self, entry: EntryMeta, stamp: Option<Stamp>) -> Result<()> {
+    pub(super) fn push(&mut self, entry: EntryMeta, stamp: Option<Stamp>) -> Result<()> {
         if entry.kind == EntryKind::File {
             self.size += entry.size;
             self.file_count += 1;
@@ -87,7 +100,7 @@ impl Found {
         }
     }
 
-    fn skip(&mut self, path: String, reason: impl Into<String>) {
+    pub(super) fn skip(&mut self, path: String, reason: impl Into<String>) {
         self.skipped.push(Skipped { path, reason: reason.into() });
     }
 
@@ -104,7 +117,7 @@ impl Found {
 pub fn count_host(root: &Path, excludes: &GlobSet, skip_dirs: &[PathBuf]) -> Result<(u64, u64)> {
     let opts = ScanOpts { count_only: true, ..ScanOpts::default() };
     let mut found = Found::new(opts);
-    walk_host("count", root, excludes, skip_dirs, opts, &mut found)?;
+    walk::walk_host("count", root, excludes, skip_dirs, opts, &mut found)?;
     Ok((found.entries, found.size))
 }
 
@@ -139,96 +152,8 @@ pub fn scan_host_with(
     opts: ScanOpts<'_>,
 ) -> Result<ScanResult> {
     let mut found = Found::new(opts);
-    walk_host(prefix, root, excludes, skip_dirs, opts, &mut found)?;
+    walk::walk_host(prefix, root, excludes, skip_dirs, opts, &mut found)?;
     found.finish()
-}
-
-fn walk_host(
-    prefix: &str,
-    root: &Path,
-    excludes: &GlobSet,
-    skip_dirs: &[PathBuf],
-    opts: ScanOpts<'_>,
-    out: &mut Found,
-) -> Result<()> {
-    check_archive_path(prefix)?;
-    // Compare directories by identity, so a storage dir is recognised whatever path spells it.
-    let skip_ids: Vec<(u64, u64)> = skip_dirs
-        .iter()
-        .filter_map(|dir| fs::metadata(dir).ok())
-        .map(|meta| (meta.dev(), meta.ino()))
-        .collect();
-
-    let mut walk =
-        WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name().into_iter();
-    while let Some(item) = walk.next() {
-        let entry = match item {
-            Ok(entry) => entry,
-            // Deleted between listing its parent and reading it: nothing left to back up.
-            Err(err) if err.depth() > 0 && is_not_found(err.io_error()) => continue,
-            Err(err) => return Err(walk_error(err, root)),
-        };
-        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        let is_dir = entry.file_type().is_dir();
-        if entry.depth() > 0 && (excludes.is_match(rel) || excludes.is_match(entry.path())) {
-            if is_dir {
-                walk.skip_current_dir();
-            }
-            continue;
-        }
-        let meta = match entry.metadata() {
-            Ok(meta) => meta,
-            Err(err) if entry.depth() > 0 && is_not_found(err.io_error()) => continue,
-            Err(err) => return Err(walk_error(err, root)),
-        };
-        let Some(path) = archive_path(prefix, rel) else {
-            out.skip(lossy_path(prefix, rel), "name is not valid UTF-8");
-            if is_dir {
-                walk.skip_current_dir();
-            }
-            continue;
-        };
-        if is_dir && skip_ids.contains(&(meta.dev(), meta.ino())) {
-            out.skip(path, "nuwax storage or state directory");
-            walk.skip_current_dir();
-            continue;
-        }
-
-        let file_type = meta.file_type();
-        let (kind, size, link_target) = if file_type.is_file() {
-            (EntryKind::File, meta.len(), None)
-        } else if file_type.is_dir() {
-            (EntryKind::Dir, 0, None)
-        } else if file_type.is_symlink() {
-            let target = match fs::read_link(entry.path()) {
-                Ok(target) => target,
-                Err(err) if is_not_found(Some(&err)) => continue,
-                Err(err) => return Err(Error::io(entry.path())(err)),
-            };
-            match target.into_os_string().into_string() {
-                Ok(target) => (EntryKind::Symlink, 0, Some(target)),
-                Err(_) => {
-                    out.skip(path, "symlink target is not valid UTF-8");
-                    continue;
-                }
-            }
-        } else {
-            out.skip(path, special_reason(&file_type));
-            continue;
-        };
-        let entry = EntryMeta {
-            path,
-            kind,
-            size,
-            mode: meta.mode() & 0o7777,
-            uid: u64::from(meta.uid()),
-            gid: u64::from(meta.gid()),
-            mtime: clamp_mtime(meta.mtime()),
-            link_target,
-        };
-        out.push(entry, opts.stamped.then(|| Stamp::of(&meta)))?;
-    }
-    Ok(())
 }
 
 /// Lists a tar stream shaped like the engine's `GET /containers/{id}/archive?path=P` output:
@@ -361,42 +286,9 @@ impl<'a> StreamNames<'a> {
     }
 }
 
-fn archive_path(prefix: &str, rel: &Path) -> Option<String> {
-    let rel = rel.to_str()?;
-    Some(if rel.is_empty() { prefix.to_owned() } else { format!("{prefix}/{rel}") })
-}
-
-fn lossy_path(prefix: &str, rel: &Path) -> String {
-    format!("{prefix}/{}", rel.to_string_lossy())
-}
-
 /// Tar headers of this format hold no negative times; pre-1970 mtimes are stored as 0.
 pub(super) fn clamp_mtime(mtime: i64) -> i64 {
     mtime.max(0)
-}
-
-fn is_not_found(err: Option<&io::Error>) -> bool {
-    err.is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
-}
-
-fn walk_error(err: walkdir::Error, root: &Path) -> Error {
-    let path = err.path().unwrap_or(root).to_path_buf();
-    let source = err.into_io_error().unwrap_or_else(|| io::Error::other("filesystem loop"));
-    Error::Io { path, source }
-}
-
-fn special_reason(file_type: &fs::FileType) -> &'static str {
-    if file_type.is_fifo() {
-        "FIFO (special files are not archived)"
-    } else if file_type.is_socket() {
-        "socket (special files are not archived)"
-    } else if file_type.is_block_device() {
-        "block device (special files are not archived)"
-    } else if file_type.is_char_device() {
-        "character device (special files are not archived)"
-    } else {
-        "unsupported file type"
-    }
 }
 
 fn stream_special_reason(entry_type: tar::EntryType) -> String {
@@ -405,5 +297,76 @@ fn stream_special_reason(entry_type: tar::EntryType) -> String {
         tar::EntryType::Char => "character device (special files are not archived)".into(),
         tar::EntryType::Block => "block device (special files are not archived)".into(),
         other => format!("unsupported tar entry type {:?}", other.as_byte() as char),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    /// The order and the stamps the snapshot's index and the archive rely on: depth first,
+    /// names by bytes, as `walkdir` sorted by file name lists them; deeper than the levels kept
+    /// open too (a file and a symlink after each deep directory: read once it is open again).
+    #[test]
+    fn a_scan_lists_depth_first_by_name_bytes_and_stamps_as_std_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let names = ["a", "a.b", "a-b", "a b", "B", "b", "ä", "z"];
+        let mut deep = root.join("deep");
+        for _ in 0..crate::archive::OPEN_LEVELS + 3 {
+            deep.push("d");
+            fs::create_dir_all(&deep).unwrap();
+            fs::write(deep.with_file_name("e"), b"after").unwrap();
+            std::os::unix::fs::symlink("d/e", deep.with_file_name("l")).unwrap();
+        }
+        fs::write(deep.join("f"), b"deep").unwrap();
+        for dir in ["", "a", "a/a"] {
+            for name in names {
+                let path = root.join(dir).join(name);
+                if name.len() == 1 {
+                    fs::create_dir_all(&path).unwrap();
+                } else {
+                    fs::write(&path, name).unwrap();
+                }
+            }
+        }
+        std::os::unix::fs::symlink("a", root.join("a/link")).unwrap();
+        fs::write(root.join(OsStr::from_bytes(b"bad\xff")), b"").unwrap();
+
+        let opts = ScanOpts { stamped: true, ..ScanOpts::default() };
+        let scan = scan_host_with("vol", &root, &GlobSet::empty(), &[], opts).unwrap();
+        let listed: Vec<_> = scan.entries.iter().unwrap().map(Result::unwrap).collect();
+        let expected: Vec<_> = WalkDirSorted::new(&root)
+            .filter(|(rel, _)| std::str::from_utf8(rel).is_ok())
+            .map(|(rel, meta)| {
+                let rel = String::from_utf8(rel).unwrap();
+                (if rel.is_empty() { "vol".to_owned() } else { format!("vol/{rel}") }, Stamp::of(&meta))
+            })
+            .collect();
+        let got: Vec<_> = listed.iter().map(|(e, stamp)| (e.path.clone(), stamp.unwrap())).collect();
+        assert_eq!(got, expected);
+        assert_eq!(scan.skipped.len(), 1);
+    }
+
+    /// `walkdir`'s listing, sorted by file name, with `std`'s `lstat` of each entry.
+    struct WalkDirSorted(walkdir::IntoIter, PathBuf);
+
+    impl WalkDirSorted {
+        fn new(root: &Path) -> Self {
+            WalkDirSorted(walkdir::WalkDir::new(root).sort_by_file_name().into_iter(), root.to_owned())
+        }
+    }
+
+    impl Iterator for WalkDirSorted {
+        type Item = (Vec<u8>, fs::Metadata);
+
+        fn next(&mut self) -> Option<Self::Item> {
+            let entry = self.0.next()?.unwrap();
+            let rel = entry.path().strip_prefix(&self.1).unwrap().as_os_str().as_bytes().to_vec();
+            Some((rel, fs::symlink_metadata(entry.path()).unwrap()))
+        }
     }
 }

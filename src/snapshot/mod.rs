@@ -5,14 +5,16 @@
 //!
 //! `data/` holds the mirrored trees under their archive paths (owner-only: directories 0700,
 //! files 0600; the archive takes modes and owners from the source, never from the mirror).
-//! `index.jsonl` says, per file, the source's [`Stamp`] when it was copied (`index.rs`: per
-//! source, in scan order, read and written as a stream). It is present only while the mirror
+//! `index.bin` says, per file, the source's [`Stamp`] when it was copied (`index.rs`: per
+//! source, in scan order, read and written as a stream; `mirror.rs` reads the mirror's
+//! directories in step with the same scan). It is present only while the mirror
 //! matches it: [`Snapshot::take_index`] moves it aside before the mirror changes and
 //! [`Snapshot::commit`] puts the new one in place after a sync to disk, so a crash in between
 //! leaves a mirror without an index, whose files are then compared by content (reused, never
 //! trusted).
 
 mod index;
+mod mirror;
 mod pass;
 
 use std::io;
@@ -20,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::Stamp;
+use crate::archive::{self, Stamp};
 use crate::fsutil;
 pub use index::Index;
 pub use pass::{Pass, PassKind, PassReport};
@@ -90,15 +92,39 @@ impl Snapshot {
     /// or unreadable index is an empty one: every file is compared by content). What a dead
     /// pass left is removed.
     pub fn take_index(&self) -> io::Result<Index> {
-        index::clear_working(&self.dir)?;
         let committed = self.dir.join(index::COMMITTED);
+        // An index of an earlier format beside it: an older version synced the mirror since
+        // (a downgrade, then this one again) without a word to `index.bin`, which is stale.
+        // It goes first, so a crash before the rest cannot leave it looking trusted.
+        if index::LEGACY.iter().any(|name| self.dir.join(name).symlink_metadata().is_ok()) {
+            match std::fs::remove_file(&committed) {
+                Ok(()) => fsutil::fsync_dir(&self.dir)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        index::clear_working(&self.dir)?;
         let taken = index::working(&self.dir);
         match std::fs::rename(&committed, &taken) {
             Ok(()) => fsutil::fsync_dir(&self.dir)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Index::default()),
             Err(e) => return Err(e),
         }
-        Ok(Index::load(taken.clone()).unwrap_or_else(|e| {
+        let loaded = match index::Format::of(&taken) {
+            Ok(index::Format::Current) => Index::load(taken.clone()),
+            // Written by an earlier version: its mirror is compared by content, as after an
+            // upgrade.
+            Ok(index::Format::Legacy) => {
+                tracing::debug!("{} is of an earlier format; not used", committed.display());
+                let _ = std::fs::remove_file(&taken);
+                return Ok(Index::default());
+            }
+            Ok(index::Format::Damaged) => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, "damaged index: it does not start as one"))
+            }
+            Err(e) => Err(e),
+        };
+        Ok(loaded.unwrap_or_else(|e| {
             tracing::warn!("{} is unreadable ({e}); comparing the snapshot by content", committed.display());
             let _ = std::fs::remove_file(&taken);
             Index::default()
@@ -106,7 +132,7 @@ impl Snapshot {
     }
 
     /// A new index file for a pass to write.
-    pub(super) fn new_index(&self) -> io::Result<index::Writer> {
+    pub(super) fn new_index(&self) -> archive::Result<index::Writer> {
         index::Writer::create(index::working(&self.dir))
     }
 
@@ -117,10 +143,10 @@ impl Snapshot {
     }
 
     /// The mirror is on disk and matches `index`: put in place, so the next backup trusts it.
-    pub fn commit(&self, index: &Index) -> io::Result<()> {
-        self.sync()?;
+    pub fn commit(&self, index: &Index) -> archive::Result<()> {
+        self.sync().map_err(archive::Error::io(self.data_root()))?;
         index.persist(&self.dir.join(index::COMMITTED))?;
-        fsutil::fsync_dir(&self.dir)
+        fsutil::fsync_dir(&self.dir).map_err(archive::Error::io(&self.dir))
     }
 
     /// Removes the project's snapshot; `true` when there was one.

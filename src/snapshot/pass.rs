@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use globset::GlobSet;
 
 use super::index::{self, Cursor};
+use super::mirror::{Mirror, Seen};
 use super::{Index, Record, Snapshot};
 use crate::archive::{self, Cancel, EntryKind, HostTree, ScanResult, Stamp};
 
@@ -104,12 +105,12 @@ impl<'a> Pass<'a> {
         }
         self.sources.insert(prefix.to_owned());
         if self.new.is_none() {
-            self.new = Some(self.snap.new_index().map_err(archive::Error::io(self.snap.dir()))?);
+            self.new = Some(self.snap.new_index()?);
         }
         if let Some(new) = &mut self.new {
-            new.source(prefix).map_err(archive::Error::io(self.snap.dir()))?;
+            new.source(prefix)?;
         }
-        let mut old = self.old.cursor(prefix).map_err(archive::Error::io(self.snap.dir()))?;
+        let mut old = self.old.cursor(prefix)?;
         if let Some(p) = self.snap.data(prefix).parent() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -118,12 +119,12 @@ impl<'a> Pass<'a> {
                 .map_err(archive::Error::io(p))?;
         }
         let mut tree = HostTree::new(prefix, root);
+        let mut mirror = Mirror::new(self.snap, prefix);
         for item in scan.entries.iter()? {
             let (entry, stamp) = item?;
-            let stamp = stamp.unwrap_or_default();
-            let entry = &entry;
             self.cancel.check()?;
-            match self.entry(&mut tree, &mut old, entry, stamp) {
+            let seen = mirror.visit(&entry.path)?;
+            match self.entry(&mut tree, &mut old, &mirror, &entry, seen, stamp.unwrap_or_default()) {
                 Ok(()) => {}
                 Err(e @ (archive::Error::Changed { .. } | archive::Error::Io { .. }))
                     if self.kind == PassKind::Running && changed_under_us(&e) =>
@@ -133,42 +134,12 @@ impl<'a> Pass<'a> {
                 }
                 Err(e) => return Err(e),
             }
+            if entry.kind == EntryKind::Dir {
+                mirror.enter(&entry.path)?;
+            }
         }
-        self.prune(prefix, &scan)?;
+        mirror.finish()?;
         Ok(scan)
-    }
-
-    /// Removes from the mirror of `prefix` what the source no longer holds: the mirror is
-    /// walked in the scan's order, beside the scan.
-    fn prune(&mut self, prefix: &str, scan: &ScanResult) -> archive::Result<()> {
-        let root = self.snap.data(prefix);
-        let mut held = scan.entries.iter()?.map(|item| item.map(|(entry, _)| entry.path));
-        let mut next = held.next().transpose()?;
-        let mut walk = walkdir::WalkDir::new(&root).follow_links(false).sort_by_file_name().into_iter();
-        while let Some(item) = walk.next() {
-            self.cancel.check()?;
-            let item = match item {
-                Ok(item) => item,
-                Err(e) if e.io_error().is_some_and(|e| e.kind() == io::ErrorKind::NotFound) => continue,
-                Err(e) => return Err(archive::Error::io(&root)(e.into())),
-            };
-            let rel = item.path().strip_prefix(&root).unwrap_or(item.path());
-            if let Some(path) =
-                rel.to_str().map(|r| if r.is_empty() { prefix.to_owned() } else { format!("{prefix}/{r}") })
-            {
-                while next.as_deref().is_some_and(|n| index::scan_order(n, &path).is_lt()) {
-                    next = held.next().transpose()?;
-                }
-                if next.as_deref() == Some(path.as_str()) {
-                    continue;
-                }
-            }
-            if item.file_type().is_dir() {
-                walk.skip_current_dir();
-            }
-            remove_any(item.path()).map_err(archive::Error::io(item.path()))?;
-        }
-        Ok(())
     }
 
     /// Removes from the mirror what no source holds; returns the new index.
@@ -194,7 +165,7 @@ impl<'a> Pass<'a> {
             remove_any(item.path()).map_err(archive::Error::io(item.path()))?;
         }
         let index = match self.new {
-            Some(new) => new.finish().map_err(archive::Error::io(self.snap.dir()))?,
+            Some(new) => new.finish()?,
             None => Index::default(),
         };
         Ok((index, self.report))
@@ -204,9 +175,21 @@ impl<'a> Pass<'a> {
         &mut self,
         tree: &mut HostTree<'_>,
         old: &mut Cursor,
+        mirror: &Mirror<'_>,
         entry: &archive::EntryMeta,
+        seen: Seen,
         stamp: Stamp,
     ) -> archive::Result<()> {
+        if entry.kind == EntryKind::File {
+            // The common case, kept to a lookup in the index and a `stat` of the copy.
+            let known = old.find(&entry.path)?;
+            if known.is_some_and(|r| r.stamp == stamp && !r.racy)
+                && mirror.holds_file(&entry.path, seen, entry.size)
+            {
+                self.report.files_current += 1;
+                return self.record(&entry.path, Record { stamp, racy: false });
+            }
+        }
         let host = tree.host_path(&entry.path)?;
         let dst = self.snap.data(&entry.path);
         match entry.kind {
@@ -220,19 +203,13 @@ impl<'a> Pass<'a> {
                 ensure_symlink(&dst, target).map_err(archive::Error::io(&dst))
             }
             EntryKind::File => {
-                let known = old.find(&entry.path).map_err(archive::Error::io(self.snap.dir()))?;
-                let current = known.is_some_and(|r| r.stamp == stamp && !r.racy)
-                    && std::fs::symlink_metadata(&dst).is_ok_and(|m| m.is_file() && m.len() == entry.size);
-                if current {
-                    self.report.files_current += 1;
-                    return self.record(&entry.path, Record { stamp, racy: false });
-                }
                 let copied_at = now_ns();
                 let src = tree.open_file(entry, &host)?;
                 self.update(&src, &host, &dst, entry.size)?;
                 self.report.files_updated += 1;
                 // Changed while it was copied: the copy proves nothing, the next pass copies again.
-                let after = src.metadata().map(|m| Stamp::of(&m)).map_err(archive::Error::io(&host))?;
+                let after = rustix::fs::fstat(&src).map(|st| Stamp::of_stat(&st));
+                let after = after.map_err(|e| archive::Error::io(&host)(e.into()))?;
                 if after != stamp {
                     if self.kind == PassKind::Stopped {
                         return Err(archive::Error::changed(
@@ -251,7 +228,7 @@ impl<'a> Pass<'a> {
 
     fn record(&mut self, path: &str, record: Record) -> archive::Result<()> {
         match &mut self.new {
-            Some(new) => new.record(path, record).map_err(archive::Error::io(self.snap.dir())),
+            Some(new) => new.record(path, record),
             None => Ok(()),
         }
     }
@@ -356,7 +333,7 @@ fn ensure_symlink(dst: &Path, target: &str) -> io::Result<()> {
     std::os::unix::fs::symlink(target, dst)
 }
 
-fn remove_any(p: &Path) -> io::Result<()> {
+pub(super) fn remove_any(p: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
         Ok(_) => std::fs::remove_file(p),

@@ -91,6 +91,145 @@ fn files_the_index_proves_current_are_not_read_and_a_lost_index_means_comparing(
 }
 
 #[test]
+fn what_the_mirror_holds_beyond_the_source_goes_at_every_depth() {
+    use std::os::unix::ffi::OsStrExt;
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in ["b/c/d", "b/e", "f", "g-h"] {
+        std::fs::create_dir_all(src.path().join(dir)).unwrap();
+    }
+    for file in ["a", "b/c/d/x", "b/c/y", "b/e/z", "b.z", "f/1", "g-h/2"] {
+        std::fs::write(src.path().join(file), file).unwrap();
+    }
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, _) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+
+    // What a source held once, or what came from elsewhere: before, between and after the
+    // names the source holds, at every level, of every kind.
+    let mirror = snap.data("volumes/data");
+    for dir in ["0/old", "b/c/d/zz", "b/ba", "g/deep/er", "f/0"] {
+        std::fs::create_dir_all(mirror.join(dir)).unwrap();
+    }
+    for file in ["00", "b/c/d/w", "b/c/d/zz/q", "b/c/z", "b/e/zz", "b/a", "b.y", "f/2", "zzz"] {
+        std::fs::write(mirror.join(file), b"stray").unwrap();
+    }
+    std::fs::write(mirror.join(std::ffi::OsStr::from_bytes(b"b/\xff")), b"not UTF-8").unwrap();
+    std::os::unix::fs::symlink("a", mirror.join("b/c/d/y")).unwrap();
+    // And what the source no longer holds.
+    std::fs::remove_dir_all(src.path().join("b/e")).unwrap();
+    std::fs::remove_file(src.path().join("g-h/2")).unwrap();
+    let (_, report) = pass(&snap, &index, PassKind::Stopped, src.path());
+    assert_eq!(tree(src.path()), tree(&mirror));
+    assert_eq!(report.bytes_written, 0, "{report:?}");
+
+    // A source that is gone altogether leaves nothing of it in the mirror.
+    let gone = src.path().join("gone");
+    let snap_index = Index::default();
+    let mut p = Pass::new(&snap, &snap_index, PassKind::Running, Cancel::new(), None);
+    p.source("volumes/data", &gone, &globset::GlobSet::empty(), &[]).unwrap_err();
+    let fifo = src.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    p.source("volumes/data", &fifo, &globset::GlobSet::empty(), &[]).unwrap();
+    assert!(std::fs::symlink_metadata(&mirror).is_err());
+}
+
+#[test]
+fn a_copy_the_index_proves_is_copied_again_when_the_mirror_lost_it_or_it_changed_size() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::create_dir(src.path().join("d")).unwrap();
+    for i in 0..6 {
+        std::fs::write(src.path().join(format!("d/f{i}")), format!("file {i}")).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, _) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    snap.commit(&index).unwrap();
+
+    let mirror = snap.data("volumes/data/d");
+    std::fs::remove_file(mirror.join("f1")).unwrap();
+    std::fs::write(mirror.join("f2"), b"fil").unwrap();
+    std::fs::remove_file(mirror.join("f3")).unwrap();
+    std::fs::create_dir(mirror.join("f3")).unwrap();
+    std::fs::remove_file(mirror.join("f4")).unwrap();
+    std::os::unix::fs::symlink("f0", mirror.join("f4")).unwrap();
+    let old = snap.take_index().unwrap();
+    let (_, r) = pass(&snap, &old, PassKind::Stopped, src.path());
+    assert_eq!(tree(src.path()), tree(&snap.data("volumes/data")));
+    assert_eq!((r.files_current, r.files_updated), (2, 4), "{r:?}");
+}
+
+#[test]
+fn an_index_of_an_earlier_format_or_a_damaged_one_is_not_trusted() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("f"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, _) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    snap.commit(&index).unwrap();
+    let committed = snap.dir().join(super::index::COMMITTED);
+    let bytes = std::fs::read(&committed).unwrap();
+
+    // Cut short anywhere: the record is gone, so the index is.
+    for len in [0, 10, bytes.len() - 1] {
+        std::fs::write(&committed, &bytes[..len]).unwrap();
+        assert_eq!(snap.take_index().unwrap().files(), 0, "cut at {len}");
+    }
+    std::fs::write(&committed, &bytes).unwrap();
+    assert_eq!(snap.take_index().unwrap().files(), 1);
+
+    // The JSON lines of an earlier version: removed, and the mirror compared by content.
+    let legacy = snap.dir().join("index.jsonl");
+    std::fs::write(&legacy, b"{\"source\":\"volumes/data\"}\n").unwrap();
+    assert_eq!(snap.take_index().unwrap().files(), 0);
+    assert!(!legacy.exists());
+}
+
+#[test]
+fn an_index_beside_one_of_an_earlier_format_is_stale_and_both_go() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("f"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, _) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    snap.commit(&index).unwrap();
+    // An older version ran since (a downgrade, then this one again): it synced the mirror and
+    // wrote its own index, leaving `index.bin` as it was.
+    let (committed, legacy) = (snap.dir().join(super::index::COMMITTED), snap.dir().join("index.jsonl"));
+    std::fs::write(&legacy, b"{\"source\":\"volumes/data\"}\n").unwrap();
+    let old = snap.take_index().unwrap();
+    assert_eq!(old.files(), 0);
+    assert!(!committed.exists() && !legacy.exists());
+    let (_, r) = pass(&snap, &old, PassKind::Stopped, src.path());
+    assert_eq!((r.files_current, r.files_updated, r.bytes_written), (0, 1, 0));
+}
+
+#[test]
+fn a_frozen_backup_of_an_older_version_names_an_index_of_its_format_which_is_not_kept() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    std::fs::write(src.path().join("f"), b"x").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    pass(&snap, &Index::default(), PassKind::Running, src.path());
+    // The working index (JSON lines) an older version's `.nuwax-frozen-<id>.json` names.
+    let work = snap.dir().join("index.1-0.work.jsonl");
+    let line =
+        r#"["volumes/data/f",{"stamp":{"dev":1,"ino":2,"size":1,"mtime_ns":3,"ctime_ns":4},"racy":false}]"#;
+    std::fs::write(&work, format!("{{\"source\":\"volumes/data\"}}\n{line}\n")).unwrap();
+    let saved = serde_json::json!({ "file": work, "sections": { "volumes/data": [26, 1] } });
+    let frozen: Index = serde_json::from_value(saved).unwrap();
+
+    // Read, it proves nothing (and is no error): the mirror is compared by content.
+    let (_, r) = pass(&snap, &frozen, PassKind::Stopped, src.path());
+    assert_eq!((r.files_current, r.files_updated), (0, 1), "{r:?}");
+    // Committed, it is not renamed into place: an empty index of this format is.
+    snap.commit(&frozen).unwrap();
+    let committed = snap.dir().join(super::index::COMMITTED);
+    assert_eq!(super::index::Format::of(&committed).unwrap(), super::index::Format::Current);
+    drop(frozen);
+    assert!(!work.exists());
+    assert_eq!(snap.take_index().unwrap().files(), 0);
+}
+
+#[test]
 fn an_uncommitted_snapshot_shows_as_incomplete_and_remove_deletes_it() {
     let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     std::fs::write(src.path().join("f"), b"x").unwrap();

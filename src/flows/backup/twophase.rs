@@ -146,7 +146,8 @@ pub(super) async fn commit(snap: Snapshot, index: Index) {
     match tokio::task::spawn_blocking(move || snap.commit(&index)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            tracing::warn!("saving the snapshot's index: {e}; the next backup compares it by content")
+            let e = anyhow::Error::from(e);
+            tracing::warn!("saving the snapshot's index: {e:#}; the next backup compares it by content")
         }
         Err(e) => tracing::warn!("saving the snapshot's index: {e}"),
     }
