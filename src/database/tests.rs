@@ -198,7 +198,7 @@ fn a_wrong_setting_is_an_error_that_names_it() {
         ServiceSettings { database: Some("postgres".into()), sqlite: vec![], backup: Some("copy".into()) },
     );
     let err = detect(&cs, &settings).unwrap_err().to_string();
-    assert!(err.contains("\"dump\" or \"stop\""), "{err}");
+    assert!(err.contains("\"dump\", \"stop\" or \"pause\""), "{err}");
 }
 
 #[test]
