@@ -103,7 +103,7 @@ fn postgres_15_to_17_reloads_the_data_and_keeps_the_old_volume() {
     let shown = site.run(&["--json", "show", &backup]);
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     let dumps = shown.to_string();
-    assert!(dumps.contains("databases/db/site.pgdump"), "the pre-upgrade backup holds the dump: {dumps}");
+    assert!(dumps.contains("databases/db/site.sql"), "the pre-upgrade backup holds the dump: {dumps}");
     let amcheck =
         site.exec("db", &["pg_amcheck", "-U", "postgres", "--all", "--install-missing", "--heapallindexed"]);
     assert!(amcheck.is_empty(), "pg_amcheck: {amcheck}");

@@ -43,7 +43,7 @@ fn paused_apps_are_frozen_not_restarted() {
     assert_eq!(started_at(&site, "app"), before, "the app was never restarted, and is not paused now");
     assert!(before.ends_with("false"));
     let archive = std::path::PathBuf::from(b["path"].as_str().unwrap());
-    let (dumped, noted) = backup_moment(&site, &archive);
+    let (dumped, noted) = backup_moment(&archive);
     assert!(dumped == noted || dumped == noted + 1, "dumped {dumped}, noted {noted}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(site.psql("SELECT max(n) = count(*) FROM ticks"), "t", "the app goes on, no gap");

@@ -52,7 +52,7 @@ fn the_site_runs_real_databases_and_nuwax_tells_which() {
 }
 
 /// Dumps run inside the servers' own containers through the engine's exec API and stream out:
-/// PostgreSQL per database in the custom format plus the globals, MariaDB whole. A dump that
+/// PostgreSQL per database as a plain SQL script plus the globals, MariaDB whole. A dump that
 /// fails ends with the tool's own message.
 #[test]
 fn dumps_stream_out_of_the_database_containers() {
@@ -67,7 +67,7 @@ fn dumps_stream_out_of_the_database_containers() {
         let db = site.container_id("db");
         let specs = dump::plan(&engine, &db, "db", Kind::Postgres).await.unwrap();
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["db/globals.sql", "db/postgres.pgdump", "db/site.pgdump"]);
+        assert_eq!(names, ["db/globals.sql", "db/postgres.sql", "db/site.sql"]);
         let (server, tool) = dump::versions(&engine, &db, "db", Kind::Postgres).await.unwrap();
         assert!(server.starts_with("15."), "{server}");
         assert!(tool.starts_with("pg_dump (PostgreSQL) 15."), "{tool}");
@@ -79,12 +79,15 @@ fn dumps_stream_out_of_the_database_containers() {
             let end = dump::finish(&started.spec, (stream.ended).await.unwrap());
             (bytes, end)
         };
-        let site_dump = specs.iter().find(|s| s.name == "db/site.pgdump").unwrap().clone();
+        let site_dump = specs.iter().find(|s| s.name == "db/site.sql").unwrap().clone();
         let started = dump::start(&engine, site_dump.clone()).await.unwrap();
-        assert!(started.head.starts_with(b"PGDMP"), "pg_dump's custom format");
+        assert!(started.head.starts_with(b"--\n-- PostgreSQL database dump"), "pg_dump's plain format");
         let (bytes, end) = all(started).await;
         end.unwrap();
-        assert!(bytes.len() > 1000 && bytes.windows(5).any(|w| w == b"ticks"), "{} bytes", bytes.len());
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("\nCOPY public.ticks "), "{} bytes", bytes.len());
+        let (drop, create) = (text.find("DROP DATABASE IF EXISTS site;"), text.find("CREATE DATABASE site "));
+        assert!(drop.is_some() && drop < create, "the script recreates its database");
 
         let globals = specs[0].clone();
         let started = dump::start(&engine, globals).await.unwrap();
@@ -114,7 +117,8 @@ fn dumps_stream_out_of_the_database_containers() {
 
 /// The whole path of a dump, through the real servers: streamed out of the container into an
 /// archive's dump parts, verified, read back alone and loaded into the server through the
-/// engine's exec stdin. PostgreSQL into a new database, MariaDB over a dropped table.
+/// engine's exec stdin. PostgreSQL through nuwax's loader, over the live database (its app
+/// stopped), MariaDB over a dropped table.
 #[test]
 fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
     use nuwax::archive::manifest::DumpRecord;
@@ -137,7 +141,7 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
         .block_on(dump::plan(engine.as_ref(), &db, "db", Kind::Postgres))
         .unwrap()
         .into_iter()
-        .find(|s| s.name == "db/site.pgdump")
+        .find(|s| s.name == "db/site.sql")
         .unwrap();
     let my = rt.block_on(dump::plan(engine.as_ref(), &maria, "maria", Kind::Mariadb)).unwrap().remove(0);
     let record = |s: &dump::Spec| DumpRecord {
@@ -150,7 +154,8 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
         server_version: "s".into(),
     };
     let mut m = crate::support::manifest(1, vec![], Compression::Zstd);
-    m.dumps = vec![record(&pg), record(&my)];
+    let pg_record = record(&pg);
+    m.dumps = vec![pg_record.clone(), record(&my)];
     m.dump_part_bytes = Some(64 * 1024);
     let opts = WriteOptions::default();
     let mut w = ArchiveWriter::new(
@@ -176,27 +181,41 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
     let report = nuwax::archive::verify(&archive, None, &Cancel::default(), &NoProgress).unwrap();
     assert_eq!(report.dumps.len(), 2);
 
-    // PostgreSQL: into a new database, through pg_restore's stdin.
+    // PostgreSQL: the script drops `site` and makes it again from the dump, through the loader
+    // a rollback runs (its app stopped: a database in use is not dropped).
     let mut bytes = Vec::new();
-    nuwax::archive::read_dump(&archive, "databases/db/site.pgdump", &mut bytes, &Cancel::default()).unwrap();
-    site.psql("CREATE DATABASE restored");
-    let load = |cmd: &str, bytes: Vec<u8>, container: &str| {
-        let cmd: Vec<String> = ["sh", "-c", cmd].iter().map(|s| s.to_string()).collect();
-        rt.block_on(engine.exec_stdin(container, &cmd, None, Box::pin(std::io::Cursor::new(bytes)))).unwrap()
+    nuwax::archive::read_dump(&archive, "databases/db/site.sql", &mut bytes, &Cancel::default()).unwrap();
+    let load = |cmd: &[String], bytes: Vec<u8>, container: &str| {
+        rt.block_on(engine.exec_stdin(container, cmd, None, Box::pin(std::io::Cursor::new(bytes)))).unwrap()
     };
-    let out = load("pg_restore -U postgres -d restored --exit-on-error", bytes.clone(), &db);
+    let loader = nuwax::database::load::command(&pg_record).unwrap();
+    site.compose(&["stop", "app"]);
+    site.psql("CREATE TABLE made_after (x int)");
+    let out = load(&loader, bytes, &db);
     assert_eq!(out.exit_code, 0, "{}", out.output);
-    let restored = site.exec(
-        "db",
-        &["psql", "-U", "postgres", "-d", "restored", "-qAtX", "-c", "SELECT count(*), max(n) FROM ticks"],
-    );
+    let restored = site.psql("SELECT count(*) || '|' || max(n) FROM ticks");
     let (count, max) = restored.split_once('|').unwrap();
     assert_eq!(count, max, "no gap in the dumped ticks");
     assert!(count.parse::<u64>().unwrap() >= ticks_before, "{count} < {ticks_before}");
-    // A load that fails says why.
-    let out = load("pg_restore -U postgres -d nosuchdb --exit-on-error", bytes, &db);
+    assert_eq!(site.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'made_after'"), "0");
+    // A load that fails stops at its first error and says why.
+    let out = load(&loader, b"SELECT * FROM nosuchtable;\nCREATE TABLE never (x int);\n".to_vec(), &db);
     assert_ne!(out.exit_code, 0);
-    assert!(out.output.contains("nosuchdb"), "{}", out.output);
+    assert!(out.output.contains("nosuchtable"), "{}", out.output);
+    let never = site.exec(
+        "db",
+        &[
+            "psql",
+            "-U",
+            "postgres",
+            "-d",
+            "template1",
+            "-qAtX",
+            "-c",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'never'",
+        ],
+    );
+    assert_eq!(never, "0", "nothing runs after the first error");
 
     // MariaDB: the dropped table comes back.
     let mut bytes = Vec::new();
@@ -204,7 +223,7 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
         .unwrap();
     site.compose(&["stop", "shop"]);
     site.mariadb("DROP TABLE orders");
-    let out = load("mariadb", bytes, &maria);
+    let out = load(&["mariadb".to_string()], bytes, &maria);
     assert_eq!(out.exit_code, 0, "{}", out.output);
     let (count, max) = {
         let r = site.mariadb("SELECT count(*), max(n) FROM orders");
@@ -227,34 +246,17 @@ fn json_of(site: &Site, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The highest tick in the backup's own dump of `site`, loaded into a scratch database of the
-/// running server, and the `last-tick` the app had noted in the backup's uploads.
-pub(crate) fn backup_moment(site: &Site, archive: &std::path::Path) -> (u64, u64) {
+/// The highest tick in the backup's own dump of `site` (read from the `COPY` data of its plain
+/// script), and the `last-tick` the app had noted in the backup's uploads.
+pub(crate) fn backup_moment(archive: &std::path::Path) -> (u64, u64) {
     use nuwax::archive::{Cancel, NoProgress, Target};
     let mut bytes = Vec::new();
-    nuwax::archive::read_dump(archive, "databases/db/site.pgdump", &mut bytes, &Cancel::default()).unwrap();
-    let name = format!("check{}", std::process::id());
-    site.psql(&format!("CREATE DATABASE {name}"));
-    let mut child = std::process::Command::new("docker")
-        .args([
-            "exec",
-            "-i",
-            &site.container_id("db"),
-            "pg_restore",
-            "-U",
-            "postgres",
-            "-d",
-            &name,
-            "--no-owner",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
+    nuwax::archive::read_dump(archive, "databases/db/site.sql", &mut bytes, &Cancel::default()).unwrap();
+    let max = copy_rows(&String::from_utf8(bytes).unwrap(), "public.ticks")
+        .iter()
+        .map(|row| row.split('\t').next().unwrap().parse::<u64>().unwrap())
+        .max()
         .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes).unwrap();
-    assert!(child.wait().unwrap().success());
-    let max =
-        site.exec("db", &["psql", "-U", "postgres", "-d", &name, "-qAtX", "-c", "SELECT max(n) FROM ticks"]);
-    site.psql(&format!("DROP DATABASE {name}"));
     let dir = tempfile::tempdir().unwrap();
     let manifest = nuwax::archive::read_manifest(archive).unwrap();
     let uploads = manifest.mounts.iter().find(|m| m.name.ends_with("/uploads")).unwrap();
@@ -262,7 +264,15 @@ pub(crate) fn backup_moment(site: &Site, archive: &std::path::Path) -> (u64, u64
     let targets = vec![Target { prefix: uploads.archive_path.clone(), dest: dest.clone() }];
     nuwax::archive::extract(archive, &targets, &Cancel::default(), &NoProgress).unwrap();
     let noted = std::fs::read_to_string(dest.join("last-tick")).unwrap();
-    (max.parse().unwrap(), noted.trim().parse().unwrap())
+    (max, noted.trim().parse().unwrap())
+}
+
+/// The rows of `table`'s `COPY ... FROM stdin` in a plain dump, one text line each.
+fn copy_rows<'a>(script: &'a str, table: &str) -> Vec<&'a str> {
+    let start = format!("COPY {table} (");
+    let mut lines = script.lines().skip_while(|l| !l.starts_with(&start));
+    assert!(lines.next().is_some(), "no COPY of {table} in the dump");
+    lines.take_while(|l| *l != "\\.").collect()
 }
 
 /// A backup of the site dumps PostgreSQL and MariaDB while they run (only the apps stop), at
@@ -286,8 +296,8 @@ fn dump_mode_backs_up_hot_and_rolls_back_through_the_databases() {
         dumps,
         [
             "databases/db/globals.sql",
-            "databases/db/postgres.pgdump",
-            "databases/db/site.pgdump",
+            "databases/db/postgres.sql",
+            "databases/db/site.sql",
             "databases/maria/all-databases.sql",
             "databases/notes/data%2Fnotes.db"
         ]
@@ -302,7 +312,7 @@ fn dump_mode_backs_up_hot_and_rolls_back_through_the_databases() {
     let skipped = b["skipped"].to_string();
     assert!(skipped.contains("pgdata") && skipped.contains("dumped instead"), "{skipped}");
     let archive = std::path::PathBuf::from(b["path"].as_str().unwrap());
-    let (dumped, noted) = backup_moment(&site, &archive);
+    let (dumped, noted) = backup_moment(&archive);
     assert_eq!(dumped, noted, "the dump and the files hold the same moment");
 
     // Changes after the backup.

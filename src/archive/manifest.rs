@@ -89,8 +89,9 @@ pub struct DumpRecord {
     /// server's or its globals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// `pg_dump-custom` (`pg_restore` loads it), `sql`, or `sqlite3-file` (the database file,
-    /// written back in place).
+    /// `pg_dump-plain` (a database's SQL script, `psql` loads it), `pg_dump-custom` (archives
+    /// made before; `pg_restore` loads it), `sql`, or `sqlite3-file` (the database file, written
+    /// back in place).
     pub format: String,
     /// The dump tool's version, as it says it.
     pub tool_version: String,

@@ -5,13 +5,16 @@
 //! The server starts on a fresh data directory (its entrypoint initializes it), so loading
 //! recreates each database the dump holds:
 //! - PostgreSQL: the globals (roles) through `psql` (a role the fresh server already has, such
-//!   as its superuser, is reported and kept), then each database with `pg_restore
-//!   --exit-on-error`: `postgres` into itself (`--clean --if-exists`), any other dropped first
-//!   (the entrypoint may have made it) and recreated from the dump (`--create`).
+//!   as its superuser, is reported and kept), then each database's plain script through `psql
+//!   -v ON_ERROR_STOP=1`, connected to `template1`: the script drops its database if the
+//!   entrypoint made it (`postgres`, `POSTGRES_DB`), creates it from `template0` and `\connect`s
+//!   to it, so the session starts in a database no script drops. Archives made before took the
+//!   custom format: `pg_restore --exit-on-error`, `postgres` into itself (`--clean
+//!   --if-exists`), any other dropped first and recreated from the dump (`--create`).
 //! - MariaDB / MySQL: the whole-server SQL through `mariadb` (`mysql`), then `FLUSH
 //!   PRIVILEGES` (the users came back with the `mysql` database).
 
-use super::dump::{PG_USER, quote};
+use super::dump::{PG_PLAIN, PG_USER, quote};
 use crate::archive::manifest::DumpRecord;
 
 /// `"name"` as an SQL identifier.
@@ -24,6 +27,11 @@ fn ident(name: &str) -> String {
 pub fn command(dump: &DumpRecord) -> Option<Vec<String>> {
     let script = match (dump.server.as_str(), dump.format.as_str(), dump.database.as_deref()) {
         ("postgres", "sql", None) => format!("exec psql -U {PG_USER} -d postgres -X -q"),
+        ("postgres", PG_PLAIN, Some(_)) => {
+            // `-o /dev/null`: the script's `SELECT`s (`set_config`, `setval`) print results;
+            // what the loader says is its notices and errors.
+            format!("exec psql -U {PG_USER} -d template1 -X -q -v ON_ERROR_STOP=1 -o /dev/null")
+        }
         ("postgres", "pg_dump-custom", Some("postgres")) => {
             format!("exec pg_restore -U {PG_USER} -d postgres --clean --if-exists --exit-on-error")
         }
@@ -62,6 +70,11 @@ mod tests {
     fn each_dump_has_its_loader() {
         let cmd = |d: DumpRecord| command(&d).map(|c| c[2].clone());
         assert!(cmd(dump("postgres", "sql", None)).unwrap().starts_with("exec psql"));
+        // A plain script drops and recreates its database: from a session in `template1`.
+        let plain = cmd(dump("postgres", "pg_dump-plain", Some("postgres"))).unwrap();
+        assert!(plain.contains("-d template1") && plain.contains("ON_ERROR_STOP=1"), "{plain}");
+        assert_eq!(cmd(dump("postgres", "pg_dump-plain", Some("site"))).unwrap(), plain);
+        assert_eq!(cmd(dump("postgres", "pg_dump-plain", None)), None);
         assert!(cmd(dump("postgres", "pg_dump-custom", Some("postgres"))).unwrap().contains("--clean"));
         let site = cmd(dump("postgres", "pg_dump-custom", Some("it's \"x\""))).unwrap();
         assert!(site.contains(r#"'DROP DATABASE IF EXISTS "it'\''s ""x"""'"#), "{site}");

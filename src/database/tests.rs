@@ -198,7 +198,7 @@ fn a_wrong_setting_is_an_error_that_names_it() {
         ServiceSettings { database: Some("postgres".into()), sqlite: vec![], backup: Some("copy".into()) },
     );
     let err = detect(&cs, &settings).unwrap_err().to_string();
-    assert!(err.contains("\"dump\" or \"stop\""), "{err}");
+    assert!(err.contains("\"dump\", \"stop\" or \"pause\""), "{err}");
 }
 
 #[test]
@@ -216,4 +216,40 @@ fn pause_is_said_by_the_settings_or_a_label() {
         .insert("web".to_string(), ServiceSettings { backup: Some("freeze".into()), ..Default::default() });
     let err = super::paused(&cs, &settings).unwrap_err().to_string();
     assert!(err.contains("services.web") && err.contains("pause"), "{err}");
+}
+
+#[test]
+fn postgres_dumps_each_database_as_a_plain_script_that_recreates_it() {
+    let dumps = dump::postgres(["postgres", "site", "globals", "it's"].into_iter());
+    let names: Vec<(&str, Option<&str>, &str)> =
+        dumps.iter().map(|(n, d, f, _)| (n.as_str(), d.as_deref(), *f)).collect();
+    assert_eq!(
+        names,
+        [
+            ("globals.sql", None, "sql"),
+            ("postgres.sql", Some("postgres"), dump::PG_PLAIN),
+            ("site.sql", Some("site"), dump::PG_PLAIN),
+            ("%67lobals.sql", Some("globals"), dump::PG_PLAIN),
+            ("it%27s.sql", Some("it's"), dump::PG_PLAIN),
+        ],
+        "a database named `globals` does not take the roles' file"
+    );
+    let script = &dumps[4].3;
+    assert!(
+        script.starts_with("exec pg_dump -U \"${POSTGRES_USER:-postgres}\" -Fp --create --clean --if-exists"),
+        "{script}"
+    );
+    assert!(script.ends_with(r"-d 'it'\''s'"), "{script}");
+    assert!(dumps[0].3.contains("pg_dumpall") && dumps[0].3.contains("--globals-only"));
+    let (name, database, format, script) = dumps[2].clone();
+    let spec = dump::Spec {
+        service: "db".into(),
+        container: "c1".into(),
+        kind: Kind::Postgres,
+        name,
+        database,
+        format: format.into(),
+        cmd: vec![script],
+    };
+    assert_eq!(spec.ready(), dump::Ready::FirstByte, "pg_dump writes its script after its snapshot");
 }
