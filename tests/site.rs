@@ -381,17 +381,7 @@ fn a_failing_dump_fails_the_backup_cleanly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No space left on device"), "{err}");
     site.wait_healthy(&SERVICES);
-    let list = json_of(&site, &["list"]);
-    let statuses: Vec<&str> =
-        list.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["failed"]);
-    let leftovers: Vec<_> = std::fs::read_dir(site.dir.join("backups"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("backup_") || n.starts_with(".nuwax-partial"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    site.assert_one_failed_backup_and_no_file();
 }
 
 /// SIGKILL (abort) while a rollback loads the first dump: the next command undoes the rollback
@@ -434,25 +424,9 @@ fn sigkill_while_dumps_are_held_leaves_nothing_behind() {
     site.up();
     // More than the pipes between pg_dump and nuwax hold, so that pg_dump waits on them.
     site.psql("CREATE TABLE big AS SELECT g, md5(g::text) || repeat('x', 1000) AS pad FROM generate_series(1, 40000) g");
-    let pause = site.dir.join("pause");
-    let mut child = site
-        .nuwax()
-        .arg("backup")
-        .env("NUWAX_TEST_PAUSE", "backup-dumps-started")
-        .env("NUWAX_TEST_PAUSE_FILE", &pause)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !pause.exists() {
-        assert!(std::time::Instant::now() < deadline, "nuwax never reached the pause");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (child, pause) = site.held_at("backup-dumps-started", &["backup"]);
     assert!(site.exec("db", &["busybox", "ps", "-o", "args"]).contains("pg_dump"), "the dumps are held");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = std::fs::remove_file(&pause);
+    crate::support::kill_held(child, &pause);
     let status = site.run(&["status"]);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     assert!(String::from_utf8_lossy(&status.stderr).contains("abandoned"));

@@ -8,7 +8,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::require_docker;
-use crate::support::{Demo, Tmpfs, add_bulk, gnu_untar, json, stderr, tree};
+use crate::support::{Demo, Tmpfs, add_bulk, gnu_untar, json, kill_held, stderr, tree};
 
 /// Starts `nuwax --json backup ARGS` held at `point` (`NUWAX_TEST_PAUSE`); returns once it is there.
 fn backup_held_at(demo: &Demo, point: &str, pause: &Path, args: &[&str]) -> Child {
@@ -18,29 +18,9 @@ fn backup_held_at(demo: &Demo, point: &str, pause: &Path, args: &[&str]) -> Chil
 
 /// Starts `nuwax --json ARGS` held at `point`; returns once it is there.
 fn held_at(demo: &Demo, point: &str, pause: &Path, args: &[&str]) -> Child {
-    let child = demo
-        .nuwax()
-        .arg("--json")
-        .args(args)
-        .env("NUWAX_TEST_PAUSE", point)
-        .env("NUWAX_TEST_PAUSE_FILE", pause)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !pause.exists() {
-        assert!(Instant::now() < deadline, "nuwax never reached {point}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-/// Kills nuwax where it is held and lets the pause go.
-fn kill_held(mut child: Child, pause: &Path) {
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let _ = std::fs::remove_file(pause);
+    let mut cmd = demo.nuwax();
+    cmd.arg("--json").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    crate::support::held_at(cmd, point, pause)
 }
 
 /// `state.txt` in the cache volume, backed up as "as backed up", then changed: the volume's

@@ -98,18 +98,10 @@ impl<'c> Scope<'c> {
     /// started); each stop adds to what the end of the scope starts.
     pub async fn stop(&mut self, containers: &[Container]) -> Result<()> {
         let engine = self.ctx.engine()?;
-        let known: BTreeSet<&str> = self.journal.stopped.iter().map(|s| s.id.as_str()).collect();
-        let running: Vec<Container> =
-            containers.iter().filter(|c| c.is_running() && !known.contains(c.id.as_str())).cloned().collect();
+        let running = self.take(containers).await?;
         if running.is_empty() {
             return Ok(());
         }
-        for c in &running {
-            self.journal.stopped.push(StoppedService { service: c.service.clone(), id: c.id.clone() });
-            self.journal.services.insert(c.service.clone());
-        }
-        self.save().await?;
-        self.first_stop.get_or_insert_with(Instant::now);
         let deps = dependencies(self.ctx, &running);
         let mut levels = start_levels(&running.iter().map(|c| c.service.clone()).collect(), &deps);
         levels.reverse();
@@ -144,18 +136,7 @@ impl<'c> Scope<'c> {
     /// recovery, unpauses them as it starts what it stopped.
     pub async fn pause(&mut self, containers: &[Container]) -> Result<()> {
         let engine = self.ctx.engine()?;
-        let known: BTreeSet<&str> = self.journal.stopped.iter().map(|s| s.id.as_str()).collect();
-        let running: Vec<Container> =
-            containers.iter().filter(|c| c.is_running() && !known.contains(c.id.as_str())).cloned().collect();
-        if running.is_empty() {
-            return Ok(());
-        }
-        for c in &running {
-            self.journal.stopped.push(StoppedService { service: c.service.clone(), id: c.id.clone() });
-            self.journal.services.insert(c.service.clone());
-        }
-        self.save().await?;
-        self.first_stop.get_or_insert_with(Instant::now);
+        let running = self.take(containers).await?;
         let results = join_all(running.iter().map(|c| {
             tracing::info!(service = %c.service, container = %c.name, "pausing");
             engine.pause(&c.id)
@@ -166,6 +147,24 @@ impl<'c> Scope<'c> {
             self.paused.push(c.service.clone());
         }
         Ok(())
+    }
+
+    /// The running containers among `containers` this scope does not hold yet, journaled as
+    /// its own (the end of the scope starts them) before the caller stops or pauses them.
+    async fn take(&mut self, containers: &[Container]) -> Result<Vec<Container>> {
+        let known: BTreeSet<&str> = self.journal.stopped.iter().map(|s| s.id.as_str()).collect();
+        let running: Vec<Container> =
+            containers.iter().filter(|c| c.is_running() && !known.contains(c.id.as_str())).cloned().collect();
+        if running.is_empty() {
+            return Ok(running);
+        }
+        for c in &running {
+            self.journal.stopped.push(StoppedService { service: c.service.clone(), id: c.id.clone() });
+            self.journal.services.insert(c.service.clone());
+        }
+        self.save().await?;
+        self.first_stop.get_or_insert_with(Instant::now);
+        Ok(running)
     }
 
     /// From now on these services come back through compose, created from the compose files as

@@ -138,17 +138,7 @@ fn a_failing_sqlite_dump_fails_the_backup_cleanly() {
     assert!(err.contains("no SQLite database at /data/missing.db"), "{err}");
     site.wait_healthy(&SERVICES);
     assert_eq!(site.started_at("notes"), started, "notes was never stopped");
-    let list = json_of(&site, &["list"]);
-    let statuses: Vec<&str> =
-        list.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["failed"]);
-    let leftovers: Vec<_> = std::fs::read_dir(site.dir.join("backups"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("backup_") || n.starts_with(".nuwax-partial"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    site.assert_one_failed_backup_and_no_file();
     let tmp = site.exec("notes", &["ls", "-a", "/tmp"]);
     assert!(!tmp.contains("nuwax-sqlite"), "the dumps' temp files are gone: {tmp}");
 

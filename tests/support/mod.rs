@@ -480,3 +480,22 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).output();
     }
 }
+
+/// Spawns `cmd` held at the fault point `point` (`NUWAX_TEST_PAUSE`, its pid in `pause`);
+/// returns once nuwax is there.
+pub fn held_at(mut cmd: Command, point: &str, pause: &Path) -> std::process::Child {
+    let child = cmd.env("NUWAX_TEST_PAUSE", point).env("NUWAX_TEST_PAUSE_FILE", pause).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pause.exists() {
+        assert!(Instant::now() < deadline, "nuwax never reached {point}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Kills nuwax where it is held and lets the pause go.
+pub fn kill_held(mut child: std::process::Child, pause: &Path) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(pause);
+}

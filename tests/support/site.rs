@@ -120,6 +120,39 @@ impl Site {
         format!("{id} {}", String::from_utf8_lossy(&out.stdout).trim())
     }
 
+    /// Whether the service's container is paused now.
+    pub fn is_paused(&self, service: &str) -> bool {
+        let id = self.container_id(service);
+        let out = Command::new("docker").args(["inspect", "-f", "{{.State.Paused}}", &id]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
+    }
+
+    /// `nuwax ARGS` held at the fault point `pause` (`NUWAX_TEST_PAUSE`): returns once nuwax is
+    /// there, with its process and the file whose removal lets it go on.
+    pub fn held_at(&self, pause: &str, args: &[&str]) -> (std::process::Child, PathBuf) {
+        let file = self.dir.join("pause");
+        let mut cmd = self.nuwax();
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        (super::held_at(cmd, pause, &file), file)
+    }
+
+    /// The catalog holds one backup, failed, and the storage dir no archive or partial file.
+    pub fn assert_one_failed_backup_and_no_file(&self) {
+        let out = self.run(&["--json", "list"]);
+        assert!(out.status.success(), "list: {}", String::from_utf8_lossy(&out.stderr));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let statuses: Vec<&str> =
+            list.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses, ["failed"]);
+        let leftovers: Vec<_> = std::fs::read_dir(self.dir.join("backups"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("backup_") || n.starts_with(".nuwax-partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
     /// The id of the service's container.
     pub fn container_id(&self, service: &str) -> String {
         let out = self.compose(&["ps", "-q", service]);
