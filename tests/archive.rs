@@ -1203,6 +1203,59 @@ fn dumps_are_archived_in_parts_verified_and_read_back_alone() {
     }
 }
 
+/// SQL-like text as a dump's `COPY` holds it: a row number and words from a vocabulary of a
+/// few thousand, the kind of repetition a stronger level finds more of.
+fn sql_rows(rows: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let words: Vec<String> = (0..4000).map(|_| format!("{:012x}", next() & 0xffff_ffff_ffff)).collect();
+    let mut out = Vec::new();
+    for n in 0..rows {
+        let r = next();
+        let pick = |i: u32| words[((r >> (i * 12)) % 4000) as usize].as_str();
+        out.extend_from_slice(format!("{n}\t{} {} {}\n", pick(0), pick(1), pick(2)).as_bytes());
+    }
+    out
+}
+
+#[test]
+fn dumps_are_compressed_at_least_at_level_3_and_carry_their_row_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = sql_rows(150_000, 3);
+    let at = |level| zstd::bulk::compress(&dump, level).unwrap().len();
+    let (one, three) = (at(1), at(3));
+    assert!(three * 10 < one * 9, "the data must tell the levels apart: {one} at 1, {three} at 3");
+    let out = dir.path().join("dump.tar.zst");
+    let mut m = manifest(vec![], Compression::Zstd);
+    m.dumps = vec![dump_record("databases/db/site.sql")];
+    m.dump_part_bytes = Some(8 << 20);
+    let o = opts(Compression::Zstd);
+    assert_eq!(o.level, 1, "archives default to level 1");
+    let mut w =
+        ArchiveWriter::new(fs::File::create(&out).unwrap(), &o, Cancel::default(), Arc::new(NoProgress))
+            .unwrap();
+    w.write_manifest(&m, &Vec::<EntryMeta>::new()).unwrap();
+    w.append_dump("databases/db/site.sql", &dump[..]).unwrap();
+    let rows: std::collections::BTreeMap<String, u64> = [("public.t".to_string(), 150_000)].into();
+    w.set_dump_rows("databases/db/site.sql", rows.clone()).unwrap();
+    assert!(w.set_dump_rows("databases/db/other.sql", rows.clone()).is_err());
+    w.finish().unwrap();
+    let size = fs::metadata(&out).unwrap().len() as usize;
+    assert!(size < (one + three) / 2, "archive {size} bytes: the dump at level 1 is {one}, at 3 {three}");
+    let report = check(&out).unwrap();
+    assert_eq!(report.dumps[0].rows.as_ref(), Some(&rows), "the trailer carries the counts");
+    let mut got = Vec::new();
+    let read =
+        nuwax::archive::read_dump(&out, "databases/db/site.sql", &mut got, &Cancel::default()).unwrap();
+    assert_eq!(got, dump);
+    assert!(read.same_bytes(&report.dumps[0]) && read.rows.is_none(), "{read:?}");
+}
+
 #[test]
 fn a_damaged_or_missing_dump_part_fails_verification() {
     let dir = tempfile::tempdir().unwrap();

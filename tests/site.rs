@@ -123,7 +123,7 @@ fn dumps_stream_out_of_the_database_containers() {
 fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
     use nuwax::archive::manifest::DumpRecord;
     use nuwax::archive::{ArchiveWriter, Cancel, Compression, NoProgress, WriteOptions};
-    use nuwax::database::{Kind, dump};
+    use nuwax::database::{Kind, dump, rows};
     use nuwax::engine::Engine;
     let compose = require_docker!();
     let site = Site::new(compose);
@@ -166,20 +166,40 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
     )
     .unwrap();
     w.write_manifest(&m, &Vec::<nuwax::archive::EntryMeta>::new()).unwrap();
+    let my_record = record(&my);
+    let mut counted = Vec::new();
     for spec in [pg, my] {
         let started = rt.block_on(dump::start(engine.as_ref(), spec)).unwrap();
         let dump::Started { spec, head, stream, .. } = started;
         let bridge = tokio_util::io::SyncIoBridge::new_with_handle(stream.stdout, rt.handle().clone());
-        let reader = std::io::Read::chain(&head[..], bridge);
+        let counter = rows::Counter::new(spec.kind, &spec.format, spec.database.as_deref());
+        let mut reader = rows::Counted::new(std::io::Read::chain(&head[..], bridge), counter);
         let name = format!("databases/{}", spec.name);
         // Outside the runtime: the bridge blocks on the runtime's handle for each read.
-        let digest = w.append_dump(&name, reader).unwrap();
+        let digest = w.append_dump(&name, &mut reader).unwrap();
         assert!(digest.bytes > 0);
         dump::finish(&spec, rt.block_on(stream.ended).unwrap()).unwrap();
+        counted.push(reader.finish().expect("the dump reads as expected: its rows are counted"));
     }
     w.finish().unwrap();
     let report = nuwax::archive::verify(&archive, None, &Cancel::default(), &NoProgress).unwrap();
     assert_eq!(report.dumps.len(), 2);
+    let (pg_rows, my_rows) = (counted[0].clone(), counted[1].clone());
+    assert!(!my_rows.keys().any(|t| t.starts_with("`mysql`.")), "the server's own tables are not counted");
+    // What the server holds, held to what the dump held: the mismatches, as the rollback sees them.
+    let check = |record: &DumpRecord, rows: &std::collections::BTreeMap<String, u64>, container: &str| {
+        let (cmd, script) = rows::check(record, rows).unwrap();
+        let out = rt
+            .block_on(engine.exec_stdin(
+                container,
+                &cmd,
+                None,
+                Box::pin(std::io::Cursor::new(script.into_bytes())),
+            ))
+            .unwrap();
+        assert_eq!(out.exit_code, 0, "{}", out.output);
+        rows::mismatches(rows, &out.output).unwrap()
+    };
 
     // PostgreSQL: the script drops `site` and makes it again from the dump, through the loader
     // a rollback runs (its app stopped: a database in use is not dropped).
@@ -198,6 +218,11 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
     assert_eq!(count, max, "no gap in the dumped ticks");
     assert!(count.parse::<u64>().unwrap() >= ticks_before, "{count} < {ticks_before}");
     assert_eq!(site.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'made_after'"), "0");
+    assert_eq!(pg_rows.get("public.ticks").map(u64::to_string).as_deref(), Some(count), "{pg_rows:?}");
+    assert_eq!(check(&pg_record, &pg_rows, &db), vec![], "the loaded database holds the dump's rows");
+    site.psql("DELETE FROM ticks WHERE n = 1");
+    let n: u64 = count.parse().unwrap();
+    assert_eq!(check(&pg_record, &pg_rows, &db), vec![("public.ticks".to_string(), n, n - 1)]);
     // A load that fails stops at its first error and says why.
     let out = load(&loader, b"SELECT * FROM nosuchtable;\nCREATE TABLE never (x int);\n".to_vec(), &db);
     assert_ne!(out.exit_code, 0);
@@ -232,6 +257,8 @@ fn a_dump_goes_from_the_server_into_an_archive_and_back_into_the_server() {
     };
     assert_eq!(count, max);
     assert!(count.parse::<u64>().unwrap() >= orders_before);
+    assert_eq!(my_rows.get("`shop`.`orders`").map(u64::to_string), Some(count), "{my_rows:?}");
+    assert_eq!(check(&my_record, &my_rows, &maria), vec![], "the loaded server holds the dump's rows");
 }
 
 /// `nuwax --json ARGS`, which must succeed; its JSON.
@@ -314,6 +341,13 @@ fn dump_mode_backs_up_hot_and_rolls_back_through_the_databases() {
     let archive = std::path::PathBuf::from(b["path"].as_str().unwrap());
     let (dumped, noted) = backup_moment(&archive);
     assert_eq!(dumped, noted, "the dump and the files hold the same moment");
+    // The trailer holds each table's rows as dumped: the rollback holds its loads to them.
+    use nuwax::archive::{Cancel, NoProgress};
+    let report = nuwax::archive::verify(&archive, None, &Cancel::default(), &NoProgress).unwrap();
+    let rows_of = |name: &str| report.dumps.iter().find(|d| d.name == name).and_then(|d| d.rows.clone());
+    assert_eq!(rows_of("databases/db/site.sql").and_then(|r| r.get("public.ticks").copied()), Some(dumped));
+    assert!(rows_of("databases/maria/all-databases.sql").is_some_and(|r| r.contains_key("`shop`.`orders`")));
+    assert_eq!(rows_of("databases/db/globals.sql"), None, "roles are not counted");
 
     // Changes after the backup.
     site.psql("DROP TABLE ticks");

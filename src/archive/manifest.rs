@@ -105,6 +105,20 @@ pub struct DumpDigest {
     pub bytes: u64,
     pub parts: u64,
     pub sha256: String,
+    /// Rows per table, counted from the dump as it was written (`database::rows`); absent for
+    /// dumps nuwax does not count and in archives made before. A load is checked against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+impl DumpDigest {
+    /// Whether `other` says the same bytes (the counts are not read back from the bytes).
+    pub fn same_bytes(&self, other: &DumpDigest) -> bool {
+        self.name == other.name
+            && self.bytes == other.bytes
+            && self.parts == other.parts
+            && self.sha256 == other.sha256
+    }
 }
 
 /// The archive name of part `seq` of dump `name`.

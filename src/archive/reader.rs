@@ -436,8 +436,11 @@ impl Pass<'_> {
             let detail = format!("total_bytes {} but the files hold {content_bytes}", trailer.total_bytes);
             return Err(Error::mismatch(CHECKSUMS_NAME, detail));
         }
-        if trailer.dumps != dumps {
-            let differs = dumps.iter().zip(&trailer.dumps).find(|(a, b)| a != b).map(|(a, _)| a.name.clone());
+        let same = dumps.len() == trailer.dumps.len()
+            && dumps.iter().zip(&trailer.dumps).all(|(a, b)| a.same_bytes(b));
+        if !same {
+            let differs =
+                dumps.iter().zip(&trailer.dumps).find(|(a, b)| !a.same_bytes(b)).map(|(a, _)| a.name.clone());
             let name = differs.unwrap_or_else(|| CHECKSUMS_NAME.to_owned());
             return Err(Error::mismatch(
                 &name,
@@ -445,7 +448,8 @@ impl Pass<'_> {
             ));
         }
         let end = trailer_entry.raw_file_position() + trailer_entry.size().div_ceil(512) * 512;
-        Ok((found, content_bytes, end, dumps))
+        // The trailer's: the same bytes, with the row counts the writer took.
+        Ok((found, content_bytes, end, trailer.dumps))
     }
 
     /// Reads one dump's parts: named in sequence, each [`Manifest::dump_part_bytes`] long but

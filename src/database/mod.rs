@@ -7,6 +7,7 @@
 
 pub mod dump;
 pub mod load;
+pub mod rows;
 
 use std::collections::BTreeMap;
 

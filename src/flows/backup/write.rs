@@ -13,6 +13,7 @@ use super::{BackupOptions, Pending};
 use crate::archive::manifest::{Manifest, ServiceRecord, Skipped};
 use crate::archive::{self, ArchiveWriter, Progress, WriteOptions};
 use crate::catalog::Completed;
+use crate::database::rows;
 use crate::engine::Engine;
 use crate::flows::Ctx;
 use crate::flows::sources::{Origin, Source};
@@ -183,10 +184,17 @@ pub(super) async fn write(
             let crate::database::dump::Started { spec, head, stream, .. } = started;
             let name = super::dumps::archive_name(&spec);
             let rest = tokio_util::io::SyncIoBridge::new_with_handle(stream.stdout, handle.clone());
-            w.append_dump(&name, std::io::Read::chain(std::io::Cursor::new(head), rest))
+            let counter = rows::Counter::new(spec.kind, &spec.format, spec.database.as_deref());
+            let mut data =
+                rows::Counted::new(std::io::Read::chain(std::io::Cursor::new(head), rest), counter);
+            w.append_dump(&name, &mut data)
                 .with_context(|| format!("dumping {name} from {}", spec.service))?;
             let ended = handle.block_on(stream.ended)?;
             crate::database::dump::finish(&spec, ended)?;
+            match data.finish() {
+                Some(rows) => w.set_dump_rows(&name, rows)?,
+                None => tracing::debug!("{name}: no row counts (not counted, or not read as expected)"),
+            }
         }
         for ((s, scan), read_root) in plan.iter().zip(&scans).zip(&roots) {
             match &s.origin {

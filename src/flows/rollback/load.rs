@@ -68,13 +68,51 @@ pub(crate) async fn feed(
             bail!("loading {} into {service} failed (exit {}): {}", d.name, out.exit_code, out.output.trim());
         }
         let digest = fed.with_context(|| format!("reading {} from the archive", d.name))?;
-        if digest != *want {
+        if !digest.same_bytes(want) {
             bail!("{} read back differs from what the archive's verification read", d.name);
         }
         if !out.output.trim().is_empty() {
             tracing::info!("{service} says: {}", out.output.trim());
         }
+        if let Some(rows) = &want.rows {
+            check_rows(engine, &c.id, service, d, rows).await?;
+        }
     }
+    Ok(())
+}
+
+/// Holds what the server now holds to the rows the dump held, table by table.
+async fn check_rows(
+    engine: &dyn crate::engine::Engine,
+    container: &str,
+    service: &str,
+    d: &DumpRecord,
+    rows: &std::collections::BTreeMap<String, u64>,
+) -> Result<()> {
+    let Some((cmd, script)) = database::rows::check(d, rows) else { return Ok(()) };
+    let out =
+        engine.exec_stdin(container, &cmd, None, Box::pin(std::io::Cursor::new(script.into_bytes()))).await?;
+    if out.exit_code != 0 {
+        bail!(
+            "counting the rows {} loaded into {service} failed (exit {}): {}",
+            d.name,
+            out.exit_code,
+            out.output.trim()
+        );
+    }
+    let differ = database::rows::mismatches(rows, &out.output)
+        .map_err(|e| anyhow::anyhow!("counting the rows {} loaded into {service}: {e}", d.name))?;
+    if let Some((table, want, got)) = differ.first() {
+        bail!(
+            "after loading {} into {service}, table {table} holds {got} rows where the dump held {want}{}",
+            d.name,
+            match differ.len() {
+                1 => String::new(),
+                n => format!(" ({} more tables differ)", n - 1),
+            }
+        );
+    }
+    tracing::info!("{service}: {} tables hold the rows {} held", rows.len(), d.name);
     Ok(())
 }
 

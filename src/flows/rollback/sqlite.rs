@@ -159,7 +159,7 @@ mod tests {
     fn digest_of(name: &str, bytes: &[u8]) -> DumpDigest {
         use sha2::Digest;
         let sha256 = crate::archive::hex(&sha2::Sha256::digest(bytes));
-        DumpDigest { name: name.into(), bytes: bytes.len() as u64, parts: 1, sha256 }
+        DumpDigest { name: name.into(), bytes: bytes.len() as u64, parts: 1, sha256, rows: None }
     }
 
     fn db(rows: &[u8]) -> Vec<u8> {
