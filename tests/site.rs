@@ -388,6 +388,47 @@ fn dump_mode_backs_up_hot_and_rolls_back_through_the_databases() {
     );
 }
 
+/// `backup --no-stop` stops nothing: the databases are dumped hot, each in its transaction, and
+/// the files copied live; the backup says, item by item, which holds one point in time.
+#[test]
+fn a_backup_without_a_stop_says_per_item_what_holds_one_point_in_time() {
+    let compose = require_docker!();
+    let site = Site::new(compose);
+    site.up();
+    let b = json_of(&site, &["backup", "--no-stop"]);
+    assert_eq!(b["live"], true);
+    assert!(b["services_stopped"].as_array().unwrap().is_empty(), "{}", b["services_stopped"]);
+    let items: Vec<(String, bool, String)> = b["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap().to_string();
+            (s("item"), i["point_in_time"].as_bool().unwrap(), s("how"))
+        })
+        .collect();
+    let of =
+        |name: &str| items.iter().find(|i| i.0.contains(name)).unwrap_or_else(|| panic!("{name}: {items:?}"));
+    for dump in
+        ["databases/db/site.sql", "databases/maria/all-databases.sql", "databases/notes/data%2Fnotes.db"]
+    {
+        assert!(of(dump).1, "{:?}", of(dump));
+    }
+    let uploads = of("/uploads");
+    assert!(!uploads.1 && uploads.2.contains("app"), "{uploads:?}");
+    assert!(
+        !items.iter().any(|i| i.0.contains("pgdata")),
+        "the server's data is dumped, not copied: {items:?}"
+    );
+    // The text says it too.
+    let out = site.run(&["backup", "--no-stop"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("what holds one point in time:"), "{text}");
+    assert!(text.lines().any(|l| l.contains("no ") && l.contains("/uploads: copied while app")), "{text}");
+    site.wait_healthy(&SERVICES);
+}
+
 /// A dump tool missing from the container refuses the backup before anything stops; one that
 /// fails while dumping fails the backup with the tool's message: the apps run again, the record
 /// is failed, no partial file is left.

@@ -87,6 +87,13 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
     for s in &o.skipped {
         outln!("  skipped {}: {}", s.path, s.reason);
     }
+    if o.items.iter().any(|i| !i.point_in_time) {
+        outln!("  what holds one point in time:");
+        for i in &o.items {
+            let yes = if i.point_in_time { "yes" } else { "no " };
+            outln!("    {yes}  {}: {}", i.item, i.how);
+        }
+    }
     for w in backup_warnings(o.live, &o.stop_killed) {
         outln!("  warning: {w}");
     }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use around::{InScope, Prepared, prepare};
 pub use images::release_images;
+pub use plan::ItemMoment;
 pub(crate) use plan::check_storage;
 pub use twophase::SnapshotUse;
 
@@ -167,6 +168,8 @@ pub struct BackupOutcome {
     pub skipped: Vec<Skipped>,
     /// The database dumps it holds (taken inside the servers' containers while they ran).
     pub dumps: Vec<crate::archive::manifest::DumpDigest>,
+    /// Per dump and mount, whether it holds one point in time.
+    pub items: Vec<ItemMoment>,
 }
 
 /// One stop of `stop = "each"`.
@@ -621,6 +624,7 @@ async fn finish(
                 services_paused: report.paused,
                 services_touched: w.manifest.services_stopped,
                 live: w.manifest.live,
+                items: plan::moments(&w.manifest),
                 stop_killed: w.manifest.stop_killed,
                 skipped: w.manifest.skipped,
                 dumps: s.dumps,

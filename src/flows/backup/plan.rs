@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use chrono::Utc;
 
+use serde::Serialize;
+
 use crate::archive::manifest::{
-    ChecksumInfo, ConfigRecord, FORMAT_VERSION, Manifest, MountRecord, ServiceRecord, Skipped,
+    ChecksumInfo, ConfigRecord, FORMAT_VERSION, Manifest, MountKind, MountRecord, ServiceRecord, Skipped,
 };
 use crate::archive::{self, Compression, ScanResult};
 use crate::flows::sources::{Origin, Role, Source};
@@ -161,4 +163,37 @@ pub(super) fn build_excludes(globs: &[String]) -> Result<globset::GlobSet> {
 
 pub(super) fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
+}
+
+/// Whether one item of a backup holds one point in time, and how it was read.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ItemMoment {
+    /// A dump's archive name, or `volume NAME` / `bind PATH`.
+    pub item: String,
+    pub point_in_time: bool,
+    pub how: String,
+}
+
+/// What each dump and mount of `m` holds: a dump is its server's transaction; a mount is one
+/// moment unless services that mount it ran while it was read (`backup --no-stop`, or the
+/// other files of a mount whose SQLite files were dumped).
+pub fn moments(m: &Manifest) -> Vec<ItemMoment> {
+    let dumps = m.dumps.iter().map(|d| ItemMoment {
+        item: d.name.clone(),
+        point_in_time: true,
+        how: format!("dumped by {} in one transaction while {} ran", d.server, d.service),
+    });
+    let mounts = m.mounts.iter().map(|mount| {
+        let kind = match mount.kind {
+            MountKind::Volume => "volume",
+            MountKind::Bind => "bind",
+        };
+        let how = match (mount.running.is_empty(), m.services_stopped) {
+            (false, _) => format!("copied while {} ran", mount.running.join(", ")),
+            (true, true) => "copied while the services that mount it were stopped".to_string(),
+            (true, false) => "copied while no service that mounts it ran".to_string(),
+        };
+        ItemMoment { item: format!("{kind} {}", mount.name), point_in_time: mount.running.is_empty(), how }
+    });
+    dumps.chain(mounts).collect()
 }

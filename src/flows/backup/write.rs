@@ -146,15 +146,20 @@ pub(super) async fn write(
             skipped,
         });
         let mut manifest = manifest;
-        // The services being dumped ran while their other mounts were copied.
-        let dumped: std::collections::BTreeSet<&str> =
+        // The services being dumped ran while their other mounts were copied; in a live backup,
+        // every service that ran.
+        let mut ran: std::collections::BTreeSet<&str> =
             moment.dumps.records.iter().map(|d| d.service.as_str()).collect();
+        if moment.live {
+            ran.extend(manifest.services.iter().filter(|s| s.running).map(|s| s.service.as_str()));
+        }
+        let ran: std::collections::BTreeSet<String> = ran.into_iter().map(str::to_string).collect();
         for m in &mut manifest.mounts {
             m.running = m
                 .destinations
                 .iter()
                 .filter_map(|d| d.split_once(':').map(|(s, _)| s))
-                .filter(|s| dumped.contains(s))
+                .filter(|s| ran.contains(*s))
                 .map(str::to_string)
                 .collect();
             m.running.dedup();
