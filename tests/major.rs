@@ -121,6 +121,10 @@ fn postgres_15_to_17_reloads_the_data_and_keeps_the_old_volume() {
         "0",
         "the data of the backup's moment, not of version 2's run"
     );
+    // The server started fresh on the volume the backup's configs mount; version 2's volume is
+    // no part of that backup and is left as it was.
+    assert_eq!(files_version(&format!("{}_pgdata", site.name)), "15");
+    assert_eq!(files_version(&format!("{}_pgdata17", site.name)), "17", "version 2's data is left alone");
 }
 
 /// The new server does not take the dump (the database uses `adminpack`, an extension

@@ -71,7 +71,23 @@ pub struct Manifest {
     pub dumps: Vec<DumpRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump_part_bytes: Option<u64>,
+    /// The mounts holding the dumped servers' data files, left out of the archive (the dumps
+    /// hold that data): a rollback starts each server on them emptied, then loads its dumps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dumped_mounts: Vec<DumpedMount>,
     pub checksums: ChecksumInfo,
+}
+
+/// A mount whose data a dump holds instead (see [`Manifest::dumped_mounts`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DumpedMount {
+    /// The server it holds the data of.
+    pub service: String,
+    pub kind: MountKind,
+    /// Volume name for volumes, absolute host path for binds.
+    pub name: String,
+    /// Where the services mount it: `service:/path`.
+    pub destinations: Vec<String>,
 }
 
 /// Archive paths under this prefix hold dumps only.

@@ -454,6 +454,7 @@ pub fn manifest(backup_id: i64, entries: Vec<EntryMeta>, compression: Compressio
         index: None,
         dumps: Vec::new(),
         dump_part_bytes: None,
+        dumped_mounts: Vec::new(),
         checksums: ChecksumInfo::default(),
     }
 }

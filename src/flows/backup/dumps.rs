@@ -8,7 +8,7 @@
 
 use anyhow::Result;
 
-use crate::archive::manifest::{DumpRecord, Skipped};
+use crate::archive::manifest::{DumpRecord, DumpedMount, Skipped};
 use crate::database::{self, Kind, Mode, dump};
 use crate::engine::{Container, Engine};
 use crate::flows::Ctx;
@@ -111,10 +111,11 @@ impl DumpPlan {
     }
 
     /// Takes out of `plan` the mounts that hold a dumped server's data files (mounted by it
-    /// under its data directory, by nothing else): the dump holds that data.
-    pub fn drop_data_mounts(&self, plan: &mut Vec<Source>, skipped: &mut Vec<Skipped>) {
+    /// under its data directory, by nothing else): the dump holds that data. Returns them.
+    pub fn drop_data_mounts(&self, plan: &mut Vec<Source>, skipped: &mut Vec<Skipped>) -> Vec<DumpedMount> {
+        let mut dropped = Vec::new();
         plan.retain(|s| {
-            let Role::Mount { name, destinations, .. } = &s.role else { return true };
+            let Role::Mount { kind, name, destinations, .. } = &s.role else { return true };
             let server = self.servers.iter().find(|srv| {
                 !destinations.is_empty()
                     && destinations.iter().all(|d| {
@@ -129,11 +130,18 @@ impl DumpPlan {
                         path: name.clone(),
                         reason: format!("data of {} {}: dumped instead", srv.kind, srv.service),
                     });
+                    dropped.push(DumpedMount {
+                        service: srv.service.clone(),
+                        kind: *kind,
+                        name: name.clone(),
+                        destinations: destinations.clone(),
+                    });
                     false
                 }
                 None => true,
             }
         });
+        dropped
     }
 }
 

@@ -492,7 +492,7 @@ async fn find_sources(
         }
         None => sources::compose_bind_sources(project, &mut skipped),
     });
-    dumps.drop_data_mounts(&mut plan, &mut skipped);
+    let dumped = dumps.drop_data_mounts(&mut plan, &mut skipped);
     let sqlite = dumps.sqlite_excludes(containers, &plan, &mut skipped)?;
     check_storage(&project.storage_dir)?;
     let mut spool = None;
@@ -504,7 +504,7 @@ async fn find_sources(
     }
     let excludes = build_excludes(&[project.settings.exclude.clone(), sqlite].concat())?;
     let skip_dirs = vec![project.storage_dir.clone(), project.state_dir.clone()];
-    Ok((Sources { plan, skipped, excludes, skip_dirs }, spool))
+    Ok((Sources { plan, skipped, excludes, skip_dirs, dumped }, spool))
 }
 
 /// Each container as the manifest records it; `running` says which the project runs.

@@ -81,6 +81,7 @@ pub(super) fn build_manifest(p: ManifestParts<'_>) -> Manifest {
         index: None,
         dumps: Vec::new(),
         dump_part_bytes: None,
+        dumped_mounts: Vec::new(),
         checksums: ChecksumInfo::default(),
     }
 }

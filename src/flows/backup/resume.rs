@@ -92,6 +92,8 @@ pub(super) async fn finish(ctx: &Ctx, j: &Journal, path: &Path) -> Result<()> {
         skipped: saved.skipped.into_owned(),
         excludes: super::plan::build_excludes(&ctx.project.settings.exclude)?,
         skip_dirs: saved.skip_dirs.into_owned(),
+        // A backup with dumps is sealed inside its stop: never frozen.
+        dumped: Vec::new(),
     };
     let moment =
         Moment { stopped: true, live: false, killed: saved.killed.into_owned(), dumps: Default::default() };

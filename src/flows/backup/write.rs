@@ -26,6 +26,8 @@ pub(super) struct Sources {
     pub excludes: globset::GlobSet,
     /// The storage and state dirs: never archived, even inside a bind mount.
     pub skip_dirs: Vec<PathBuf>,
+    /// The mounts left out because dumps hold their data.
+    pub dumped: Vec<crate::archive::manifest::DumpedMount>,
 }
 
 /// The moment the data was read at.
@@ -78,6 +80,11 @@ pub(super) async fn write(
     let cancel = ctx.interrupt.cancel().clone();
     let (plan, mut skipped) = (sources.plan.clone(), sources.skipped.clone());
     let (excludes, skip_dirs) = (sources.excludes.clone(), sources.skip_dirs.clone());
+    // Recorded only for the servers the backup did dump.
+    let dumped: Vec<_> = (sources.dumped.iter())
+        .filter(|m| moment.dumps.records.iter().any(|d| d.service == m.service))
+        .cloned()
+        .collect();
     let temp_path = pending.temp_path.clone();
     let parts = (
         pending.id,
@@ -166,6 +173,7 @@ pub(super) async fn write(
         }
         let manifest = Manifest {
             dump_part_bytes: (!moment.dumps.records.is_empty()).then_some(archive::DUMP_PART_BYTES),
+            dumped_mounts: dumped,
             dumps: moment.dumps.records,
             ..manifest
         };

@@ -143,7 +143,7 @@ pub async fn plan(ctx: &Ctx, opts: &RollbackOptions) -> Result<Plan> {
         sqlite = super::sqlite::places(&manifest, &digests, &items)?;
         loads = loads_of(&manifest, &digests);
         loads.retain(|l| !opts.keep_data.contains(&l.service));
-        items.extend(fresh_data_items(&loads, &containers)?);
+        items.extend(fresh_data_items(&**engine, &manifest, &ctx.project, &loads, &containers).await?);
     }
     if opts.config {
         items.extend(config_items(&manifest, &ctx.project));
@@ -273,36 +273,64 @@ fn loads_of(manifest: &Manifest, digests: &[crate::archive::manifest::DumpDigest
 
 /// The data volumes of each server whose dumps are loaded: each is replaced by an empty
 /// directory (the old one kept beside it until the rollback stands), so the server starts
-/// fresh and a failed load puts the old one back. A server with no container yet starts on
-/// whatever compose gives it.
-fn fresh_data_items(loads: &[Load], containers: &[Container]) -> Result<Vec<Item>> {
-    let mut items = Vec::new();
+/// fresh and a failed load puts the old one back. They are the mounts the backup left out for
+/// its dumps (after a major-version upgrade, the old server's volume, which the backup's
+/// configs mount again, not the new one); archives made before recorded them not, and take the
+/// server's mounts now. A volume or directory that is not there is made empty by compose.
+async fn fresh_data_items(
+    engine: &dyn crate::engine::Engine,
+    manifest: &Manifest,
+    project: &crate::project::Project,
+    loads: &[Load],
+    containers: &[Container],
+) -> Result<Vec<Item>> {
+    let mut items: Vec<Item> = Vec::new();
     for l in loads {
         let kind: crate::database::Kind = l.server.parse().map_err(anyhow::Error::msg)?;
-        let Some(c) = containers.iter().find(|c| c.service == l.service) else { continue };
-        for m in &c.mounts {
-            let data = kind.holds_data(&m.destination);
-            if !data || items.iter().any(|i: &Item| i.dest == m.source) {
+        let recorded: Vec<_> = manifest.dumped_mounts.iter().filter(|m| m.service == l.service).collect();
+        // (volume name, host path, where the server mounts it)
+        let mut mounts: Vec<(Option<String>, PathBuf, String)> = Vec::new();
+        if recorded.is_empty() {
+            let Some(c) = containers.iter().find(|c| c.service == l.service) else { continue };
+            for m in c.mounts.iter().filter(|m| kind.holds_data(&m.destination)) {
+                if m.kind == crate::engine::MountType::Other {
+                    bail!(unreachable_data(kind, &l.service, &m.destination, &m.source));
+                }
+                mounts.push((m.name.clone(), m.source.clone(), m.destination.clone()));
+            }
+        }
+        for m in recorded {
+            let at = m.destinations.first().cloned().unwrap_or_default();
+            match m.kind {
+                archive::manifest::MountKind::Bind => {
+                    let dest = local_bind(manifest.project_dir.as_deref(), &project.dir, Path::new(&m.name));
+                    if dest.exists() {
+                        mounts.push((None, dest, at));
+                    }
+                }
+                archive::manifest::MountKind::Volume => {
+                    let name = local_volume(&manifest.project, &project.name, &m.name);
+                    if engine.volume_spec(&name).await?.is_some() {
+                        mounts.push((Some(name.clone()), engine.volume_mountpoint(&name).await?, at));
+                    }
+                }
+            }
+        }
+        for (volume, source, at) in mounts {
+            if items.iter().any(|i| i.dest == source) {
                 continue;
             }
-            if m.kind == crate::engine::MountType::Other || std::fs::read_dir(&m.source).is_err() {
-                bail!(
-                    "the data of {} {} ({}) is not reachable on this host at {}: loading its dump \
-                     needs it",
-                    kind,
-                    l.service,
-                    m.destination,
-                    m.source.display()
-                );
+            if std::fs::read_dir(&source).is_err() {
+                bail!(unreachable_data(kind, &l.service, &at, &source));
             }
             items.push(Item {
-                kind: if m.kind == crate::engine::MountType::Volume { "volume" } else { "bind" },
-                name: m.name.clone().unwrap_or_else(|| m.source.display().to_string()),
+                kind: if volume.is_some() { "volume" } else { "bind" },
+                name: volume.clone().unwrap_or_else(|| source.display().to_string()),
                 prefix: String::new(),
-                dest: m.source.clone(),
+                dest: source,
                 size: 0,
                 file_count: 0,
-                volume: m.name.clone(),
+                volume,
                 via_engine: false,
                 create: false,
                 empty: true,
@@ -310,6 +338,13 @@ fn fresh_data_items(loads: &[Load], containers: &[Container]) -> Result<Vec<Item
         }
     }
     Ok(items)
+}
+
+fn unreachable_data(kind: crate::database::Kind, service: &str, at: &str, source: &Path) -> String {
+    format!(
+        "the data of {kind} {service} ({at}) is not reachable on this host at {}: loading its dump needs it",
+        source.display()
+    )
 }
 
 /// What the operator should know before: another project's backup, a live one (refused
