@@ -371,7 +371,10 @@ fn warnings_of(manifest: &Manifest, opts: &RollbackOptions, id: i64, project: &s
             "{s} was killed at its stop timeout when the backup was made: its data needs its own crash recovery"
         ));
     }
-    for s in &manifest.skipped {
+    // What the dumps hold instead is restored through them, not left as it is.
+    let dumped =
+        |s: &&archive::manifest::Skipped| !manifest.dumps.is_empty() && s.reason.contains("dumped instead");
+    for s in manifest.skipped.iter().filter(|s| !dumped(s)) {
         warnings.push(format!(
             "{} was skipped when the backup was made ({}); it is left as it is",
             s.path, s.reason
