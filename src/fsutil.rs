@@ -76,7 +76,16 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Bytes available to an unprivileged writer in the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> io::Result<u64> {
-    let st = rustix::fs::statvfs(dir)?;
+    // A directory not made yet (`backup --dry-run`) gets the room of the one it would be made in.
+    let mut at = dir;
+    let st = loop {
+        match rustix::fs::statvfs(at) {
+            Err(rustix::io::Errno::NOENT) if at.parent().is_some_and(|p| !p.as_os_str().is_empty()) => {
+                at = at.parent().unwrap_or(at);
+            }
+            other => break other?,
+        }
+    };
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 

@@ -10,6 +10,7 @@ mod extract;
 mod faults;
 mod lifecycle;
 mod major;
+mod modes;
 mod package;
 mod pause;
 mod regression;

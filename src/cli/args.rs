@@ -211,6 +211,10 @@ pub struct BackupArgs {
     /// Also store the services' images in the archive, for restores on another machine.
     #[arg(long)]
     pub with_images: bool,
+    /// Print what the backup would do (who stops, what is dumped, each mount and whether it
+    /// holds one point in time, one phase or two, the room) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// The backup's kind: manual, or scheduled (what timers run).
     #[arg(long, value_name = "KIND", default_value = "manual", value_parser = ["manual", "scheduled"])]
     pub kind: String,

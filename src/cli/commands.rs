@@ -31,6 +31,11 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
             let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
             recover_if_needed(&mut ctx, Some(&lock)).await?;
             let opts = backup_options(&ctx.project, args)?;
+            if args.dry_run {
+                let preview = crate::flows::backup::preview(&ctx, &opts).await?;
+                render::backup_preview(&cli, &preview);
+                return Ok(());
+            }
             if args.no_docker {
                 tracing::warn!("--no-docker: services were not touched; named volumes are not included");
             }
@@ -238,6 +243,11 @@ async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     let databases =
         crate::database::detect(containers.as_deref().unwrap_or_default(), &ctx.project.settings.services)
             .map_err(|e| format!("{e:#}"));
+    let modes = crate::database::said_modes(
+        containers.as_deref().unwrap_or_default(),
+        &ctx.project.settings.services,
+    )
+    .map_err(|e| format!("{e:#}"));
     let holder = match ProjectLock::try_acquire(&ctx.project.state_dir) {
         Ok(_) => None,
         Err(e) => Some(format!("{e}")),
@@ -256,6 +266,7 @@ async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
             unfinished,
             running_operation: holder,
             databases,
+            modes,
         },
     );
     Ok(())

@@ -99,6 +99,67 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
     }
 }
 
+/// `backup --dry-run`: what the backup would do; nothing was changed.
+pub fn backup_preview(cli: &Cli, p: &crate::flows::backup::BackupPreview) {
+    if cli.json {
+        outln!("{}", serde_json::to_string_pretty(p).unwrap_or_default());
+        return;
+    }
+    outln!("backup of {} (version {}) would, changing nothing now:", p.project, p.service_version);
+    let mut t = table(&["service", "running", "taken"]);
+    for s in &p.services {
+        let taken = match s.how {
+            "stop" if p.stop_each => "stopped with its group (stop = \"each\")",
+            "stop" => "stopped, then started again",
+            "pause" => "paused, then unpaused (backup = \"pause\")",
+            "dump" => "keeps running: its databases are dumped",
+            "live" if p.no_stop => "keeps running (--no-stop): its mounts copied live",
+            "live" => "keeps running (backup = \"live\"): its mounts copied live",
+            "skip" => "keeps running (backup = \"skip\"): its own mounts left out",
+            _ => "not running: nothing to stop",
+        };
+        t.add_row(vec![
+            s.service.clone(),
+            if s.running { "yes" } else { "no" }.to_string(),
+            taken.to_string(),
+        ]);
+    }
+    outln!("{t}");
+    for d in &p.dumps {
+        let db = d.database.as_deref().map(|d| format!(" {d}")).unwrap_or_default();
+        outln!(
+            "  dump {} of {}{db} ({} {}, {} {})",
+            d.name,
+            d.service,
+            d.server,
+            d.server_version,
+            d.format,
+            d.tool_version
+        );
+    }
+    for m in &p.mounts {
+        let yes = if m.point_in_time { "one point in time" } else { "NOT one point in time" };
+        outln!("  copy {}: {} ({yes})", m.item, m.how);
+    }
+    outln!("  copy {} config file(s): {}", p.configs.len(), p.configs.join(", "));
+    for s in &p.skipped {
+        outln!("  skip {}: {}", s.path, s.reason);
+    }
+    if p.with_images {
+        outln!("  store the services' images in the archive (--with-images)");
+    }
+    match (&p.single_phase, p.no_stop) {
+        (_, true) => {
+            outln!("  copy while the services run (--no-stop): the backup is live, not one point in time")
+        }
+        (Some(why), _) => outln!("  copy in one phase while the services are stopped: {why}"),
+        (None, _) => outln!(
+            "  copy into the snapshot while the services run, then only what changed while they are stopped"
+        ),
+    }
+    outln!("  data ~{}; room checked for {}", human_bytes(p.data_bytes), human_bytes(p.needs_bytes));
+}
+
 /// What makes a backup less than one clean point in time.
 fn backup_warnings(live: bool, killed: &[String]) -> Vec<String> {
     let mut w = Vec::new();
@@ -466,6 +527,8 @@ pub struct Status<'a> {
     pub running_operation: Option<String>,
     /// The databases the services run (or why they could not be told).
     pub databases: Result<Vec<crate::database::Found>, String>,
+    /// How the settings or labels say a backup takes each service (`backup = ...`).
+    pub modes: Result<std::collections::BTreeMap<String, crate::database::Mode>, String>,
 }
 
 pub fn status(cli: &Cli, s: &Status<'_>) {
@@ -475,7 +538,7 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
             .containers
             .iter()
             .flatten()
-            .map(|c| json!({ "service": c.service, "container": c.name, "state": c.state, "health": c.health, "image": c.image, "image_id": c.image_id }))
+            .map(|c| json!({ "service": c.service, "container": c.name, "state": c.state, "health": c.health, "image": c.image, "image_id": c.image_id, "backup": backup_cell(s, &c.service) }))
             .collect();
         let doc = json!({
             "project": p.name, "dir": p.dir, "compose_files": p.compose_files, "service_version": s.version, "last_upgrade": s.last_upgrade,
@@ -522,7 +585,7 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
     }
     match &s.containers {
         Some(cs) if !cs.is_empty() => {
-            let mut t = table(&["service", "container", "state", "health", "image", "database"]);
+            let mut t = table(&["service", "container", "state", "health", "image", "database", "backup"]);
             for c in cs {
                 t.add_row(vec![
                     c.service.clone(),
@@ -531,11 +594,15 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
                     c.health.map(|h| format!("{h:?}").to_lowercase()).unwrap_or_else(|| "-".into()),
                     c.image.clone(),
                     database_cell(s.databases.as_ref().ok(), &c.service),
+                    backup_cell(s, &c.service).to_string(),
                 ]);
             }
             outln!("{t}");
             if let Err(e) = &s.databases {
                 outln!("databases  cannot tell: {e}");
+            }
+            if let Err(e) = &s.modes {
+                outln!("backup modes  cannot tell: {e}");
             }
         }
         Some(_) => outln!("no containers of this project (compose up has not run?)"),
@@ -543,7 +610,7 @@ pub fn status(cli: &Cli, s: &Status<'_>) {
     }
 }
 
-/// "postgres (command)", "sqlite: /data/app.db (nuwax.toml)", or "-".
+/// "postgres (command)", "postgres, sqlite /data/app.db (nuwax.toml)", or "-".
 fn database_cell(found: Option<&Vec<crate::database::Found>>, service: &str) -> String {
     let Some(f) = found.into_iter().flatten().find(|f| f.service == service) else { return "-".into() };
     let mut parts: Vec<String> = f.kind.map(|k| k.as_str().to_string()).into_iter().collect();
@@ -553,14 +620,27 @@ fn database_cell(found: Option<&Vec<crate::database::Found>>, service: &str) -> 
         crate::database::Said::Settings => "nuwax.toml",
         crate::database::Said::Label => "label",
     };
-    let mode = match (f.backup, f.backup_said, f.kind) {
-        // SQLite files alone: dumped by default only when the container has `sqlite3`.
-        (crate::database::Mode::Dump, None, None) => "dumped if its container has sqlite3",
-        (crate::database::Mode::Dump, _, _) => "dumped",
-        (crate::database::Mode::Stop, _, _) => "copied stopped",
-        (crate::database::Mode::Pause, _, _) => "copied paused",
+    format!("{} ({said})", parts.join(", "))
+}
+
+/// How a backup takes the service: its database's mode when it runs one, else what the settings
+/// or its label say (`backup = ...`), else stopped.
+fn backup_cell(s: &Status<'_>, service: &str) -> &'static str {
+    use crate::database::Mode;
+    let found = s.databases.as_ref().ok().into_iter().flatten().find(|f| f.service == service);
+    let mode = match found {
+        Some(f) => Some((f.backup, f.backup_said, f.kind)),
+        None => s.modes.as_ref().ok().and_then(|m| m.get(service)).map(|m| (*m, None, None)),
     };
-    format!("{} ({said}), {mode}", parts.join(", "))
+    match mode {
+        // SQLite files alone: dumped by default only when the container has `sqlite3`.
+        Some((Mode::Dump, None, None)) if found.is_some() => "dumped if its container has sqlite3",
+        Some((Mode::Dump, _, _)) => "dumped",
+        Some((Mode::Pause, _, _)) => "paused",
+        Some((Mode::Live, _, _)) => "copied live",
+        Some((Mode::Skip, _, _)) => "skipped",
+        Some((Mode::Stop, _, _)) | None => "stopped",
+    }
 }
 
 pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in this compose project. Every key is optional.
@@ -639,8 +719,11 @@ pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in t
 # backup: "dump" (the default for PostgreSQL, MariaDB and MySQL: a dump taken inside its
 # container while it runs, loaded back through it by a rollback; and for SQLite files when the
 # container has sqlite3: `VACUUM INTO` while the service runs, written back in place by a
-# rollback) or "stop" (its files, copied while it is stopped). The label nuwax.backup=dump|stop
-# says the same.
+# rollback), "stop" (its files, copied while it is stopped; the default for any other service),
+# "pause" (frozen, not stopped: its files as a crash would leave them), "live" (kept running, its
+# mounts read while it writes: not one point in time) or "skip" (kept running, the mounts only it
+# uses left out of the backup and left as they are by a rollback). The label
+# nuwax.backup=dump|stop|pause|live|skip says the same. `nuwax backup --dry-run` shows the result.
 # [services.db]
 # database = "postgres"
 # backup = "dump"

@@ -116,6 +116,30 @@ pub enum Mode {
     /// shortest window for a service that writes (no shutdown, no restart), its files copied
     /// as a crash would leave them. For any service, not only databases.
     Pause,
+    /// Kept running: its mounts are copied while it writes to them (each is marked as not one
+    /// point in time). For any service whose files are safe to copy live, or a database whose
+    /// own tool is not nuwax's to run.
+    Live,
+    /// Kept running and left out: the mounts only it uses are not backed up (listed as skipped;
+    /// a rollback leaves them as they are). For caches and data kept elsewhere.
+    Skip,
+}
+
+impl Mode {
+    /// Whether the backup leaves the service running (and does not stop or pause it).
+    pub fn keeps_running(self) -> bool {
+        matches!(self, Mode::Dump | Mode::Live | Mode::Skip)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Dump => "dump",
+            Mode::Stop => "stop",
+            Mode::Pause => "pause",
+            Mode::Live => "live",
+            Mode::Skip => "skip",
+        }
+    }
 }
 
 impl std::str::FromStr for Mode {
@@ -125,7 +149,11 @@ impl std::str::FromStr for Mode {
             "dump" => Ok(Mode::Dump),
             "stop" => Ok(Mode::Stop),
             "pause" => Ok(Mode::Pause),
-            other => Err(format!("backup must be \"dump\", \"stop\" or \"pause\", not {other:?}")),
+            "live" => Ok(Mode::Live),
+            "skip" => Ok(Mode::Skip),
+            other => Err(format!(
+                "backup must be \"dump\", \"stop\", \"pause\", \"live\" or \"skip\", not {other:?}"
+            )),
         }
     }
 }
@@ -140,7 +168,8 @@ pub struct ServiceSettings {
     /// SQLite database files inside the container (absolute paths).
     #[serde(default)]
     pub sqlite: Vec<String>,
-    /// How a backup takes the service: `dump` (its database, while it runs), `stop` or `pause`.
+    /// How a backup takes the service: `dump` (its database, while it runs), `stop`, `pause`,
+    /// `live` (copied while it runs) or `skip` (its own mounts left out).
     pub backup: Option<String>,
 }
 
@@ -188,13 +217,13 @@ fn said_kind(value: &str, whose: &str) -> anyhow::Result<Option<Kind>> {
     }
 }
 
-/// The services a backup pauses instead of stopping: `backup = "pause"` in nuwax.toml, else
-/// the label `nuwax.backup=pause`.
-pub fn paused(
+/// How the settings (`backup = ...` in `[services.NAME]` of nuwax.toml), else the label
+/// `nuwax.backup=...`, say each service is taken, for the services where either says so.
+pub fn said_modes(
     containers: &[Container],
     settings: &BTreeMap<String, ServiceSettings>,
-) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    let mut out = std::collections::BTreeSet::new();
+) -> anyhow::Result<BTreeMap<String, Mode>> {
+    let mut out = BTreeMap::new();
     for c in containers {
         let said = match settings.get(&c.service).and_then(|s| s.backup.as_deref()) {
             Some(v) => Some((v, format!("nuwax.toml: services.{}", c.service))),
@@ -203,10 +232,8 @@ pub fn paused(
                 .get(LABEL_BACKUP)
                 .map(|v| (v.as_str(), format!("label {LABEL_BACKUP} of {}", c.service))),
         };
-        if let Some((v, whose)) = said
-            && v.parse::<Mode>().map_err(|e| anyhow::anyhow!("{whose}: {e}"))? == Mode::Pause
-        {
-            out.insert(c.service.clone());
+        if let Some((v, whose)) = said {
+            out.insert(c.service.clone(), v.parse::<Mode>().map_err(|e| anyhow::anyhow!("{whose}: {e}"))?);
         }
     }
     Ok(out)
@@ -268,7 +295,11 @@ pub fn detect(
                 None => (None, Said::Command, String::new()),
             }
         };
-        if kind.is_none() && sqlite.is_empty() {
+        // A service said to be dumped must have something to dump (the error below says so).
+        let said_dump =
+            set.and_then(|s| s.backup.as_deref()).or(c.labels.get(LABEL_BACKUP).map(String::as_str))
+                == Some("dump");
+        if kind.is_none() && sqlite.is_empty() && !said_dump {
             continue;
         }
         // SQLite files alone: the settings named them.

@@ -198,23 +198,29 @@ fn a_wrong_setting_is_an_error_that_names_it() {
         ServiceSettings { database: Some("postgres".into()), sqlite: vec![], backup: Some("copy".into()) },
     );
     let err = detect(&cs, &settings).unwrap_err().to_string();
-    assert!(err.contains("\"dump\", \"stop\" or \"pause\""), "{err}");
+    assert!(err.contains("\"dump\", \"stop\", \"pause\", \"live\" or \"skip\""), "{err}");
 }
 
 #[test]
-fn pause_is_said_by_the_settings_or_a_label() {
+fn how_a_service_is_taken_is_said_by_the_settings_or_a_label() {
     let mut labelled = container("worker", &["/run"], &[], "x");
     labelled.labels.insert(LABEL_BACKUP.into(), "pause".into());
     let cs = [container("app", &["/srv/app"], &[], "x"), labelled, container("web", &["/srv/web"], &[], "x")];
     let mut settings = BTreeMap::new();
     settings
         .insert("app".to_string(), ServiceSettings { backup: Some("pause".into()), ..Default::default() });
-    settings.insert("web".to_string(), ServiceSettings { backup: Some("stop".into()), ..Default::default() });
-    let paused = paused(&cs, &settings).unwrap();
-    assert_eq!(paused.into_iter().collect::<Vec<_>>(), ["app", "worker"]);
+    settings.insert("web".to_string(), ServiceSettings { backup: Some("skip".into()), ..Default::default() });
+    let modes = said_modes(&cs, &settings).unwrap();
+    let modes: Vec<(&str, Mode)> = modes.iter().map(|(s, m)| (s.as_str(), *m)).collect();
+    assert_eq!(modes, [("app", Mode::Pause), ("web", Mode::Skip), ("worker", Mode::Pause)]);
+    // The settings win over the label.
+    settings
+        .insert("worker".to_string(), ServiceSettings { backup: Some("live".into()), ..Default::default() });
+    assert_eq!(said_modes(&cs, &settings).unwrap()["worker"], Mode::Live);
+    assert!(Mode::Live.keeps_running() && Mode::Skip.keeps_running() && !Mode::Pause.keeps_running());
     settings
         .insert("web".to_string(), ServiceSettings { backup: Some("freeze".into()), ..Default::default() });
-    let err = super::paused(&cs, &settings).unwrap_err().to_string();
+    let err = super::said_modes(&cs, &settings).unwrap_err().to_string();
     assert!(err.contains("services.web") && err.contains("pause"), "{err}");
 }
 

@@ -204,6 +204,32 @@ pub async fn mount_sources(
     Ok(out)
 }
 
+/// Takes out of `plan` the mounts only `skip` services use (`backup = "skip"`), each listed in
+/// `skipped`; a mount another service uses stays (and is read while they run).
+pub fn drop_skipped(plan: &mut Vec<Source>, skip: &[String], skipped: &mut Vec<Skipped>) {
+    if skip.is_empty() {
+        return;
+    }
+    plan.retain(|s| {
+        let Role::Mount { name, destinations, .. } = &s.role else { return true };
+        let users: Vec<&str> =
+            destinations.iter().filter_map(|d| d.split_once(':').map(|(svc, _)| svc)).collect();
+        if users.is_empty() || !users.iter().all(|u| skip.iter().any(|k| k == u)) {
+            return true;
+        }
+        let mut users = users;
+        users.dedup();
+        skipped.push(Skipped {
+            path: name.clone(),
+            reason: format!(
+                "backup = \"skip\" for {}: not backed up, a rollback leaves it as it is",
+                users.join(", ")
+            ),
+        });
+        false
+    });
+}
+
 /// Bind mounts named in the compose files, for `--no-docker` backups.
 pub fn compose_bind_sources(project: &Project, skipped: &mut Vec<Skipped>) -> Vec<Source> {
     let mut binds: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
@@ -274,5 +300,38 @@ fn archive_rel(dir: &Path, path: &Path) -> String {
     match path.strip_prefix(dir) {
         Ok(rel) => rel.to_string_lossy().into_owned(),
         Err(_) => format!("_abs/{}", path.to_string_lossy().trim_start_matches('/')),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(name: &str, users: &[&str]) -> Source {
+        Source {
+            prefix: format!("volumes/{name}"),
+            origin: Origin::Host(PathBuf::from(format!("/v/{name}"))),
+            role: Role::Mount {
+                kind: MountKind::Volume,
+                name: name.into(),
+                source: format!("/v/{name}"),
+                destinations: users.iter().map(|u| format!("{u}:/data")).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_skipped_service_leaves_out_only_the_mounts_no_other_service_uses() {
+        let mut plan =
+            vec![mount("cache", &["worker"]), mount("shared", &["worker", "app"]), mount("db", &["db"])];
+        let mut skipped = Vec::new();
+        drop_skipped(&mut plan, &["worker".to_string()], &mut skipped);
+        let left: Vec<&str> = plan.iter().map(|s| s.prefix.as_str()).collect();
+        assert_eq!(left, ["volumes/shared", "volumes/db"]);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].path, "cache");
+        assert!(skipped[0].reason.contains("backup = \"skip\" for worker"), "{}", skipped[0].reason);
+        drop_skipped(&mut plan, &[], &mut skipped);
+        assert_eq!(plan.len(), 2);
     }
 }

@@ -151,7 +151,8 @@ impl Prepared {
             let made = finish(ctx, op, &pending, written, report, self.phases, self.started).await;
             return made.map(|b| InScope::Done(Box::new(b)));
         }
-        let moment = Moment { stopped: true, live: false, killed, dumps: Default::default() };
+        let moment =
+            Moment { stopped: true, live: false, killed, dumps: Default::default(), ran: Vec::new() };
         // The caller's way back from here on: a crash must not lose it.
         if let Err(e) = self.keep(&mut op, opts, &pending, &services, &moment, &frozen).await {
             let report = ScopeReport::default();
@@ -167,7 +168,7 @@ impl Prepared {
     async fn moment(&self, ctx: &Ctx, killed: Vec<String>) -> Result<Moment> {
         let started = super::start_dumps(ctx, &self.dumps).await?;
         let dumps = super::write::Dumps { records: self.dumps.records(), started: started.into() };
-        Ok(Moment { stopped: true, live: false, killed, dumps })
+        Ok(Moment { stopped: true, live: false, killed, dumps, ran: Vec::new() })
     }
 
     /// Saves what the archive will be written from, so that recovery can write it.

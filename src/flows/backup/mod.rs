@@ -9,6 +9,7 @@ mod around;
 mod dumps;
 mod images;
 mod plan;
+mod preview;
 mod resume;
 mod twophase;
 mod windows;
@@ -26,6 +27,7 @@ pub use around::{InScope, Prepared, prepare};
 pub use images::release_images;
 pub use plan::ItemMoment;
 pub(crate) use plan::check_storage;
+pub use preview::{BackupPreview, preview};
 pub use twophase::SnapshotUse;
 
 use super::Ctx;
@@ -33,6 +35,7 @@ use super::sources::{self, VolumeAccess};
 use crate::archive::manifest::{ServiceRecord, Skipped};
 use crate::archive::{Compression, Progress};
 use crate::catalog::{BackupKind, NewBackup};
+use crate::database::Mode;
 use crate::engine::Container;
 use crate::runner::{self, Operation, OperationKind, Scope, ScopeReport};
 use images::{ImageSpool, keep_images};
@@ -252,17 +255,11 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
         true => dumps::DumpPlan::default(),
         false => dumps::plan(ctx, &containers).await?,
     };
-    let (sources, _spool) = find_sources(ctx, opts, &containers, &dumps).await?;
-    // What the stop stops: everything that runs but the servers being dumped, and the services
-    // the settings pause instead (with `stop = "each"` every group is stopped in turn).
-    let pause = match opts.stop_each {
-        true => Default::default(),
-        false => crate::database::paused(&containers, &ctx.project.settings.services)?,
-    };
-    let to_stop: Vec<Container> =
-        containers.iter().filter(|c| !dumps.serves(c) && !pause.contains(&c.service)).cloned().collect();
-    let to_pause: Vec<Container> =
-        containers.iter().filter(|c| !dumps.serves(c) && pause.contains(&c.service)).cloned().collect();
+    let (mut sources, _spool) = find_sources(ctx, opts, &containers, &dumps).await?;
+    let takes = Takes::of(ctx, &containers, &dumps, opts.stop_each)?;
+    let (to_stop, to_pause) = (takes.stop.clone(), takes.pause.clone());
+    let ran = takes.ran_by_mode();
+    sources.read_live(&ran);
     let records = dumps.records();
     let room = preflight(&ctx.project.storage_dir, &sources.plan, &sources.excludes, &sources.skip_dirs)?;
     ctx.interrupt.check()?;
@@ -281,14 +278,15 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
     let mut report = None;
     let written = match (stop, &pre) {
         (true, Some(pre)) if opts.stop_each => {
-            let each = stop_each(&mut op, pre, &sources, &containers).await;
+            let each = stop_each(&mut op, pre, &sources, &takes.stop).await;
             let (frozen, killed, r, windows) = each;
             phases.windows = windows;
             report = Some(r);
             match frozen {
                 Ok(frozen) => {
                     phases.delta_bytes = Some(frozen.report.bytes_written);
-                    let moment = Moment { stopped: true, live: false, killed, dumps: Default::default() };
+                    let moment =
+                        Moment { stopped: true, live: false, killed, dumps: Default::default(), ran };
                     write_frozen(ctx, opts, &pending, &sources, services, moment, progress, frozen).await
                 }
                 Err(e) => Err(e),
@@ -314,7 +312,7 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
                     }
                     phases.delta_bytes = Some(frozen.report.bytes_written);
                     let dumps = Dumps { records, started: started.into() };
-                    let moment = Moment { stopped: true, live: false, killed, dumps };
+                    let moment = Moment { stopped: true, live: false, killed, dumps, ran };
                     write_frozen(ctx, opts, &pending, sources, services, moment, progress, frozen).await
                 }
                 Err(e) => Err(e),
@@ -326,8 +324,8 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
                 Box::pin(async move {
                     scope.pause(to_pause).await?;
                     let dumps = Dumps { records, started: start_dumps(ctx, dumps).await?.into() };
-                    let moment =
-                        Moment { stopped: true, live: false, killed: scope.killed().to_vec(), dumps };
+                    let killed = scope.killed().to_vec();
+                    let moment = Moment { stopped: true, live: false, killed, dumps, ran };
                     write(ctx, opts, pending, sources, services, moment, progress, Vec::new()).await
                 })
             })
@@ -340,12 +338,60 @@ pub async fn backup(ctx: &Ctx, opts: &BackupOptions, progress: Arc<dyn Progress>
                     return finish(ctx, op, &pending, Err(e), ScopeReport::default(), phases, started).await;
                 }
             };
-            let moment = Moment { stopped: false, live, killed: Vec::new(), dumps };
+            let moment = Moment { stopped: false, live, killed: Vec::new(), dumps, ran };
             write(ctx, opts, &pending, &sources, services, moment, progress, Vec::new()).await
         }
     };
     let report = report.unwrap_or_else(|| op.scope().cloned().unwrap_or_default());
     finish(ctx, op, &pending, written, report, phases, started).await
+}
+
+/// Who a backup's stop takes and how: stopped, paused, or left running (a server it dumps, a
+/// service the settings say `live` or `skip`). The backup and its `--dry-run` use the same.
+#[derive(Debug, Clone)]
+pub(super) struct Takes {
+    /// Stopped by the scope (with `stop = "each"`: grouped into windows).
+    pub stop: Vec<Container>,
+    /// Paused by the scope instead (`backup = "pause"`).
+    pub pause: Vec<Container>,
+    /// Running services the backup never stops, and why.
+    pub running: Vec<(String, Mode)>,
+}
+
+impl Takes {
+    fn of(ctx: &Ctx, containers: &[Container], dumps: &dumps::DumpPlan, stop_each: bool) -> Result<Takes> {
+        let mut modes = crate::database::said_modes(containers, &ctx.project.settings.services)?;
+        // With `stop = "each"` every group is stopped in turn, the paused ones too.
+        if stop_each {
+            modes.retain(|_, m| *m != Mode::Pause);
+        }
+        let mut takes = Takes { stop: Vec::new(), pause: Vec::new(), running: Vec::new() };
+        for c in containers {
+            // A server said `dump` that the plan does not dump does not run (or `stop = "each"`
+            // copies it in its window): it is stopped like any service.
+            let mode = match (dumps.serves(c), modes.get(&c.service)) {
+                (true, _) => Mode::Dump,
+                (false, Some(Mode::Dump) | None) => Mode::Stop,
+                (false, Some(m)) => *m,
+            };
+            match mode {
+                _ if mode.keeps_running() => {
+                    if c.is_running() && !takes.running.iter().any(|(s, _)| s == &c.service) {
+                        takes.running.push((c.service.clone(), mode));
+                    }
+                }
+                Mode::Pause => takes.pause.push(c.clone()),
+                _ => takes.stop.push(c.clone()),
+            }
+        }
+        Ok(takes)
+    }
+
+    /// The running services left running because the settings say so (not the dumped servers,
+    /// which the dumps record).
+    fn ran_by_mode(&self) -> Vec<String> {
+        self.running.iter().filter(|(_, m)| *m != Mode::Dump).map(|(s, _)| s.clone()).collect()
+    }
 }
 
 /// Starts the backup's dumps (inside its stop: each fixes its moment before the services that
@@ -483,6 +529,27 @@ async fn find_sources(
     containers: &[Container],
     dumps: &dumps::DumpPlan,
 ) -> Result<(Sources, Option<ImageSpool>)> {
+    let mut sources = plan_sources(ctx, opts, containers, dumps).await?;
+    let project = &ctx.project;
+    check_storage(&project.storage_dir)?;
+    let mut spool = None;
+    if opts.with_images {
+        let engine = ctx.engine.as_ref().context("--with-images needs the Docker engine")?;
+        let s = ImageSpool(project.storage_dir.join(format!(".nuwax-images-{}", std::process::id())));
+        sources.plan.push(s.save(&**engine, containers).await?);
+        spool = Some(s);
+    }
+    Ok((sources, spool))
+}
+
+/// What a backup of `containers` reads (nothing is written): config files and every mount but
+/// those the dumps replace and those only `skip` services use.
+async fn plan_sources(
+    ctx: &Ctx,
+    opts: &BackupOptions,
+    containers: &[Container],
+    dumps: &dumps::DumpPlan,
+) -> Result<Sources> {
     let project = &ctx.project;
     let mut skipped = Vec::new();
     let mut plan = sources::config_sources(project, &mut skipped);
@@ -493,18 +560,15 @@ async fn find_sources(
         None => sources::compose_bind_sources(project, &mut skipped),
     });
     let dumped = dumps.drop_data_mounts(&mut plan, &mut skipped);
+    let skip: Vec<String> = (crate::database::said_modes(containers, &project.settings.services)?)
+        .into_iter()
+        .filter_map(|(service, mode)| (mode == Mode::Skip).then_some(service))
+        .collect();
+    sources::drop_skipped(&mut plan, &skip, &mut skipped);
     let sqlite = dumps.sqlite_excludes(containers, &plan, &mut skipped)?;
-    check_storage(&project.storage_dir)?;
-    let mut spool = None;
-    if opts.with_images {
-        let engine = ctx.engine.as_ref().context("--with-images needs the Docker engine")?;
-        let s = ImageSpool(project.storage_dir.join(format!(".nuwax-images-{}", std::process::id())));
-        plan.push(s.save(&**engine, containers).await?);
-        spool = Some(s);
-    }
     let excludes = build_excludes(&[project.settings.exclude.clone(), sqlite].concat())?;
     let skip_dirs = vec![project.storage_dir.clone(), project.state_dir.clone()];
-    Ok((Sources { plan, skipped, excludes, skip_dirs, dumped }, spool))
+    Ok(Sources { plan, skipped, excludes, skip_dirs, dumped, live: Default::default() })
 }
 
 /// Each container as the manifest records it; `running` says which the project runs.

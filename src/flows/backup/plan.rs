@@ -166,6 +166,18 @@ pub(super) fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect()
 }
 
+/// Of the services that mount a source (`service:/path` destinations), those in `ran`.
+pub(super) fn running_on(destinations: &[String], ran: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let mut on: Vec<String> = destinations
+        .iter()
+        .filter_map(|d| d.split_once(':').map(|(s, _)| s))
+        .filter(|s| ran.contains(*s))
+        .map(str::to_string)
+        .collect();
+    on.dedup();
+    on
+}
+
 /// Whether one item of a backup holds one point in time, and how it was read.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ItemMoment {

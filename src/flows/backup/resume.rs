@@ -94,9 +94,16 @@ pub(super) async fn finish(ctx: &Ctx, j: &Journal, path: &Path) -> Result<()> {
         skip_dirs: saved.skip_dirs.into_owned(),
         // A backup with dumps is sealed inside its stop: never frozen.
         dumped: Vec::new(),
+        // Nothing runs through another operation's stop but dumped servers.
+        live: Default::default(),
     };
-    let moment =
-        Moment { stopped: true, live: false, killed: saved.killed.into_owned(), dumps: Default::default() };
+    let moment = Moment {
+        stopped: true,
+        live: false,
+        killed: saved.killed.into_owned(),
+        dumps: Default::default(),
+        ran: Vec::new(),
+    };
     let services = saved.services.into_owned();
     let frozen = Frozen {
         snap: saved.snapshot.into_owned(),

@@ -3,6 +3,7 @@
 //! written from the snapshot with the services running again. Whenever the snapshot cannot be
 //! used, the backup says why and copies in one phase while stopped, as before.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -50,9 +51,9 @@ pub(super) struct Frozen {
 }
 
 /// The sources the snapshot holds: every host tree but the image spool (written before the
-/// stop, never changed).
-pub(super) fn mirrored(s: &Source) -> bool {
-    matches!(s.origin, Origin::Host(_)) && !matches!(s.role, Role::Images)
+/// stop, never changed) and the mounts read live (`live`: their services keep running).
+pub(super) fn mirrored(s: &Source, live: &BTreeSet<String>) -> bool {
+    matches!(s.origin, Origin::Host(_)) && !matches!(s.role, Role::Images) && !live.contains(&s.prefix)
 }
 
 /// One phase or two, decided before anything is copied, from the preflight's `room`.
@@ -64,19 +65,48 @@ pub(super) fn decide(
     room: &Room,
 ) -> Phases {
     let (storage, project) = (&ctx.project.storage_dir, &ctx.project.name);
-    if let SnapshotUse::Off(why) = snapshot {
-        match Snapshot::remove(storage, project) {
-            Ok(true) => tracing::info!("snapshot removed ({why})"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("removing the snapshot: {e}"),
+    if let Some(one) = one_phase(ctx, snapshot, sources, containers, room) {
+        // Off, or no room to bring it up to date: the snapshot only takes the archive's room.
+        if one.removes_snapshot {
+            match Snapshot::remove(storage, project) {
+                Ok(true) => tracing::info!("snapshot removed ({})", one.why),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("removing the snapshot: {e}"),
+            }
         }
-        return Phases::One(why.to_string());
+        return Phases::One(one.why);
+    }
+    match Snapshot::open(storage, project) {
+        Ok(snap) => Phases::Two(snap),
+        Err(e) => Phases::One(format!("the snapshot cannot be created: {e}")),
+    }
+}
+
+/// Why a backup copies in one phase while stopped, and whether the snapshot goes.
+pub(super) struct OnePhase {
+    pub why: String,
+    pub removes_snapshot: bool,
+}
+
+/// Why the backup would copy in one phase; `None`: two (nothing is changed here, so
+/// `backup --dry-run` says the same).
+pub(super) fn one_phase(
+    ctx: &Ctx,
+    snapshot: SnapshotUse,
+    sources: &Sources,
+    containers: &[Container],
+    room: &Room,
+) -> Option<OnePhase> {
+    let (storage, project) = (&ctx.project.storage_dir, &ctx.project.name);
+    let one = |why: String, removes_snapshot| Some(OnePhase { why, removes_snapshot });
+    if let SnapshotUse::Off(why) = snapshot {
+        return one(why.to_string(), true);
     }
     if !containers.iter().any(Container::is_running) {
-        return Phases::One("no service runs: nothing to stop".into());
+        return one("no service runs: nothing to stop".into(), false);
     }
     if let Some(s) = sources.plan.iter().find(|s| matches!(s.origin, Origin::Engine { .. })) {
-        return Phases::One(format!("{} is read through the engine, which needs the stop", s.prefix));
+        return one(format!("{} is read through the engine, which needs the stop", s.prefix), false);
     }
     let free = fsutil::free_space(storage).unwrap_or(u64::MAX);
     // Only when room is short is it worth walking the snapshot for what it already holds.
@@ -85,22 +115,16 @@ pub(super) fn decide(
         let held = Snapshot::usage(storage, project).map_or(0, |u| u.bytes);
         needed = room.data.saturating_sub(held).saturating_add(room.archive);
         if free < needed {
-            // A snapshot that cannot be brought up to date only takes the archive's room.
-            if held > 0 {
-                let _ = Snapshot::remove(storage, project);
-            }
-            return Phases::One(format!(
+            let why = format!(
                 "not enough room in {} for the snapshot and the archive ({} needed, {} free)",
                 storage.display(),
                 fsutil::human_bytes(needed),
                 fsutil::human_bytes(free)
-            ));
+            );
+            return one(why, held > 0);
         }
     }
-    match Snapshot::open(storage, project) {
-        Ok(snap) => Phases::Two(snap),
-        Err(e) => Phases::One(format!("the snapshot cannot be created: {e}")),
-    }
+    None
 }
 
 /// The copy while the services run. `Ok(Err(why))`: it did not work out (a full disk removes
@@ -112,12 +136,13 @@ pub(super) async fn precopy(
 ) -> Result<Result<Precopied, String>> {
     let started = Instant::now();
     let s = snap.clone();
+    let live = sources.live.clone();
     let work = pass_over(ctx, sources, move |sources, excludes, skip_dirs, cancel, rate| {
         let old = s.take_index()?;
         let mut pass = Pass::new(&s, &old, PassKind::Running, cancel, rate);
         for src in &sources {
             if let Origin::Host(root) = &src.origin
-                && mirrored(src)
+                && mirrored(src, &live)
             {
                 pass.source(&src.prefix, root, &excludes, &skip_dirs)?;
             }

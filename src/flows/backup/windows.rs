@@ -67,7 +67,7 @@ pub(super) fn windows(ctx: &Ctx, containers: &[Container], sources: &Sources) ->
         .map(|g| Window {
             containers: running.iter().filter(|c| g.contains(&c.service)).map(|c| (*c).clone()).collect(),
             sources: (sources.plan.iter().enumerate())
-                .filter(|(_, s)| mirrored(s) && owners(s).iter().any(|o| g.contains(o)))
+                .filter(|(_, s)| mirrored(s, &sources.live) && owners(s).iter().any(|o| g.contains(o)))
                 .map(|(i, _)| i)
                 .collect(),
         })
@@ -96,13 +96,14 @@ impl WindowPass {
         let plan = sources.plan.clone();
         let (excludes, skip_dirs) = (sources.excludes.clone(), sources.skip_dirs.clone());
         let (cancel, rate) = (ctx.interrupt.cancel().clone(), crate::faults::rate_limit());
+        let live = sources.live.clone();
         let pass = tokio::task::spawn_blocking(move || {
             let mut pass = Pass::new(&snap, &old, PassKind::Stopped, cancel, rate);
             let mut reads: Vec<Option<(ScanResult, PathBuf)>> = plan.iter().map(|_| None).collect();
             let mut copy = |pass: &mut Pass<'_>, i: usize| -> Result<()> {
                 let src = &plan[i];
                 if let Origin::Host(root) = &src.origin
-                    && mirrored(src)
+                    && mirrored(src, &live)
                     && reads[i].is_none()
                 {
                     let scan = pass.source(&src.prefix, root, &excludes, &skip_dirs)?;

@@ -16,6 +16,7 @@ use crate::catalog::Completed;
 use crate::database::rows;
 use crate::engine::Engine;
 use crate::flows::Ctx;
+use crate::flows::sources::Role;
 use crate::flows::sources::{Origin, Source};
 use crate::fsutil;
 
@@ -28,6 +29,25 @@ pub(super) struct Sources {
     pub skip_dirs: Vec<PathBuf>,
     /// The mounts left out because dumps hold their data.
     pub dumped: Vec<crate::archive::manifest::DumpedMount>,
+    /// The prefixes of mounts a service the backup keeps running uses (`backup = "live"` or
+    /// `"skip"`): read from the host when the archive is written, as `--no-stop` reads
+    /// everything, never through the snapshot (whose copy while stopped must see no change).
+    pub live: std::collections::BTreeSet<String>,
+}
+
+impl Sources {
+    /// Marks the mounts that any of `services` uses as read live.
+    pub fn read_live(&mut self, services: &[String]) {
+        for s in &self.plan {
+            if let Role::Mount { destinations, .. } = &s.role
+                && destinations
+                    .iter()
+                    .any(|d| d.split_once(':').is_some_and(|(svc, _)| services.iter().any(|r| r == svc)))
+            {
+                self.live.insert(s.prefix.clone());
+            }
+        }
+    }
 }
 
 /// The moment the data was read at.
@@ -40,6 +60,9 @@ pub(super) struct Moment {
     pub killed: Vec<String>,
     /// The dumps started at that moment, each holding it (read into the archive first).
     pub dumps: Dumps,
+    /// Services that ran while their mounts were read because the settings say so (`backup =
+    /// "live"` or `"skip"`): those mounts are not one point in time.
+    pub ran: Vec<String>,
 }
 
 /// The dumps a backup writes: their records and the running dumps, in the same order (behind
@@ -153,23 +176,17 @@ pub(super) async fn write(
             skipped,
         });
         let mut manifest = manifest;
-        // The services being dumped ran while their other mounts were copied; in a live backup,
-        // every service that ran.
+        // The services being dumped ran while their other mounts were copied, and so did those
+        // said live or skip; in a live backup, every service that ran.
         let mut ran: std::collections::BTreeSet<&str> =
             moment.dumps.records.iter().map(|d| d.service.as_str()).collect();
+        ran.extend(moment.ran.iter().map(String::as_str));
         if moment.live {
             ran.extend(manifest.services.iter().filter(|s| s.running).map(|s| s.service.as_str()));
         }
         let ran: std::collections::BTreeSet<String> = ran.into_iter().map(str::to_string).collect();
         for m in &mut manifest.mounts {
-            m.running = m
-                .destinations
-                .iter()
-                .filter_map(|d| d.split_once(':').map(|(s, _)| s))
-                .filter(|s| ran.contains(*s))
-                .map(str::to_string)
-                .collect();
-            m.running.dedup();
+            m.running = super::plan::running_on(&m.destinations, &ran);
         }
         let manifest = Manifest {
             dump_part_bytes: (!moment.dumps.records.is_empty()).then_some(archive::DUMP_PART_BYTES),
