@@ -16,6 +16,7 @@
 mod index;
 mod mirror;
 mod pass;
+mod sparse;
 
 use std::io;
 use std::path::{Path, PathBuf};

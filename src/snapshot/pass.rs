@@ -1,10 +1,11 @@
 //! One sync of the mirror with its sources: scan each source, copy what the index cannot prove
 //! current (a whole new file, a reflink where the filesystem has them, else only the blocks
-//! that differ), and remove what the sources no longer hold.
+//! that differ, leaving the source's holes holes), and remove what the sources no longer hold.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,6 +14,7 @@ use globset::GlobSet;
 
 use super::index::{self, Cursor};
 use super::mirror::{Mirror, Seen};
+use super::sparse::{self, Layout};
 use super::{Index, Record, Snapshot};
 use crate::archive::{self, Cancel, EntryKind, HostTree, ScanResult, Stamp};
 
@@ -33,8 +35,12 @@ pub enum PassKind {
 /// What a pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PassReport {
-    /// Bytes written into the mirror (whole new files and the blocks that differed).
+    /// Bytes written into the mirror (whole new files and the blocks that differed; never the
+    /// sources' holes, unless the mirror's filesystem cannot punch one).
     pub bytes_written: u64,
+    /// Bytes of the sources' holes (or, where the source's filesystem cannot tell, of blocks of
+    /// zeros) that the mirror holds as holes: neither written nor compared.
+    pub bytes_holes: u64,
     /// Bytes of files cloned by reflink (no data copied).
     pub bytes_reflinked: u64,
     /// Bytes read to compare a file whose stamp changed with its copy.
@@ -60,6 +66,11 @@ pub struct Pass<'a> {
     sources: HashSet<String>,
     above: HashSet<String>,
     reflink: bool,
+    /// The mirror's filesystem can punch holes (until it says it cannot).
+    punch: bool,
+    /// Sources are asked where their holes are (tests turn this off to take the path of
+    /// filesystems that cannot tell).
+    seek_holes: bool,
     rate: Option<(u64, Instant, u64)>,
     bufs: (Vec<u8>, Vec<u8>),
 }
@@ -82,9 +93,18 @@ impl<'a> Pass<'a> {
             sources: HashSet::new(),
             above: HashSet::new(),
             reflink: true,
+            punch: true,
+            seek_holes: true,
             rate: rate.map(|r| (r, Instant::now(), 0)),
             bufs: (vec![0; BLOCK], vec![0; BLOCK]),
         }
+    }
+
+    /// As if neither the sources' nor the mirror's filesystem knew holes.
+    #[cfg(test)]
+    pub(super) fn without_holes(mut self) -> Self {
+        (self.punch, self.seek_holes) = (false, false);
+        self
     }
 
     /// Brings the mirror of `prefix` up to date with `root`; returns the scan, which describes
@@ -235,7 +255,7 @@ impl<'a> Pass<'a> {
 
     /// Makes `dst` hold the first `size` bytes of `src`.
     fn update(&mut self, src: &File, host: &Path, dst: &Path, size: u64) -> archive::Result<()> {
-        let existing = match std::fs::symlink_metadata(dst) {
+        let mut existing = match std::fs::symlink_metadata(dst) {
             Ok(m) if m.is_file() => true,
             Ok(_) => {
                 remove_any(dst).map_err(archive::Error::io(dst))?;
@@ -258,35 +278,110 @@ impl<'a> Pass<'a> {
                     self.report.bytes_reflinked += size;
                     return Ok(());
                 }
-                // Grew or shrank since the scan: copied below, which checks the size.
-                Ok(()) => {}
+                // Grew or shrank since the scan: copied below, which checks the size, over a
+                // clone that holds data now.
+                Ok(()) => existing = true,
                 Err(_) => self.reflink = false,
             }
         }
-        let mut src_r = src;
-        let mut off = 0u64;
-        while off < size {
+        let layout = if self.seek_holes { Layout::of(src, size) } else { Layout::Unknown };
+        let zeros_are_holes = layout == Layout::Unknown;
+        let pair = Pair { src, host, out: &out, dst, size, existing, zeros_are_holes };
+        let mut at = 0;
+        while at < size {
             self.cancel.check()?;
-            let want = usize::try_from(size - off).unwrap_or(BLOCK).min(BLOCK);
-            let n = crate::fsutil::read_full(&mut src_r, &mut self.bufs.0[..want])
-                .map_err(archive::Error::io(host))?;
-            if n < want {
-                let detail = format!("shrank: {} of {size} bytes left unread", size - off - n as u64);
-                return Err(archive::Error::changed(host, detail));
-            }
-            let same = existing && {
-                let m = read_full_at(&out, &mut self.bufs.1[..n], off).map_err(archive::Error::io(dst))?;
-                self.report.bytes_compared += n as u64;
-                m == n && self.bufs.0[..n] == self.bufs.1[..n]
+            let (end, data) = match layout {
+                Layout::Sparse => sparse::region(src, at, size),
+                Layout::Dense | Layout::Unknown => (size, true),
             };
-            if !same {
-                out.write_all_at(&self.bufs.0[..n], off).map_err(archive::Error::io(dst))?;
-                self.report.bytes_written += n as u64;
+            if data {
+                self.copy(&pair, at..end)?;
+            } else {
+                self.hole(&pair, at..end)?;
+            }
+            at = end;
+        }
+        // Past the last block written, a new copy is a hole up to `size`.
+        out.set_len(size).map_err(archive::Error::io(dst))?;
+        Ok(())
+    }
+
+    /// Copies `range` of the source, block by block, writing the blocks that differ.
+    fn copy(&mut self, pair: &Pair<'_>, range: Range<u64>) -> archive::Result<()> {
+        let mut off = range.start;
+        while off < range.end {
+            self.cancel.check()?;
+            let want = usize::try_from(range.end - off).unwrap_or(BLOCK).min(BLOCK);
+            let n = read_full_at(pair.src, &mut self.bufs.0[..want], off)
+                .map_err(archive::Error::io(pair.host))?;
+            if n < want {
+                let detail =
+                    format!("shrank: {} of {} bytes left unread", pair.size - off - n as u64, pair.size);
+                return Err(archive::Error::changed(pair.host, detail));
+            }
+            let block = off..off + n as u64;
+            if pair.zeros_are_holes && sparse::is_zero(&self.bufs.0[..n]) {
+                self.hole(pair, block)?;
+            } else {
+                let same = pair.existing && {
+                    let m = read_full_at(pair.out, &mut self.bufs.1[..n], off)
+                        .map_err(archive::Error::io(pair.dst))?;
+                    self.report.bytes_compared += n as u64;
+                    m == n && self.bufs.0[..n] == self.bufs.1[..n]
+                };
+                if !same {
+                    pair.out.write_all_at(&self.bufs.0[..n], off).map_err(archive::Error::io(pair.dst))?;
+                    self.report.bytes_written += n as u64;
+                }
             }
             off += n as u64;
             self.throttle(n as u64)?;
         }
-        out.set_len(size).map_err(archive::Error::io(dst))?;
+        Ok(())
+    }
+
+    /// Makes `range`, a hole of the source, read as zeros in the copy, as a hole where it can:
+    /// a new copy has nothing there; an existing one may have a hole already, or gets one
+    /// punched, or zeros written where it holds anything else.
+    fn hole(&mut self, pair: &Pair<'_>, range: Range<u64>) -> archive::Result<()> {
+        let len = range.end - range.start;
+        if !pair.existing || !sparse::holds_data(pair.out, &range) {
+            self.report.bytes_holes += len;
+            return Ok(());
+        }
+        if self.punch {
+            match sparse::punch(pair.out, &range) {
+                Ok(()) => {
+                    self.report.bytes_holes += len;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        "snapshot: cannot punch holes in {} ({e}); writing zeros",
+                        pair.dst.display()
+                    );
+                    self.punch = false;
+                }
+            }
+        }
+        let mut off = range.start;
+        while off < range.end {
+            self.cancel.check()?;
+            let want = usize::try_from(range.end - off).unwrap_or(BLOCK).min(BLOCK);
+            let n = read_full_at(pair.out, &mut self.bufs.1[..want], off)
+                .map_err(archive::Error::io(pair.dst))?;
+            self.report.bytes_compared += n as u64;
+            // Past the copy's end, `set_len` makes zeros.
+            if !sparse::is_zero(&self.bufs.1[..n]) {
+                self.bufs.1[..n].fill(0);
+                pair.out.write_all_at(&self.bufs.1[..n], off).map_err(archive::Error::io(pair.dst))?;
+                self.report.bytes_written += n as u64;
+            }
+            off += want as u64;
+            // Reading the copy is the cost here: it counts against the rate like the source's
+            // blocks do.
+            self.throttle(n as u64)?;
+        }
         Ok(())
     }
 
@@ -301,6 +396,20 @@ impl<'a> Pass<'a> {
         }
         Ok(())
     }
+}
+
+/// A source file and its copy in the mirror, as one update sees them.
+struct Pair<'f> {
+    src: &'f File,
+    host: &'f Path,
+    out: &'f File,
+    dst: &'f Path,
+    /// The source's size when it was scanned: what the copy is made to hold.
+    size: u64,
+    /// The copy was there before: its blocks are compared, not assumed empty.
+    existing: bool,
+    /// The source's filesystem cannot say where its holes are: a block of zeros is one.
+    zeros_are_holes: bool,
 }
 
 /// The source changed or vanished under a pass: not an error while the services run.

@@ -4,7 +4,10 @@ use super::{Index, Pass, PassKind, Snapshot};
 use crate::archive::Cancel;
 
 fn pass(snap: &Snapshot, old: &Index, kind: PassKind, root: &Path) -> (Index, super::PassReport) {
-    let mut p = Pass::new(snap, old, kind, Cancel::new(), None);
+    run(Pass::new(snap, old, kind, Cancel::new(), None), root)
+}
+
+fn run(mut p: Pass<'_>, root: &Path) -> (Index, super::PassReport) {
     let none = globset::GlobSet::empty();
     p.source("volumes/data", root, &none, &[]).unwrap();
     p.finish().unwrap()
@@ -328,4 +331,143 @@ fn on_xfs_the_snapshot_is_made_of_reflinks() {
 #[test]
 fn on_btrfs_the_snapshot_is_made_of_reflinks() {
     reflinks_on("btrfs");
+}
+
+/// Data at a few places of a 64 MiB file, one of them off the 1 MiB blocks, and a hole to the
+/// end: the bytes of data it holds.
+fn write_sparse(path: &Path) -> u64 {
+    let f = std::fs::File::create(path).unwrap();
+    let mut data = 0;
+    for (at, len) in [(0, 1 << 20), ((5 << 20) + 12_345, 3 << 19), (40 << 20, 2 << 20)] {
+        let bytes: Vec<u8> = (0..len).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1).collect();
+        std::os::unix::fs::FileExt::write_all_at(&f, &bytes, at).unwrap();
+        data += u64::from(len);
+    }
+    f.set_len(64 << 20).unwrap();
+    data
+}
+
+/// What `path` costs on disk.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Whether the filesystem keeps `path` (a file written with holes) sparse and says where its
+/// holes are; if not, a loud line: the test checks content only.
+fn keeps_holes(path: &Path) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    let size = f.metadata().unwrap().len();
+    let kept = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(0)).is_ok_and(|h| h < size);
+    if !kept {
+        eprintln!("SKIPPED (the filesystem of {} keeps no holes): allocation checks", path.display());
+    }
+    kept
+}
+
+#[test]
+fn a_sparse_file_costs_its_data_in_the_mirror_not_its_size() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = write_sparse(&src.path().join("disk.img"));
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (_, first) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    assert_eq!(tree(src.path()), tree(&snap.data("volumes/data")));
+    let copy = snap.data("volumes/data/disk.img");
+    if !keeps_holes(&src.path().join("disk.img")) {
+        return;
+    }
+    // Within the filesystem's blocks around the data that is off them.
+    let slack = 16 << 10;
+    assert!(allocated(&copy) <= data + slack, "{} bytes on disk for {data} of data", allocated(&copy));
+    if first.bytes_reflinked == 0 {
+        assert!((data..=data + slack).contains(&first.bytes_written), "{first:?}");
+        assert_eq!(first.bytes_written + first.bytes_holes, 64 << 20, "{first:?}");
+    }
+
+    // Compared again (no index): the holes are neither read nor written.
+    let (_, second) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    assert_eq!(second.bytes_written, 0, "{second:?}");
+    assert!(second.bytes_reflinked > 0 || second.bytes_compared <= data + slack, "{second:?}");
+    assert!(allocated(&copy) <= data + slack);
+}
+
+#[test]
+fn a_hole_punched_in_the_source_is_punched_in_its_copy() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("db");
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1).collect();
+    std::fs::write(&file, &big).unwrap();
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (index, _) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    let copy = snap.data("volumes/data/db");
+    let dense = allocated(&copy);
+
+    // 8 MiB freed from an offset off the filesystem's blocks, and the file grown by a hole.
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+    if let Err(e) = rustix::fs::fallocate(&f, flags, (3 << 20) + 100, 8 << 20) {
+        eprintln!("SKIPPED (cannot punch a hole here: {e}): a hole punched in the source");
+        return;
+    }
+    f.set_len(24 << 20).unwrap();
+    drop(f);
+    let (_, r) = pass(&snap, &index, PassKind::Stopped, src.path());
+    assert_eq!(tree(src.path()), tree(&snap.data("volumes/data")));
+    if !keeps_holes(&file) || r.bytes_reflinked > 0 {
+        return;
+    }
+    // The blocks the hole starts and ends in, partly zeroed, are written; the hole is punched.
+    assert!(r.bytes_written <= 2 << 20, "{r:?}");
+    assert!(r.bytes_holes >= (8 << 20) - 4096 + (8 << 20), "{r:?}");
+    let sparse = allocated(&copy);
+    assert!(sparse + (7 << 20) <= dense, "{dense} bytes on disk before, {sparse} after");
+    assert!(sparse <= allocated(&file) + (16 << 10), "{sparse} bytes, the source {}", allocated(&file));
+}
+
+#[test]
+fn a_dense_file_is_copied_as_it_was_and_an_unchanged_one_costs_no_write() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Zeros written as data are data: a dense source is copied whole, not searched for zeros.
+    let mut big: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    big[2 << 20..4 << 20].fill(0);
+    std::fs::write(src.path().join("db"), &big).unwrap();
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let (_, first) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    assert_eq!(std::fs::read(snap.data("volumes/data/db")).unwrap(), big);
+    assert_eq!(first.bytes_holes, 0, "{first:?}");
+    assert_eq!(first.bytes_written + first.bytes_reflinked, 8 << 20, "{first:?}");
+
+    let (_, second) = pass(&snap, &Index::default(), PassKind::Running, src.path());
+    assert_eq!((second.bytes_written, second.bytes_holes), (0, 0), "{second:?}");
+    assert!(second.bytes_reflinked > 0 || second.bytes_compared == 8 << 20, "{second:?}");
+    assert_eq!(std::fs::read(snap.data("volumes/data/db")).unwrap(), big);
+}
+
+#[test]
+fn where_filesystems_know_no_holes_blocks_of_zeros_are_holes_and_zeros_are_written() {
+    let (src, storage) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let file = src.path().join("disk.img");
+    write_sparse(&file);
+    let snap = Snapshot::open(storage.path(), "p").unwrap();
+    let old = Index::default();
+    let p = || Pass::new(&snap, &old, PassKind::Running, Cancel::new(), None).without_holes();
+    let (_, first) = run(p(), src.path());
+    assert_eq!(tree(src.path()), tree(&snap.data("volumes/data")));
+    if first.bytes_reflinked == 0 {
+        // The 1 MiB blocks the data touches: 0, 5, 6 and 40-41.
+        assert_eq!(first.bytes_written, 5 << 20, "{first:?}");
+        assert_eq!(first.bytes_holes, 59 << 20, "{first:?}");
+    }
+
+    // Data gone from the source, where the mirror cannot punch: zeros are written over it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &vec![0; 2 << 20], 40 << 20))
+        .unwrap();
+    let (_, second) = run(p(), src.path());
+    assert_eq!(tree(src.path()), tree(&snap.data("volumes/data")));
+    if second.bytes_reflinked == 0 {
+        assert_eq!(second.bytes_written, 2 << 20, "{second:?}");
+    }
 }
