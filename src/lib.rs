@@ -22,6 +22,7 @@ pub mod project;
 pub mod retention;
 pub mod runner;
 pub mod schedule;
+pub mod serve;
 pub mod snapshot;
 
 pub use error::Error;

@@ -218,6 +218,8 @@ impl Cancel {
 pub trait Progress: Send + Sync {
     fn set_total(&self, _bytes: u64) {}
     fn inc(&self, bytes: u64);
+    /// The entry (an archive path) or dump being read or written now.
+    fn item(&self, _name: &str) {}
 }
 
 /// A [`Progress`] that ignores everything.

@@ -220,6 +220,7 @@ impl<W: Write> ArchiveWriter<W> {
     /// parts. Dumps come after [`write_manifest`](Self::write_manifest), in their declared
     /// order, before any declared entry. Holds one part in memory.
     pub fn append_dump(&mut self, name: &str, mut data: impl Read) -> Result<DumpDigest> {
+        self.progress.item(name);
         if self.declared.is_none() || self.next > 0 {
             return Err(Error::Usage("dumps go after the manifest and before the entries".into()));
         }
@@ -439,6 +440,7 @@ impl<W: Write> ArchiveWriter<W> {
         if entry.kind != EntryKind::File {
             return Ok(());
         }
+        self.progress.item(&entry.path);
         let mut hasher = Sha256::new();
         let mut remaining = entry.size;
         while remaining > 0 {

@@ -72,6 +72,31 @@ pub enum Command {
     Catalog(CatalogCommand),
     /// Check the engine, compose, storage, catalog, archives, operations and kept images.
     Doctor,
+    /// The web console: a page and a JSON API for this project (backup now, download, verify,
+    /// restore by upload, upgrade, history, prune), until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// The console's access token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8765")]
+    pub listen: std::net::SocketAddr,
+    /// Allow an address other than loopback (put a TLS proxy in front of it).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// The largest archive or package taken by upload, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 65536)]
+    pub max_upload: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Replace the console's token (sessions opened with the old one end) and print the new one.
+    New,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -23,6 +23,22 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
         }
         Command::Catalog(super::CatalogCommand::Rebuild) => super::lifecycle::rebuild(&cli, interrupt).await,
         Command::Doctor => super::lifecycle::doctor(&cli, interrupt).await,
+        Command::Serve(args) => {
+            let dir = cli.project_dir.clone().unwrap_or_else(|| ".".into());
+            let opts = crate::serve::ServeOptions {
+                dir,
+                listen: args.listen,
+                allow_remote: args.allow_remote,
+                max_upload: args.max_upload.saturating_mul(1 << 20),
+            };
+            crate::serve::serve(opts, interrupt).await
+        }
+        Command::Token(super::TokenCommand::New) => {
+            let ctx = context(&cli, false, interrupt).await?;
+            let token = crate::serve::new_token(&ctx.project.state_dir)?;
+            render::token(&cli, &ctx.project, &token);
+            Ok(())
+        }
         Command::Package(super::PackageCommand::Build { dir, output }) => {
             super::upgrade::package_build(&cli, dir, output)
         }
@@ -230,44 +246,69 @@ fn init(cli: &Cli) -> Result<()> {
 async fn status(cli: &Cli, interrupt: Interrupt) -> Result<()> {
     let mut ctx = context(cli, false, interrupt).await?;
     recover_if_needed(&mut ctx, None).await?;
-    let engine = match super::connect().await {
-        Ok(e) => Ok(e),
-        Err(e) => Err(format!("{e:#}")),
-    };
-    let (info, containers) = match &engine {
-        Ok(e) => (e.info().await.ok(), e.project_containers(&ctx.project.name).await.ok()),
-        Err(_) => (None, None),
-    };
-    let last = ctx.catalog.last_complete(&ctx.project.name).await?;
-    let unfinished = ctx.catalog.unfinished(&ctx.project.name).await?;
-    let databases =
-        crate::database::detect(containers.as_deref().unwrap_or_default(), &ctx.project.settings.services)
-            .map_err(|e| format!("{e:#}"));
-    let modes = crate::database::said_modes(
-        containers.as_deref().unwrap_or_default(),
-        &ctx.project.settings.services,
-    )
-    .map_err(|e| format!("{e:#}"));
-    let holder = match ProjectLock::try_acquire(&ctx.project.state_dir) {
-        Ok(_) => None,
-        Err(e) => Some(format!("{e}")),
-    };
-    render::status(
-        cli,
-        &render::Status {
-            project: &ctx.project,
-            compose: ctx.project.compose_cli(),
-            engine: engine.as_ref().err().cloned(),
+    let facts = StatusFacts::gather(&ctx).await?;
+    render::status(cli, &facts.status(&ctx));
+    Ok(())
+}
+
+/// What `status` shows, gathered (the engine asked, the catalog read); the CLI renders it and
+/// the web console sends its JSON.
+pub(crate) struct StatusFacts {
+    engine: std::result::Result<(), String>,
+    info: Option<crate::engine::EngineInfo>,
+    containers: Option<Vec<crate::engine::Container>>,
+    last: Option<crate::catalog::BackupRecord>,
+    version: Option<String>,
+    last_upgrade: Option<crate::catalog::UpgradeRecord>,
+    unfinished: Vec<crate::catalog::Operation>,
+    running_operation: Option<String>,
+    databases: std::result::Result<Vec<crate::database::Found>, String>,
+    modes: std::result::Result<std::collections::BTreeMap<String, crate::database::Mode>, String>,
+}
+
+impl StatusFacts {
+    pub(crate) async fn gather(ctx: &crate::flows::Ctx) -> Result<StatusFacts> {
+        let engine = match super::connect().await {
+            Ok(e) => Ok(e),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let (info, containers) = match &engine {
+            Ok(e) => (e.info().await.ok(), e.project_containers(&ctx.project.name).await.ok()),
+            Err(_) => (None, None),
+        };
+        let services = &ctx.project.settings.services;
+        let found = containers.as_deref().unwrap_or_default();
+        Ok(StatusFacts {
+            engine: engine.map(|_| ()),
             info,
-            containers,
-            last,
+            last: ctx.catalog.last_complete(&ctx.project.name).await?,
+            unfinished: ctx.catalog.unfinished(&ctx.project.name).await?,
+            databases: crate::database::detect(found, services).map_err(|e| format!("{e:#}")),
+            modes: crate::database::said_modes(found, services).map_err(|e| format!("{e:#}")),
+            running_operation: match ProjectLock::try_acquire(&ctx.project.state_dir) {
+                Ok(_) => None,
+                Err(e) => Some(format!("{e}")),
+            },
             version: ctx.current_version().await?,
             last_upgrade: ctx.catalog.upgrades(&ctx.project.name).await?.into_iter().next(),
-            unfinished,
-            running_operation: holder,
-            databases,
-            modes,
-        },
-    );
-    Ok(())
+            containers,
+        })
+    }
+
+    pub(crate) fn status<'a>(&'a self, ctx: &'a crate::flows::Ctx) -> render::Status<'a> {
+        render::Status {
+            project: &ctx.project,
+            compose: ctx.project.compose_cli(),
+            engine: self.engine.clone().err(),
+            info: self.info.clone(),
+            containers: self.containers.clone(),
+            last: self.last.clone(),
+            version: self.version.clone(),
+            last_upgrade: self.last_upgrade.clone(),
+            unfinished: self.unfinished.clone(),
+            running_operation: self.running_operation.clone(),
+            databases: self.databases.clone(),
+            modes: self.modes.clone(),
+        }
+    }
 }

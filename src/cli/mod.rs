@@ -3,11 +3,11 @@
 //! exit codes. The only place that talks to the user.
 
 mod args;
-mod commands;
+pub(crate) mod commands;
 mod lifecycle;
 mod out;
 mod progress;
-mod render;
+pub(crate) mod render;
 mod upgrade;
 
 use std::process::ExitCode;
@@ -17,7 +17,7 @@ use anyhow::Result;
 
 pub use args::{
     BackupArgs, CatalogCommand, Cli, Command, PackageCommand, PruneArgs, RollbackArgs, ScheduleCommand,
-    StorageCommand, UpgradeArgs,
+    ServeArgs, StorageCommand, TokenCommand, UpgradeArgs,
 };
 
 use out::{errln, outln};
@@ -72,12 +72,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(e) => {
             let (code, e) = interrupted(exit_code(&e), e, signal);
             errln!("nuwax: error: {e:#}");
-            let hint = e.chain().find_map(|c| {
-                c.downcast_ref::<crate::Error>()
-                    .and_then(|e| e.hint())
-                    .or_else(|| c.downcast_ref::<LockError>().map(|l| l.hint().to_string()))
-            });
-            if let Some(hint) = hint {
+            if let Some(hint) = hint_of(&e) {
                 errln!("hint: {hint}");
             }
             let reported = matches!(e.downcast_ref::<crate::Error>(), Some(crate::Error::Findings(_)));
@@ -108,7 +103,17 @@ fn interrupted(code: u8, e: anyhow::Error, signal: Option<&'static str>) -> (u8,
     (crate::Error::Interrupted { signal }.exit_code(), e)
 }
 
-fn exit_code(e: &anyhow::Error) -> u8 {
+/// The one line of what to do next that an error carries, if any.
+pub(crate) fn hint_of(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<crate::Error>()
+            .and_then(|e| e.hint())
+            .or_else(|| c.downcast_ref::<LockError>().map(|l| l.hint().to_string()))
+    })
+}
+
+/// The exit code the CLI ends with for `e`.
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
     for c in e.chain() {
         if let Some(e) = c.downcast_ref::<crate::Error>() {
             return e.exit_code();
@@ -133,17 +138,27 @@ fn init_tracing(cli: &Cli) {
     };
     let filter =
         EnvFilter::try_from_env("NUWAX_LOG").unwrap_or_else(|_| EnvFilter::new(format!("nuwax={level}")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter::LevelFilter};
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
-        .try_init();
+        .with_filter(filter);
+    // `nuwax serve` shows each operation's log lines (info and above) on its page.
+    let ops = crate::serve::ops::LogLayer.with_filter(LevelFilter::INFO);
+    let _ = tracing_subscriber::registry().with(fmt).with(ops).try_init();
+}
+
+/// A line on stdout for the operator (`nuwax serve`'s login URL).
+pub(crate) fn announce(line: &str) {
+    outln!("{line}");
 }
 
 /// Connects to the engine, turning "unreachable" into the user-facing error.
-async fn connect() -> Result<Arc<dyn Engine>> {
+pub(crate) async fn connect() -> Result<Arc<dyn Engine>> {
     match DockerEngine::connect().await {
         Ok(e) => Ok(Arc::new(e)),
         Err(EngineError::Unreachable { host, detail }) => {
@@ -156,7 +171,12 @@ async fn connect() -> Result<Arc<dyn Engine>> {
 /// The project, its catalog and (when `engine`) a connected engine.
 async fn context(cli: &Cli, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
     let dir = cli.project_dir.clone().unwrap_or_else(|| ".".into());
-    let project = Project::discover(&dir)?;
+    context_at(&dir, engine, interrupt).await
+}
+
+/// [`context`] for the project in `dir`.
+pub(crate) async fn context_at(dir: &std::path::Path, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
+    let project = Project::discover(dir)?;
     let catalog = Catalog::open(&project.state_dir).await?;
     let engine = if engine { Some(connect().await?) } else { None };
     let compose = engine.as_ref().and_then(|_| compose_of(&project));
@@ -165,14 +185,14 @@ async fn context(cli: &Cli, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
 
 /// The compose CLI chosen or detected, once per command, before anything is touched; `None`
 /// when there is none (flows that need it say so with the reason).
-fn compose_of(project: &Project) -> Option<Arc<dyn Compose>> {
+pub(crate) fn compose_of(project: &Project) -> Option<Arc<dyn Compose>> {
     let cli = project.compose_cli().ok()?;
     Some(Arc::new(ComposeCliRunner { cli, children: Some(project.state_dir.join("children")) }))
 }
 
 /// Before any command: if a previous nuwax died mid-operation, finish its recovery now. Only
 /// when the lock is free (a live operation holds it) and only when there is something to do.
-async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<()> {
+pub(crate) async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<()> {
     let _own;
     if lock.is_none() {
         match ProjectLock::try_acquire(&ctx.project.state_dir) {
@@ -205,7 +225,7 @@ async fn recover_if_needed(ctx: &mut Ctx, lock: Option<&ProjectLock>) -> Result<
     Ok(())
 }
 
-async fn recover_after_panic(dir: Option<std::path::PathBuf>) -> Result<()> {
+pub(crate) async fn recover_after_panic(dir: Option<std::path::PathBuf>) -> Result<()> {
     let project = Project::discover(&dir.unwrap_or_else(|| ".".into()))?;
     let catalog = Catalog::open(&project.state_dir).await?;
     let mut ctx = Ctx { project, catalog, engine: None, compose: None, interrupt: Interrupt::none() };

@@ -338,20 +338,22 @@ fn file_name(p: &str) -> String {
     Path::new(p).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| p.to_string())
 }
 
+/// `show --json` (and `GET /api/backups/{id}`).
+pub(crate) fn show_value(r: &BackupRecord, m: Option<&Manifest>) -> serde_json::Value {
+    let summary = m.map(|m| {
+        json!({
+            "format_version": m.format_version, "nuwax_version": m.nuwax_version,
+            "services": m.services, "mounts": m.mounts, "configs": m.configs,
+            "skipped": m.skipped, "entries": m.entry_count(), "services_stopped": m.services_stopped,
+            "dumps": m.dumps, "items": crate::flows::backup::moments(m),
+        })
+    });
+    json!({ "record": r, "manifest": summary })
+}
+
 pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
     if cli.json {
-        let summary = m.map(|m| {
-            json!({
-                "format_version": m.format_version, "nuwax_version": m.nuwax_version,
-                "services": m.services, "mounts": m.mounts, "configs": m.configs,
-                "skipped": m.skipped, "entries": m.entry_count(), "services_stopped": m.services_stopped,
-                "dumps": m.dumps,
-            })
-        });
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "record": r, "manifest": summary })).unwrap_or_default()
-        );
+        outln!("{}", serde_json::to_string_pretty(&show_value(r, m)).unwrap_or_default());
         return;
     }
     outln!("backup {} ({}, {})", r.id, r.kind, r.status);
@@ -429,15 +431,19 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
     }
 }
 
+/// One backup's line of `verify --json`.
+pub(crate) fn verify_value(r: &BackupRecord, res: &Result<VerifyReport, String>) -> serde_json::Value {
+    match res {
+        Ok(v) => {
+            json!({ "id": r.id, "ok": true, "entries": v.entries, "content_bytes": v.content_bytes, "archive_bytes": v.archive_bytes })
+        }
+        Err(e) => json!({ "id": r.id, "ok": false, "error": e }),
+    }
+}
+
 pub fn verify(cli: &Cli, results: &[(&BackupRecord, Result<VerifyReport, String>)]) {
     if cli.json {
-        let docs: Vec<_> = results
-            .iter()
-            .map(|(r, res)| match res {
-                Ok(v) => json!({ "id": r.id, "ok": true, "entries": v.entries, "content_bytes": v.content_bytes, "archive_bytes": v.archive_bytes }),
-                Err(e) => json!({ "id": r.id, "ok": false, "error": e }),
-            })
-            .collect();
+        let docs: Vec<_> = results.iter().map(|(r, res)| verify_value(r, res)).collect();
         outln!("{}", serde_json::to_string_pretty(&docs).unwrap_or_default());
         return;
     }
@@ -531,24 +537,31 @@ pub struct Status<'a> {
     pub modes: Result<std::collections::BTreeMap<String, crate::database::Mode>, String>,
 }
 
-pub fn status(cli: &Cli, s: &Status<'_>) {
+/// `status --json` (and the web console's `GET /api/status`).
+pub(crate) fn status_value(s: &Status<'_>) -> serde_json::Value {
     let p = s.project;
-    if cli.json {
-        let services: Vec<_> = s
+
+    let services: Vec<_> = s
             .containers
             .iter()
             .flatten()
             .map(|c| json!({ "service": c.service, "container": c.name, "state": c.state, "health": c.health, "image": c.image, "image_id": c.image_id, "backup": backup_cell(s, &c.service) }))
             .collect();
-        let doc = json!({
-            "project": p.name, "dir": p.dir, "compose_files": p.compose_files, "service_version": s.version, "last_upgrade": s.last_upgrade,
-            "compose_cli": s.compose.as_ref().ok(), "compose_choice": p.compose,
-            "compose_error": s.compose.as_ref().err().map(ToString::to_string), "engine": s.info.as_ref().map(|i| json!({"host": i.host, "version": i.version, "api_version": i.api_version})),
-            "engine_error": s.engine, "services": services, "last_backup": s.last, "unfinished_operations": s.unfinished,
-            "running_operation": s.running_operation, "storage_dir": p.storage_dir,
-            "databases": s.databases.as_ref().ok(), "databases_error": s.databases.as_ref().err(),
-        });
-        outln!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    let doc = json!({
+        "project": p.name, "dir": p.dir, "compose_files": p.compose_files, "service_version": s.version, "last_upgrade": s.last_upgrade,
+        "compose_cli": s.compose.as_ref().ok(), "compose_choice": p.compose,
+        "compose_error": s.compose.as_ref().err().map(ToString::to_string), "engine": s.info.as_ref().map(|i| json!({"host": i.host, "version": i.version, "api_version": i.api_version})),
+        "engine_error": s.engine, "services": services, "last_backup": s.last, "unfinished_operations": s.unfinished,
+        "running_operation": s.running_operation, "storage_dir": p.storage_dir,
+        "databases": s.databases.as_ref().ok(), "databases_error": s.databases.as_ref().err(),
+    });
+    doc
+}
+
+pub fn status(cli: &Cli, s: &Status<'_>) {
+    let p = s.project;
+    if cli.json {
+        outln!("{}", serde_json::to_string_pretty(&status_value(s)).unwrap_or_default());
         return;
     }
     outln!("project   {} ({})", p.name, p.dir.display());
@@ -641,6 +654,20 @@ fn backup_cell(s: &Status<'_>, service: &str) -> &'static str {
         Some((Mode::Skip, _, _)) => "skipped",
         Some((Mode::Stop, _, _)) | None => "stopped",
     }
+}
+
+/// `token new`: the new token, and where it is kept.
+pub fn token(cli: &Cli, p: &Project, token: &str) {
+    let file = p.state_dir.join(crate::serve::TOKEN_FILE);
+    if cli.json {
+        outln!("{}", json!({ "token": token, "file": file }));
+        return;
+    }
+    outln!("{token}");
+    errln!(
+        "new console token in {} (owner-only); sessions opened with the old one are ended",
+        file.display()
+    );
 }
 
 pub const NUWAX_TOML_TEMPLATE: &str = r#"# nuwax.toml: settings for `nuwax` in this compose project. Every key is optional.

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::Ctx;
-use crate::archive::{self, NoProgress};
+use crate::archive;
 use crate::catalog::{BackupKind, Completed, NewBackup};
 use crate::fsutil;
 
@@ -23,15 +23,41 @@ pub struct Imported {
     pub size_bytes: u64,
 }
 
+/// What happens to the source once it verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Copied into the storage dir; the source stays (`nuwax import`).
+    Copy,
+    /// Moved into the storage dir (an upload nuwax wrote itself); copied when it is on another
+    /// filesystem, then removed.
+    Move,
+}
+
+/// `nuwax import`: the archive at `source` verified, checked safe to extract, and recorded.
 pub async fn import(ctx: &Ctx, source: &Path) -> Result<Imported> {
+    import_with(ctx, source, Take::Copy).await
+}
+
+/// [`import`], taking the source as `take` says. Nothing is recorded unless every byte verifies
+/// and every entry passes the extraction rules a rollback would apply (a hostile archive is
+/// refused here, not when it is rolled back to).
+pub async fn import_with(ctx: &Ctx, source: &Path, take: Take) -> Result<Imported> {
     let source = std::fs::canonicalize(source).with_context(|| format!("archive {}", source.display()))?;
     let (s, cancel) = (source.clone(), ctx.interrupt.cancel().clone());
-    let report = tokio::task::spawn_blocking(move || archive::verify(&s, None, &cancel, &NoProgress))
-        .await?
-        .map_err(|e| crate::Error::ArchiveVerifyFailed {
-            path: source.clone(),
-            detail: format!("{:#}", anyhow::Error::from(e)),
-        })?;
+    let report = tokio::task::spawn_blocking(move || {
+        let manifest = archive::read_manifest(&s)?;
+        let nowhere = || PathBuf::from("/nonexistent");
+        let targets: Vec<archive::Target> = (manifest.mounts.iter().map(|m| &m.archive_path))
+            .chain(manifest.configs.iter().map(|c| &c.archive_path))
+            .map(|prefix| archive::Target { prefix: prefix.clone(), dest: nowhere() })
+            .collect();
+        archive::verify_extractable(&s, None, &targets, &cancel)
+    })
+    .await?
+    .map_err(|e| crate::Error::ArchiveVerifyFailed {
+        path: source.clone(),
+        detail: format!("{:#}", anyhow::Error::from(e)),
+    })?;
     let m = &report.manifest;
     let kind = match m.kind.as_str() {
         "pre-upgrade" => BackupKind::PreUpgrade,
@@ -69,7 +95,13 @@ pub async fn import(ctx: &Ctx, source: &Path) -> Result<Imported> {
     let result = async {
         let (s, t, want) = (source.clone(), temp.clone(), report.archive_sha256.clone());
         tokio::task::spawn_blocking(move || -> Result<()> {
-            copy_private(&s, &t)?;
+            match take {
+                Take::Move if std::fs::rename(&s, &t).is_ok() => {}
+                _ => copy_private(&s, &t)?,
+            }
+            if take == Take::Move {
+                let _ = std::fs::remove_file(&s);
+            }
             // The copy is what the catalog will point at: prove it, not the source.
             let got = archive::file_sha256(&t)?;
             anyhow::ensure!(

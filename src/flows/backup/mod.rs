@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use around::{InScope, Prepared, prepare};
 pub use images::release_images;
-pub use plan::ItemMoment;
 pub(crate) use plan::check_storage;
+pub use plan::{ItemMoment, moments};
 pub use preview::{BackupPreview, preview};
 pub use twophase::SnapshotUse;
 
