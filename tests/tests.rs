@@ -15,6 +15,7 @@ mod package;
 mod pause;
 mod regression;
 mod rollback;
+mod serve;
 mod site;
 mod twophase;
 mod upgrade;
