@@ -332,3 +332,67 @@ fn the_console_and_the_cli_share_one_lock() {
     demo.wait_healthy(&["db", "app", "worker"]);
     assert!(json(&out).as_array().unwrap().iter().all(|r| r["status"] != "pending"), "{}", json(&out));
 }
+
+/// Starts a console backup held inside its stop (services down); returns the server and the
+/// pause file that holds it.
+fn backup_held_in_its_stop(demo: &Demo, tmp: &Path) -> (Server, std::path::PathBuf) {
+    let pause = tmp.join("pause");
+    let env = [("NUWAX_TEST_PAUSE", "backup-stopped"), ("NUWAX_TEST_PAUSE_FILE", pause.to_str().unwrap())];
+    let server = Server::start(demo, &env);
+    let (code, r) = server.post("/api/backups", serde_json::json!({}));
+    assert_eq!(code, 202, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pause.exists() {
+        assert!(Instant::now() < deadline, "the backup never reached its stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(demo.state_of("db").starts_with("exited"), "{:?}", demo.states());
+    (server, pause)
+}
+
+#[test]
+fn sigterm_ends_the_console_after_its_operation_started_what_it_stopped() {
+    let demo = Demo::new(require_docker!());
+    demo.up();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, pause) = backup_held_in_its_stop(&demo, tmp.path());
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    std::fs::remove_file(&pause).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "nuwax serve did not end after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+    // It ended only once the services ran again; the backup is failed, nothing half written.
+    let states = demo.states();
+    assert!(states.iter().all(|(_, s)| s.starts_with("running")), "{states:?}");
+    let list = demo.list();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["status"], "failed", "{list:?}");
+    assert!(
+        !demo.storage_files().iter().any(|f| f.starts_with("backup_") || f.starts_with(".nuwax-partial"))
+    );
+}
+
+#[test]
+fn a_console_killed_in_a_stop_is_recovered_when_it_starts_again() {
+    let demo = Demo::new(require_docker!());
+    demo.up();
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, pause) = backup_held_in_its_stop(&demo, tmp.path());
+    drop(server); // SIGKILL
+    std::fs::remove_file(&pause).unwrap();
+    assert!(demo.state_of("db").starts_with("exited"), "{:?}", demo.states());
+    // The next console recovers before it offers anything.
+    let server = Server::start(&demo, &[]);
+    demo.wait_healthy(&["db", "app", "worker"]);
+    let (_, status) = server.get("/api/status");
+    assert_eq!(status["unfinished_operations"], serde_json::json!([]), "{status}");
+    let (_, list) = server.get("/api/backups");
+    assert_eq!(list[0]["status"], "failed", "{list}");
+}

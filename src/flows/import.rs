@@ -24,13 +24,13 @@ pub struct Imported {
 }
 
 /// What happens to the source once it verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Take {
     /// Copied into the storage dir; the source stays (`nuwax import`).
     Copy,
-    /// Moved into the storage dir (an upload nuwax wrote itself); copied when it is on another
-    /// filesystem, then removed.
-    Move,
+    /// Moved into the storage dir (an upload nuwax wrote itself, named so in the backup's
+    /// note); copied when it is on another filesystem, then removed.
+    Move { origin: String },
 }
 
 /// `nuwax import`: the archive at `source` verified, checked safe to extract, and recorded.
@@ -74,8 +74,11 @@ pub async fn import_with(ctx: &Ctx, source: &Path, take: Take) -> Result<Importe
         _ => archive::Compression::None,
     };
     let version = m.service_version.clone().unwrap_or_else(|| "0".into());
-    let note =
-        format!("imported from {} (backup {} of project {})", source.display(), m.backup_id, m.project);
+    let from = match &take {
+        Take::Copy => source.display().to_string(),
+        Take::Move { origin } => origin.clone(),
+    };
+    let note = format!("imported from {from} (backup {} of project {})", m.backup_id, m.project);
     let storage = &ctx.project.storage_dir;
     fsutil::create_private_dir(storage)?;
     let id = ctx
@@ -95,11 +98,11 @@ pub async fn import_with(ctx: &Ctx, source: &Path, take: Take) -> Result<Importe
     let result = async {
         let (s, t, want) = (source.clone(), temp.clone(), report.archive_sha256.clone());
         tokio::task::spawn_blocking(move || -> Result<()> {
-            match take {
-                Take::Move if std::fs::rename(&s, &t).is_ok() => {}
-                _ => copy_private(&s, &t)?,
+            let moving = matches!(take, Take::Move { .. });
+            if !(moving && std::fs::rename(&s, &t).is_ok()) {
+                copy_private(&s, &t)?;
             }
-            if take == Take::Move {
+            if moving {
                 let _ = std::fs::remove_file(&s);
             }
             // The copy is what the catalog will point at: prove it, not the source.

@@ -213,7 +213,12 @@ pub async fn import(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
         }
     };
     recover_if_needed(&mut ctx, Some(&lock)).await?;
-    let imported = crate::flows::import::import_with(&ctx, &up.path, crate::flows::import::Take::Move).await;
+    let imported = crate::flows::import::import_with(
+        &ctx,
+        &up.path,
+        crate::flows::import::Take::Move { origin: format!("the upload {name} (web console)") },
+    )
+    .await;
     let _ = std::fs::remove_file(&up.path);
     // The temp file's name means nothing to the one who uploaded it.
     let imported = imported.map_err(|e| {

@@ -151,7 +151,8 @@ pub(super) async fn precopy(
     });
     match signalled(ctx, work.await) {
         Ok(index) => Ok(Ok(Precopied { snap, index, ms: started.elapsed().as_millis() as u64 })),
-        Err(e) if is_cancelled(&e) => Err(e),
+        // A signal (the pass returns it as the signal's error): the backup stops, no fallback.
+        Err(e) if is_cancelled(&e) || ctx.interrupt.check().is_err() => Err(e),
         Err(e) if snapshot::is_no_space(e.as_ref()) => {
             let _ = Snapshot::remove(&ctx.project.storage_dir, &ctx.project.name);
             Ok(Err(format!("the snapshot did not fit ({e:#}); it was removed")))
