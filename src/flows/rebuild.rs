@@ -97,7 +97,10 @@ pub fn archives_in(dir: &std::path::Path) -> Vec<PathBuf> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("backup_") && [".tar", ".tar.zst", ".tar.gz"].iter().any(|x| n.ends_with(x))
+            n.starts_with("backup_")
+                && [".tar", ".tar.zst", ".tar.gz"]
+                    .iter()
+                    .any(|x| n.ends_with(x) || n.ends_with(&format!("{x}.age")))
         })
         .map(|e| e.path())
         .collect();
