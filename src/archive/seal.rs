@@ -35,9 +35,15 @@ fn add(key: Key) {
     KEYS.write().unwrap_or_else(std::sync::PoisonError::into_inner).push(key);
 }
 
-/// Reads the identities of an age identity file (what `age-keygen` writes) for this process.
-/// Returns how many it holds; a file with none is an error.
+static LOADED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Reads the identities of an age identity file (what `age-keygen` writes) for this process,
+/// once per file. Returns how many it holds; a file with none is an error.
 pub fn load_identity_file(path: &Path) -> anyhow::Result<usize> {
+    let mut loaded = LOADED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if loaded.iter().any(|p| p == path) {
+        return Ok(0);
+    }
     let file = age::IdentityFile::from_file(path.to_string_lossy().into_owned())
         .map_err(|e| anyhow::anyhow!("reading the age identity file {}: {e}", path.display()))?;
     let ids = file
@@ -48,6 +54,7 @@ pub fn load_identity_file(path: &Path) -> anyhow::Result<usize> {
     for id in ids {
         add(Arc::from(id));
     }
+    loaded.push(path.to_path_buf());
     Ok(n)
 }
 
@@ -181,6 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(deprecated)]
     fn sealed_bytes_hold_no_plaintext_and_open_only_with_an_identity() {
         #[allow(deprecated)]
         let operator = age::x25519::Identity::generate();

@@ -19,6 +19,9 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// An age identity file that opens encrypted archives (besides `identity_file` in nuwax.toml).
+    #[arg(long, global = true, value_name = "PATH", env = "NUWAX_IDENTITY")]
+    pub identity: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

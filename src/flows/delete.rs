@@ -19,7 +19,8 @@ pub fn kept_services(rec: &BackupRecord) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Removes `rec`'s archive, then its row. Returns the bytes freed. The image tags kept for it
+/// Removes `rec`'s archive, then its row (kept, pointing at no archive, while a remote holds a
+/// copy). Returns the bytes freed. The image tags kept for it
 /// go with [`release_tags`], after the row: a journal that names them must come first (see
 /// [`crate::flows::prune::delete`]), since nothing else says which they were.
 pub async fn remove(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
@@ -33,7 +34,13 @@ pub async fn remove(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", p.display()))),
         }
     }
-    ctx.catalog.delete(rec.id).await?;
+    // A copy on a remote still holds it: the row stays, pointing at no local archive, so that
+    // the backup can still be fetched back and rolled back to (the remote's retention decides).
+    if ctx.catalog.copies_of(rec.id).await?.iter().any(|c| c.is_copied()) {
+        ctx.catalog.set_path(rec.id, None).await?;
+    } else {
+        ctx.catalog.delete(rec.id).await?;
+    }
     Ok(freed)
 }
 

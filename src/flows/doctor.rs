@@ -91,8 +91,10 @@ pub async fn doctor(
 
     // Archives on disk against catalog rows.
     let records = catalog.list(&project.name).await?;
+    let offsite = super::offsite::offsite_only(&records);
     let gone: Vec<String> = records
         .iter()
+        .filter(|r| !offsite.contains(&r.id))
         .filter(|r| {
             r.status == "missing"
                 || (r.is_complete() && !r.path.as_deref().is_some_and(|p| std::path::Path::new(p).is_file()))

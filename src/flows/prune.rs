@@ -65,6 +65,9 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
         )));
     }
     let mut records = ctx.catalog.list(project).await?;
+    // Backups whose only archive is a remote's copy are that remote's to prune (`prune_remotes`).
+    let offsite = super::offsite::offsite_only(&records);
+    records.retain(|r| !offsite.contains(&r.id));
     // A complete row whose archive is gone is `missing`: not restorable, removed below.
     for r in records.iter_mut().filter(|r| r.is_complete()) {
         if !r.path.as_deref().is_some_and(|p| std::path::Path::new(p).is_file()) {

@@ -32,7 +32,8 @@ pub async fn rebuild(ctx: &Ctx) -> Result<RebuildOutcome> {
         skipped: Vec::new(),
         known: 0,
     };
-    for r in &records {
+    let offsite = super::offsite::offsite_only(&records);
+    for r in records.iter().filter(|r| !offsite.contains(&r.id)) {
         let exists = r.path.as_deref().is_some_and(|p| std::path::Path::new(p).is_file());
         match (r.status.as_str(), exists) {
             ("complete", false) => {

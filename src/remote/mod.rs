@@ -5,6 +5,7 @@
 //! when it is completed (a failed one is aborted), SFTP and directories are written under a
 //! `.partial` name and renamed. Each object is `<root>/<project>/<archive file name>`.
 
+pub mod settings_file;
 mod url;
 
 use std::path::{Path, PathBuf};
