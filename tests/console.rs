@@ -1,0 +1,198 @@
+//! The web console in a real browser (headless Chromium through chromedriver) against a real
+//! `nuwax serve` of the demo on a real engine: what a user does on the page, from the login URL
+//! to a backup, its download, and its upload restored over changed data; one action done with
+//! the keyboard alone; and the page on a phone's width.
+
+use std::path::Path;
+
+use fantoccini::Locator;
+use fantoccini::key::Key;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::serve::Server;
+use crate::support::browser::Browser;
+use crate::support::{Demo, repo};
+use crate::{require_browser, require_docker};
+
+const SERVICES: [&str; 3] = ["db", "app", "worker"];
+
+/// Waits until the header shows every service running and healthy.
+async fn services_running(b: &Browser) {
+    b.until("every service running and healthy in the header", 120, || async {
+        for s in SERVICES {
+            let css = format!(
+                "#services li[data-service=\"{s}\"][data-state=\"running\"][data-health=\"healthy\"]"
+            );
+            if !b.shown(&css).await {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+/// Waits for the backups table to have a row for backup `id`.
+async fn row(b: &Browser, id: i64) {
+    let css = format!("#backups-body tr[data-backup-id=\"{id}\"][data-status=\"complete\"]");
+    b.until(&format!("backup {id} in the table"), 60, || async { b.shown(&css).await.then_some(()) }).await;
+}
+
+fn sha256_file(path: &Path) -> String {
+    format!("{:x}", Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_backs_up_downloads_and_restores_the_archive_through_the_page() {
+    let tools = require_browser!();
+    let demo = Demo::new(require_docker!());
+    demo.up();
+    let uploads = demo.dir.join("uploads");
+    std::fs::write(uploads.join("console.txt"), "before").unwrap();
+    let server = Server::start(&demo, &[]);
+    let b = Browser::start(&tools, 1280, 900).await;
+
+    // The login URL opens the page: the project, its version and its services, running.
+    b.c.goto(&server.login).await.unwrap();
+    b.until("the project name", 30, || async { (b.text("#project").await == demo.name).then_some(()) }).await;
+    services_running(&b).await;
+    assert_eq!(b.text("#version").await, "1");
+    assert!(b.shown("#backups-empty").await, "no backups yet");
+
+    // Backup now: followed live to its end, then in the table.
+    b.click("#backup-now").await;
+    assert_eq!(b.operation_done(180).await, "succeeded", "{}", b.text("#op").await);
+    let outcome = b.text("#op-outcome").await;
+    assert!(outcome.contains("Backup 1 complete"), "{outcome}");
+    assert!(outcome.contains("downtime"), "{outcome}");
+    assert!(b.js("return document.querySelectorAll('#op-log li').length", vec![]).await.as_u64() > Some(0));
+    row(&b, 1).await;
+    services_running(&b).await;
+
+    // Download: the file the browser saves is the catalog's archive, byte for byte.
+    b.click("[data-testid=\"download-1\"]").await;
+    let archive = b.downloaded(60).await;
+    let listed = demo.list();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(sha256_file(&archive), listed[0]["checksum"].as_str().unwrap(), "{}", archive.display());
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("backup_manual_v1_") && name.ends_with("_1.tar.zst"), "{name}");
+
+    // The data changes; the downloaded archive, uploaded back, restores it.
+    std::fs::write(uploads.join("console.txt"), "after").unwrap();
+    let file = b.c.find(Locator::Id("restore-file")).await.unwrap();
+    file.send_keys(archive.to_str().unwrap()).await.unwrap();
+    b.click("#restore-upload").await;
+    b.until("the restore plan", 120, || async { b.shown("#restore-plan").await.then_some(()) }).await;
+    assert_eq!(b.text("#plan-title").await, "Restore backup 2");
+    assert_eq!(b.text("#plan-version").await, "1");
+    let items = b.text("#plan-items").await;
+    assert!(items.contains("bind mount") && items.contains(&demo.volume("dbdata")), "{items}");
+    assert!(b.text("#restore-msg").await.contains("added as backup 2"), "{}", b.text("#restore-msg").await);
+    row(&b, 2).await;
+
+    // The confirmation: cancelling changes nothing; confirming restores.
+    b.click("#restore-start").await;
+    assert!(b.attr("#confirm", "open").await.is_some(), "the dialog is open");
+    assert_eq!(b.text("#confirm-text").await, "Restore will replace all data. Continue?");
+    b.click("#confirm-cancel").await;
+    assert!(b.attr("#confirm", "open").await.is_none(), "the dialog closed");
+    assert_eq!(std::fs::read_to_string(uploads.join("console.txt")).unwrap(), "after");
+    b.click("#restore-start").await;
+    b.click("#confirm-ok").await;
+    b.until("the restore to start", 30, || async {
+        (b.attr("#op", "data-kind").await.as_deref() == Some("rollback")).then_some(())
+    })
+    .await;
+    assert_eq!(b.operation_done(240).await, "succeeded", "{}", b.text("#op").await);
+    let outcome = b.text("#op-outcome").await;
+    assert!(outcome.contains("Restored backup 2") && outcome.contains("backup 3"), "{outcome}");
+    services_running(&b).await;
+    demo.wait_healthy(&SERVICES);
+    assert_eq!(std::fs::read_to_string(uploads.join("console.txt")).unwrap(), "before");
+    row(&b, 3).await;
+
+    // The artifact: the page with three backups and the restore's outcome (README shows it).
+    b.js("window.scrollTo(0, 0)", vec![]).await;
+    let shot = repo().join("target/nuwax-console.png");
+    b.screenshot(&shot).await;
+    std::fs::create_dir_all(repo().join("docs/images")).unwrap();
+    std::fs::copy(&shot, repo().join("docs/images/console.png")).unwrap();
+
+    keyboard_only(&b).await;
+    narrow(&b).await;
+    b.close().await;
+}
+
+/// Verify, done with the keyboard alone: Tab from the top of the page to the button, Enter;
+/// then the restore dialog opened with Enter takes the focus and Escape cancels it.
+async fn keyboard_only(b: &Browser) {
+    b.c.refresh().await.unwrap();
+    row(b, 3).await;
+    let focused = "return document.activeElement && document.activeElement.dataset.testid || ''";
+    let target = "verify-1";
+    let mut tabs = 0;
+    loop {
+        b.c.active_element().await.unwrap().send_keys(&Key::Tab).await.unwrap();
+        tabs += 1;
+        if b.js(focused, vec![]).await == json!(target) {
+            break;
+        }
+        assert!(tabs < 80, "Tab never reached {target}");
+    }
+    // The focus is visible: the focused button has an outline.
+    let outline = b.js("return getComputedStyle(document.activeElement).outlineStyle", vec![]).await;
+    assert_eq!(outline, json!("solid"), "no visible focus on {target}");
+    b.c.active_element().await.unwrap().send_keys(&Key::Enter).await.unwrap();
+    b.until("the verify to start", 30, || async {
+        (b.attr("#op", "data-kind").await.as_deref() == Some("verify")).then_some(())
+    })
+    .await;
+    assert_eq!(b.operation_done(120).await, "succeeded", "{}", b.text("#op").await);
+    assert!(b.text("#op-outcome").await.contains("Backup 1 verified"), "{}", b.text("#op-outcome").await);
+
+    // Restore… by keyboard: the plan takes the focus; Tab to its button; Enter opens the
+    // dialog with Cancel focused; Escape closes it and nothing starts.
+    b.until("verify-1 enabled again", 30, || async {
+        let on = b.js("return !document.querySelector('[data-testid=\"restore-1\"]').disabled", vec![]).await;
+        (on == json!(true)).then_some(())
+    })
+    .await;
+    b.js("document.querySelector('[data-testid=\"restore-1\"]').focus()", vec![]).await;
+    b.c.active_element().await.unwrap().send_keys(&Key::Enter).await.unwrap();
+    b.until("the plan of backup 1 focused", 120, || async {
+        (b.js("return document.activeElement.id", vec![]).await == json!("plan-title")).then_some(())
+    })
+    .await;
+    b.c.active_element().await.unwrap().send_keys(&Key::Tab).await.unwrap();
+    assert_eq!(b.js("return document.activeElement.id", vec![]).await, json!("restore-start"));
+    b.c.active_element().await.unwrap().send_keys(&Key::Enter).await.unwrap();
+    b.until("the dialog", 10, || async { b.attr("#confirm", "open").await.map(|_| ()) }).await;
+    assert_eq!(b.js("return document.activeElement.id", vec![]).await, json!("confirm-cancel"));
+    b.c.active_element().await.unwrap().send_keys(&Key::Escape).await.unwrap();
+    b.until("the dialog closed", 10, || async { b.attr("#confirm", "open").await.is_none().then_some(()) })
+        .await;
+    assert_eq!(b.js("return document.activeElement.id", vec![]).await, json!("restore-start"));
+    assert_eq!(b.attr("#op", "data-kind").await.as_deref(), Some("verify"), "nothing started");
+}
+
+/// At a phone's width (375 px) nothing is wider than the screen.
+async fn narrow(b: &Browser) {
+    b.viewport(375, 812).await;
+    b.c.refresh().await.unwrap();
+    row(b, 3).await;
+    let width = b.js("return window.innerWidth", vec![]).await;
+    assert_eq!(width, json!(375), "the viewport");
+    let wide = b
+        .js(
+            "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > \
+             window.innerWidth + 1 && e.getClientRects().length).map(e => e.id || e.tagName).slice(0, 10)",
+            vec![],
+        )
+        .await;
+    assert_eq!(wide, json!([]), "wider than 375 px");
+    let scroll = b.js("return document.documentElement.scrollWidth", vec![]).await;
+    assert!(scroll.as_u64() <= Some(375), "the page scrolls sideways: {scroll}");
+    b.screenshot(&repo().join("target/nuwax-console-375.png")).await;
+}
