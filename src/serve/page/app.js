@@ -186,6 +186,30 @@ async function loadStatus() {
   $('version').textContent = status.service_version || 'unknown';
   $('project').textContent = status.project;
   const services = status.services || [];
+  // Redrawn only when something changed (it is polled).
+  const key = JSON.stringify([services, status.engine_error]);
+  if (key !== shownServices) renderServices(services);
+  shownServices = key;
+  const running = $('running-operation');
+  // The operation this page follows holds the lock too: that one is shown below.
+  const busy = following ? null : status.running_operation;
+  running.hidden = !busy;
+  running.textContent = busy ? `Busy: ${busy}` : '';
+  // While an operation runs, its own journal row is "unfinished": that one is not news.
+  const unfinished = status.running_operation ? [] : status.unfinished_operations || [];
+  const box = $('unfinished');
+  box.hidden = !unfinished.length;
+  box.replaceChildren(
+    h('strong', {}, `Unfinished operation${unfinished.length > 1 ? 's' : ''}: `),
+    unfinished.map((o) => `${o.kind} (operation ${o.id}, started ${o.started_at}, pid ${o.pid}) `),
+    'A nuwax process ended in the middle of it. The next operation finishes or undoes it first ',
+    '(or run ', h('code', {}, 'nuwax recover'), ' on the host).',
+  );
+}
+
+let shownServices = null;
+
+function renderServices(services) {
   $('services').replaceChildren(...services.map((s) => {
     const good = s.state === 'running' && (!s.health || s.health === 'healthy');
     const bad = s.health === 'unhealthy' || ['exited', 'dead', 'restarting'].includes(s.state);
@@ -200,19 +224,6 @@ async function loadStatus() {
     $('services').replaceChildren(h('li', { class: 'warn' }, status.engine_error
       ? `The Docker engine does not answer: ${status.engine_error}` : 'No containers of this project.'));
   }
-  const running = $('running-operation');
-  running.hidden = !status.running_operation;
-  running.textContent = status.running_operation ? `Busy: ${status.running_operation}` : '';
-  // While an operation runs, its own journal row is "unfinished": that one is not news.
-  const unfinished = status.running_operation ? [] : status.unfinished_operations || [];
-  const box = $('unfinished');
-  box.hidden = !unfinished.length;
-  box.replaceChildren(
-    h('strong', {}, `Unfinished operation${unfinished.length > 1 ? 's' : ''}: `),
-    unfinished.map((o) => `${o.kind} (operation ${o.id}, started ${o.started_at}, pid ${o.pid}) `),
-    'A nuwax process ended in the middle of it. The next operation finishes or undoes it first ',
-    '(or run ', h('code', {}, 'nuwax recover'), ' on the host).',
-  );
 }
 
 // ---- backups ----
@@ -673,7 +684,11 @@ function confirmDialog(title, text, detail, okLabel) {
 // ---- start ----
 
 async function refresh() {
-  await Promise.all([loadStatus(), loadBackups(), loadUpgrades()]);
+  // Not side by side: a listing briefly takes the project lock (to finish what a dead nuwax
+  // left), and the status would take that for another operation.
+  await loadBackups();
+  await loadStatus();
+  await loadUpgrades();
 }
 
 async function start() {
