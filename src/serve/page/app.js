@@ -18,14 +18,15 @@
 //   [data-testid=restore-N]            show its restore plan
 //   #restore-file #restore-upload #upload-progress #restore-msg
 //   #restore-plan #plan-title #plan-version #plan-current #plan-created #plan-stop
-//   #plan-warnings #plan-items #restore-accept-live #restore-start #restore-cancel
-//   #confirm #confirm-title #confirm-text #confirm-ok #confirm-cancel   the confirmation dialog
+//   #plan-images #plan-databases #plan-warnings #plan-items
+//   #restore-accept-live #restore-start #restore-cancel
+//   #confirm #confirm-title #confirm-text #confirm-detail #confirm-ok #confirm-cancel
 //   #package-file #package-upload #package-progress #package-path #package-sha256
-//   #upgrade-allow-downgrade #upgrade-check
-//   #upgrade-msg #upgrade-plan #upgrade-plan-title #upgrade-warnings #upgrade-start #upgrade-cancel
-//   #upgrades-body tr[data-upgrade-id=N]
-//   #prune-check #prune-msg #prune-plan #prune-summary #prune-body tr[data-backup-id=N]
-//   #prune-start
+//   #upgrade-allow-downgrade #upgrade-check #upgrade-msg
+//   #upgrade-plan #upgrade-plan-title #upgrade-facts #upgrade-warnings #upgrade-start #upgrade-cancel
+//   #upgrades-body tr[data-upgrade-id=N]        one row per upgrade; data-status
+//   #prune-check #prune-msg #prune-plan #prune-summary #prune-start
+//   #prune-body tr[data-backup-id=N]            one row per backup; class going when removed
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -452,6 +453,12 @@ async function showPlan(id) {
   $('plan-current').textContent = (status && status.service_version) || 'unknown';
   $('plan-created').replaceChildren(when(plan.created_at));
   $('plan-stop').textContent = list(plan.services_to_stop);
+  const moved = (plan.images || []).filter((i) => i.image_id !== i.current_id);
+  $('plan-images').textContent = moved.length
+    ? moved.map((i) => `${i.service}: ${i.image} back to ${i.image_id.replace('sha256:', '').slice(0, 12)}`).join(', ')
+    : 'as they are';
+  $('plan-databases').textContent = list((plan.loads || []).map((l) => `${l.service} (${l.server}, `
+    + `${l.dumps.length} dump${l.dumps.length === 1 ? '' : 's'})`));
   const warnings = [...(plan.warnings || [])];
   if (status && plan.service_version && status.service_version && plan.service_version !== status.service_version) {
     warnings.unshift(`Version ${status.service_version} runs now; this backup brings back version ${plan.service_version}.`);
