@@ -196,3 +196,115 @@ async fn narrow(b: &Browser) {
     assert!(scroll.as_u64() <= Some(375), "the page scrolls sideways: {scroll}");
     b.screenshot(&repo().join("target/nuwax-console-375.png")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_package_upgrades_a_failed_upgrade_shows_rolled_back_and_prune_asks_first() {
+    let tools = require_browser!();
+    let demo = Demo::new(require_docker!());
+    demo.up();
+    let pkg_dir = demo.package("2");
+    let pkg = pkg_dir.parent().unwrap().join("nuwax-demo-2.tar.zst");
+    let out = demo.run(&["package", "build", pkg_dir.to_str().unwrap(), "-o", pkg.to_str().unwrap()]);
+    assert!(out.status.success(), "package build: {}", String::from_utf8_lossy(&out.stderr));
+    let broken = demo.package("3-broken");
+    let server = Server::start(&demo, &[]);
+    let b = Browser::start(&tools, 1280, 900).await;
+    b.c.goto(&server.login).await.unwrap();
+    services_running(&b).await;
+
+    // A path that is no package: the preflight's error, nothing else.
+    b.c.find(Locator::Id("package-path"))
+        .await
+        .unwrap()
+        .send_keys("/nonexistent/site-9.tar.zst")
+        .await
+        .unwrap();
+    b.click("#upgrade-check").await;
+    b.until("the preflight's error", 60, || async { b.shown("#upgrade-msg .error").await.then_some(()) })
+        .await;
+    assert!(!b.shown("#upgrade-plan").await);
+
+    // The package uploaded: its sha256 filled in, its plan, the dialog, the upgrade.
+    let file = b.c.find(Locator::Id("package-file")).await.unwrap();
+    file.send_keys(pkg.to_str().unwrap()).await.unwrap();
+    b.click("#package-upload").await;
+    b.until("the upgrade plan", 120, || async { b.shown("#upgrade-plan").await.then_some(()) }).await;
+    assert_eq!(b.text("#upgrade-plan-title").await, "Upgrade nuwax-demo from 1 to 2");
+    let sha = format!("{:x}", Sha256::digest(std::fs::read(&pkg).unwrap()));
+    let filled = b.js("return document.getElementById('package-sha256').value", vec![]).await;
+    assert_eq!(filled, json!(sha));
+    b.click("#upgrade-start").await;
+    assert!(b.text("#confirm-text").await.contains("from version 1 to 2"), "{}", b.text("#confirm").await);
+    b.click("#confirm-ok").await;
+    b.until("the upgrade to start", 30, || async {
+        (b.attr("#op", "data-kind").await.as_deref() == Some("upgrade")).then_some(())
+    })
+    .await;
+    assert_eq!(b.operation_done(300).await, "succeeded", "{}", b.text("#op").await);
+    assert!(b.text("#op-outcome").await.contains("Upgraded from 1 to 2"), "{}", b.text("#op-outcome").await);
+    b.until("version 2 in the header", 30, || async { (b.text("#version").await == "2").then_some(()) })
+        .await;
+    b.until("the upgrade in the history", 30, || async {
+        b.shown("#upgrades-body tr[data-upgrade-id=\"1\"][data-status=\"upgraded\"]").await.then_some(())
+    })
+    .await;
+
+    // A broken version: the upgrade fails, nuwax rolls back, and the page says so.
+    b.js("document.getElementById('package-sha256').value = ''", vec![]).await;
+    let path = b.c.find(Locator::Id("package-path")).await.unwrap();
+    path.clear().await.unwrap();
+    path.send_keys(broken.to_str().unwrap()).await.unwrap();
+    b.click("#upgrade-check").await;
+    b.until("the plan to 3", 120, || async {
+        b.text("#upgrade-plan-title").await.contains("from 2 to 3").then_some(())
+    })
+    .await;
+    b.click("#upgrade-start").await;
+    b.click("#confirm-ok").await;
+    b.until("the second upgrade to start", 30, || async {
+        (b.attr("#op", "data-op-id").await.as_deref() != Some("1")).then_some(())
+    })
+    .await;
+    assert_eq!(b.operation_done(400).await, "rolled-back", "{}", b.text("#op").await);
+    assert_eq!(b.text("#op-state").await, "failed, rolled back");
+    let op = b.text("#op").await;
+    assert!(op.contains("rolled back") && op.contains("error:"), "{op}");
+    services_running(&b).await;
+    assert_eq!(b.text("#version").await, "2");
+    b.until("the rolled back upgrade in the history", 30, || async {
+        b.shown("#upgrades-body tr[data-upgrade-id=\"2\"][data-status=\"rolled_back\"]").await.then_some(())
+    })
+    .await;
+
+    // Prune: the plan first (what goes, why the others stay), then the dialog.
+    let toml = demo.dir.join("nuwax.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str("\n[retention]\nkeep_last = 1\n");
+    std::fs::write(&toml, text).unwrap();
+    for _ in 0..2 {
+        let out = demo.run(&["backup"]);
+        assert!(out.status.success(), "backup: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let manual: Vec<i64> =
+        (demo.list().iter()).filter(|r| r["kind"] == "manual").map(|r| r["id"].as_i64().unwrap()).collect();
+    let (old, new) = (manual[0].min(manual[1]), manual[0].max(manual[1]));
+    b.click("#prune-check").await;
+    b.until("the prune plan", 60, || async { b.shown("#prune-plan").await.then_some(()) }).await;
+    let going = b.js(
+        "return [...document.querySelectorAll('#prune-body tr.going')].map(r => +r.dataset.backupId)",
+        vec![],
+    );
+    assert_eq!(going.await, json!([old]));
+    let why = b.text(&format!("#prune-body tr[data-backup-id=\"{new}\"]")).await;
+    assert!(why.contains("keep") && why.contains("last 1"), "{why}");
+    b.click("#prune-start").await;
+    b.click("#confirm-ok").await;
+    b.until("the prune to start", 30, || async {
+        (b.attr("#op", "data-kind").await.as_deref() == Some("prune")).then_some(())
+    })
+    .await;
+    assert_eq!(b.operation_done(120).await, "succeeded", "{}", b.text("#op").await);
+    assert!(b.text("#op-outcome").await.contains(&format!("Removed 1 backup(s) ({old})")));
+    assert!(!demo.list().iter().any(|r| r["id"] == old), "backup {old} is still listed");
+    b.close().await;
+}

@@ -218,16 +218,23 @@ impl Browser {
         std::fs::write(path, png).unwrap();
     }
 
-    /// Waits for a finished download (Chromium writes `*.crdownload` until it is); its path.
+    /// Waits for a finished download: a file that is not Chromium's temp file (`*.crdownload`,
+    /// hidden ones) and whose size stayed the same between two looks; its path.
     pub async fn downloaded(&self, secs: u64) -> PathBuf {
         let dir = self.downloads.path().to_path_buf();
+        let last = std::cell::Cell::new(None::<(PathBuf, u64)>);
         self.until("the download", secs, || {
-            let dir = dir.clone();
-            async move {
-                let names: Vec<PathBuf> = std::fs::read_dir(&dir).ok()?.flatten().map(|e| e.path()).collect();
-                let partial = names.iter().any(|p| p.extension().is_some_and(|e| e == "crdownload"));
-                names.into_iter().find(|p| !partial && !p.to_string_lossy().ends_with(".tmp"))
-            }
+            let seen = last.take();
+            let now = std::fs::read_dir(&dir).ok().and_then(|d| {
+                let done = d.flatten().find(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    !name.starts_with('.') && !name.ends_with(".crdownload")
+                })?;
+                Some((done.path(), done.metadata().ok()?.len()))
+            });
+            last.set(now.clone());
+            let stable = now.filter(|n| n.1 > 0 && seen.as_ref() == Some(n)).map(|n| n.0);
+            async move { stable }
         })
         .await
     }
