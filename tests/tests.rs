@@ -6,6 +6,7 @@ mod support;
 mod archive;
 mod backup;
 mod cli;
+mod console;
 mod extract;
 mod faults;
 mod lifecycle;

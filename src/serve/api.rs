@@ -35,16 +35,17 @@ pub async fn session(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResu
     Ok(Json(json!({ "project": ctx.project.name, "csrf": csrf, "version": crate::VERSION })))
 }
 
+/// Reads only: what a dead nuwax left is recovered by the next operation (or `serve`'s start),
+/// and shown here as unfinished until then. (A recovery check here would hold the project lock
+/// for a moment, and a status read at that moment would take it for a running operation.)
 pub async fn status(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
-    let mut ctx = app.ctx(false).await?;
-    recover_if_needed(&mut ctx, None).await?;
+    let ctx = app.ctx(false).await?;
     let facts = StatusFacts::gather(&ctx).await?;
     Ok(Json(render::status_value(&facts.status(&ctx))))
 }
 
 pub async fn backups(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
-    let mut ctx = app.ctx(false).await?;
-    recover_if_needed(&mut ctx, None).await?;
+    let ctx = app.ctx(false).await?;
     Ok(Json(serde_json::to_value(ctx.catalog.list(&ctx.project.name).await?)?))
 }
 

@@ -127,6 +127,8 @@ impl Op {
 
     /// The outcome: `Ok(result)` or `Err(error doc)`.
     pub fn finish(&self, outcome: std::result::Result<Value, Value>) {
+        // The last bytes, which the throttle may have held back.
+        self.send_progress(true);
         let doc = {
             let mut doc = self.lock();
             doc.ended_at = Some(now());
