@@ -68,7 +68,13 @@ impl Catalog {
     }
 
     /// A copy wanted and not whole there (yet): one more attempt, and why it did not work.
-    pub async fn copy_pending(&self, backup_id: i64, remote: &str, name: &str, error: Option<&str>) -> Result<()> {
+    pub async fn copy_pending(
+        &self,
+        backup_id: i64,
+        remote: &str,
+        name: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO copies (backup_id, remote, name, status, attempts, error, updated_at)
              VALUES (?, ?, ?, 'pending', ?, ?, ?)
@@ -88,7 +94,14 @@ impl Catalog {
     }
 
     /// The object is whole: its size and sha256 as read back.
-    pub async fn copy_done(&self, backup_id: i64, remote: &str, name: &str, size: u64, sha256: &str) -> Result<()> {
+    pub async fn copy_done(
+        &self,
+        backup_id: i64,
+        remote: &str,
+        name: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<()> {
         let now = Utc::now().to_rfc3339();
         sqlx::query(
             "INSERT INTO copies (backup_id, remote, name, status, size_bytes, sha256, copied_at, verified_at, updated_at)

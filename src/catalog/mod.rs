@@ -165,7 +165,8 @@ impl Catalog {
             .fetch_all(&self.pool)
             .await
             .context("reading the catalog")?;
-        let mut records: Vec<BackupRecord> = rows.iter().map(BackupRecord::from_row).collect::<Result<_>>()?;
+        let mut records: Vec<BackupRecord> =
+            rows.iter().map(BackupRecord::from_row).collect::<Result<_>>()?;
         let copies = self.copies(project).await?;
         for r in &mut records {
             r.copies = copies.iter().filter(|c| c.backup_id == r.id).cloned().collect();

@@ -5,6 +5,7 @@
 mod args;
 pub(crate) mod commands;
 mod lifecycle;
+mod offsite;
 mod out;
 mod progress;
 pub(crate) mod render;
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use anyhow::Result;
 
 pub use args::{
-    BackupArgs, CatalogCommand, Cli, Command, PackageCommand, PruneArgs, RollbackArgs, ScheduleCommand,
-    ServeArgs, StorageCommand, TokenCommand, UpgradeArgs,
+    BackupArgs, CatalogCommand, Cli, Command, PackageCommand, PruneArgs, RemoteAddArgs, RemoteCommand,
+    RollbackArgs, ScheduleCommand, ServeArgs, StorageCommand, TokenCommand, UpgradeArgs,
 };
 
 use out::{errln, outln};

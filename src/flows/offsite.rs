@@ -39,7 +39,8 @@ pub struct CopyOutcome {
 
 fn remote_of<'a>(ctx: &'a Ctx, name: &str) -> Result<&'a RemoteSettings> {
     ctx.project.settings.remotes.iter().find(|r| r.name == name).ok_or_else(|| {
-        crate::Error::Config(format!("no remote {name:?} in nuwax.toml (nuwax remote list shows them)")).into()
+        crate::Error::Config(format!("no remote {name:?} in nuwax.toml (nuwax remote list shows them)"))
+            .into()
     })
 }
 
@@ -55,7 +56,12 @@ fn object_name(rec: &BackupRecord) -> Option<String> {
 
 /// Copies backup `rec` to `remote`: uploaded, read back, held to the archive's sha256, then
 /// recorded. Any failure leaves it pending (and says why); it never fails the caller.
-async fn copy_one(ctx: &Ctx, settings: &RemoteSettings, rec: &BackupRecord, progress: &dyn Progress) -> Result<CopyOutcome> {
+async fn copy_one(
+    ctx: &Ctx,
+    settings: &RemoteSettings,
+    rec: &BackupRecord,
+    progress: &dyn Progress,
+) -> Result<CopyOutcome> {
     let t = std::time::Instant::now();
     let (Some(name), Some(sum)) = (object_name(rec), rec.checksum.clone()) else {
         return Ok(CopyOutcome {
@@ -76,7 +82,9 @@ async fn copy_one(ctx: &Ctx, settings: &RemoteSettings, rec: &BackupRecord, prog
         let (got, bytes) = remote.digest(&name).await?;
         if got != sum {
             let _ = remote.delete(&name).await;
-            anyhow::bail!("read back {bytes} bytes with sha256 {got}, not the archive's {sum}: removed again");
+            anyhow::bail!(
+                "read back {bytes} bytes with sha256 {got}, not the archive's {sum}: removed again"
+            );
         }
         ctx.catalog.copy_done(rec.id, &settings.name, &name, bytes, &got).await?;
         Ok(sent)
@@ -84,14 +92,32 @@ async fn copy_one(ctx: &Ctx, settings: &RemoteSettings, rec: &BackupRecord, prog
     .await;
     let ms = t.elapsed().as_millis() as u64;
     match result {
-        Ok(bytes) => Ok(CopyOutcome { backup_id: rec.id, remote: settings.name.clone(), status: "copied", bytes, ms, detail: None }),
+        Ok(bytes) => Ok(CopyOutcome {
+            backup_id: rec.id,
+            remote: settings.name.clone(),
+            status: "copied",
+            bytes,
+            ms,
+            detail: None,
+        }),
         Err(e) => {
             let detail = format!("{e:#}");
-            tracing::warn!("copy of backup {} to {}: {detail}; it stays pending (nuwax sync retries)", rec.id, settings.name);
+            tracing::warn!(
+                "copy of backup {} to {}: {detail}; it stays pending (nuwax sync retries)",
+                rec.id,
+                settings.name
+            );
             ctx.catalog.copy_pending(rec.id, &settings.name, &name, Some(&detail)).await?;
             let unreachable = e.downcast_ref::<RemoteError>().is_some_and(RemoteError::is_unreachable);
             let detail = if unreachable { detail } else { format!("failed: {detail}") };
-            Ok(CopyOutcome { backup_id: rec.id, remote: settings.name.clone(), status: "pending", bytes: 0, ms, detail: Some(detail) })
+            Ok(CopyOutcome {
+                backup_id: rec.id,
+                remote: settings.name.clone(),
+                status: "pending",
+                bytes: 0,
+                ms,
+                detail: Some(detail),
+            })
         }
     }
 }
@@ -117,7 +143,8 @@ pub async fn sync(ctx: &Ctx, only: Option<&str>, progress: &dyn Progress) -> Res
     let mut out = Vec::new();
     for settings in ctx.project.settings.remotes.iter().filter(|r| only.is_none_or(|o| o == r.name)) {
         for rec in records.iter().filter(|r| r.is_complete() && r.path.is_some() && settings.wants(&r.kind)) {
-            let done = copies.iter().any(|c| c.backup_id == rec.id && c.remote == settings.name && c.is_copied());
+            let done =
+                copies.iter().any(|c| c.backup_id == rec.id && c.remote == settings.name && c.is_copied());
             if done {
                 continue;
             }
@@ -138,10 +165,13 @@ pub async fn sync(ctx: &Ctx, only: Option<&str>, progress: &dyn Progress) -> Res
 /// remote that holds a copy, held to the recorded sha256 and put where the catalog says (or
 /// into the storage dir). Returns the record as it is now.
 pub async fn ensure_local(ctx: &Ctx, rec: BackupRecord, progress: &dyn Progress) -> Result<BackupRecord> {
-    if rec.path.as_deref().is_some_and(|p| Path::new(p).is_file()) || !rec.is_complete() && rec.status != "missing" {
+    if rec.path.as_deref().is_some_and(|p| Path::new(p).is_file())
+        || !rec.is_complete() && rec.status != "missing"
+    {
         return Ok(rec);
     }
-    let copies: Vec<CopyRecord> = ctx.catalog.copies_of(rec.id).await?.into_iter().filter(CopyRecord::is_copied).collect();
+    let copies: Vec<CopyRecord> =
+        ctx.catalog.copies_of(rec.id).await?.into_iter().filter(CopyRecord::is_copied).collect();
     if copies.is_empty() {
         return Ok(rec);
     }
@@ -161,7 +191,10 @@ pub async fn ensure_local(ctx: &Ctx, rec: BackupRecord, progress: &dyn Progress)
             let (sum, _) = remote.get(&c.name, &temp, progress).await?;
             if rec.checksum.as_deref().is_some_and(|want| want != sum) {
                 let _ = std::fs::remove_file(&temp);
-                anyhow::bail!("the copy's sha256 {sum} is not the archive's {}", rec.checksum.as_deref().unwrap_or_default());
+                anyhow::bail!(
+                    "the copy's sha256 {sum} is not the archive's {}",
+                    rec.checksum.as_deref().unwrap_or_default()
+                );
             }
             std::fs::rename(&temp, &dest).with_context(|| format!("putting {} in place", dest.display()))?;
             crate::fsutil::fsync_dir(storage)?;
@@ -285,9 +318,13 @@ pub async fn prune_remotes(ctx: &Ctx, dry_run: bool, now: DateTime<Utc>) -> Resu
     let records = ctx.catalog.list(&ctx.project.name).await?;
     let copies = ctx.catalog.copies(&ctx.project.name).await?;
     for settings in &ctx.project.settings.remotes {
-        let policy = settings.retention.clone().or_else(|| ctx.project.settings.retention.clone()).unwrap_or_default();
-        policy.validate().map_err(|e| crate::Error::Config(format!("remote {}: retention: {e}", settings.name)))?;
-        let here: Vec<&CopyRecord> = copies.iter().filter(|c| c.remote == settings.name && c.is_copied()).collect();
+        let policy =
+            settings.retention.clone().or_else(|| ctx.project.settings.retention.clone()).unwrap_or_default();
+        policy
+            .validate()
+            .map_err(|e| crate::Error::Config(format!("remote {}: retention: {e}", settings.name)))?;
+        let here: Vec<&CopyRecord> =
+            copies.iter().filter(|c| c.remote == settings.name && c.is_copied()).collect();
         let candidates: Vec<crate::retention::Candidate> = records
             .iter()
             .filter(|r| here.iter().any(|c| c.backup_id == r.id))
@@ -300,9 +337,11 @@ pub async fn prune_remotes(ctx: &Ctx, dry_run: bool, now: DateTime<Utc>) -> Resu
                 })
             })
             .collect::<Result<_>>()?;
-        let newest = candidates.iter().max_by_key(|c| c.id).map(|c| (c.id, "newest copy on this remote".to_string()));
+        let newest =
+            candidates.iter().max_by_key(|c| c.id).map(|c| (c.id, "newest copy on this remote".to_string()));
         let decisions = crate::retention::decide(&candidates, &policy, newest.as_slice(), now);
-        let mut p = RemotePrune { remote: settings.name.clone(), kept: Vec::new(), removed: Vec::new(), error: None };
+        let mut p =
+            RemotePrune { remote: settings.name.clone(), kept: Vec::new(), removed: Vec::new(), error: None };
         for d in &decisions {
             if d.keep {
                 p.kept.push(d.id);
@@ -358,17 +397,27 @@ pub async fn verify_remote(ctx: &Ctx, only: Option<&str>) -> Result<Vec<CopyChec
             continue;
         }
         ctx.interrupt.check()?;
-        let want = records.iter().find(|r| r.id == c.backup_id).and_then(|r| r.checksum.clone()).or(c.sha256.clone());
+        let want = records
+            .iter()
+            .find(|r| r.id == c.backup_id)
+            .and_then(|r| r.checksum.clone())
+            .or(c.sha256.clone());
         let got = match remote_of(ctx, &c.remote).and_then(|s| open(ctx, s)) {
             Ok(remote) => remote.digest(&c.name).await,
             Err(e) => Err(e),
         };
         let (ok, detail) = match (&got, &want) {
             (Ok((sum, bytes)), Some(w)) if sum == w => (true, format!("{bytes} bytes, sha256 {sum}")),
-            (Ok((sum, _)), w) => (false, format!("sha256 {sum}, the archive's is {}", w.as_deref().unwrap_or("unknown"))),
+            (Ok((sum, _)), w) => {
+                (false, format!("sha256 {sum}, the archive's is {}", w.as_deref().unwrap_or("unknown")))
+            }
             (Err(e), _) => (false, format!("{e:#}")),
         };
-        let unreachable = got.as_ref().err().and_then(|e| e.downcast_ref::<RemoteError>()).is_some_and(RemoteError::is_unreachable);
+        let unreachable = got
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<RemoteError>())
+            .is_some_and(RemoteError::is_unreachable);
         if !unreachable {
             ctx.catalog.copy_verified(c.backup_id, &c.remote, (!ok).then_some(detail.as_str())).await?;
         }

@@ -52,6 +52,8 @@ pub struct PruneOutcome {
     /// The newest complete backup, verified before anything was deleted.
     pub verified: Option<i64>,
     pub leftovers_removed: Vec<PathBuf>,
+    /// Each remote's own retention over the copies it holds.
+    pub remotes: Vec<super::offsite::RemotePrune>,
 }
 
 pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>) -> Result<PruneOutcome> {
@@ -112,10 +114,12 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
         freed_bytes: 0,
         verified: None,
         leftovers_removed: Vec::new(),
+        remotes: Vec::new(),
     };
     let doomed: Vec<&BackupRecord> =
         decisions.iter().filter(|d| !d.keep).filter_map(|d| records.iter().find(|r| r.id == d.id)).collect();
     if dry_run {
+        out.remotes = super::offsite::prune_remotes(ctx, true, now).await?;
         return Ok(out);
     }
 
@@ -147,6 +151,9 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
     op.close(deleted.as_ref().err().map(|_| "failed")).await?;
     deleted?;
     out.leftovers_removed = super::recover::sweep(&ctx.project.storage_dir);
+    // The remotes after the local archives: a backup pruned here whose copy a remote keeps
+    // stays restorable from there.
+    out.remotes = super::offsite::prune_remotes(ctx, false, now).await?;
     Ok(out)
 }
 

@@ -436,7 +436,14 @@ fn classify(remote: &str, e: opendal::Error) -> RemoteError {
         )
     ) || (e.kind() == opendal::ErrorKind::Unexpected && e.is_temporary())
         || e.to_string().contains("timeout reached");
-    let detail = format!("{e}");
+    // OpenDAL's message carries its whole context (URL, service, path): the first part and
+    // the I/O error under it say what an operator needs.
+    let full = format!("{e}");
+    let head = full.split(", context:").next().unwrap_or(&full).trim().to_string();
+    let detail = match io {
+        Some(k) => format!("{head} ({})", std::io::Error::from(k)),
+        None => head,
+    };
     match down {
         true => RemoteError::Unreachable { remote: remote.to_string(), detail },
         false => RemoteError::Failed { remote: remote.to_string(), detail },

@@ -180,6 +180,8 @@ pub struct BackupOutcome {
     pub dumps: Vec<crate::archive::manifest::DumpDigest>,
     /// Per dump and mount, whether it holds one point in time.
     pub items: Vec<ItemMoment>,
+    /// Its copies to the remotes (made after it completed; see [`crate::flows::offsite`]).
+    pub copies: Vec<crate::flows::offsite::CopyOutcome>,
 }
 
 /// One stop of `stop = "each"`.
@@ -700,6 +702,7 @@ async fn finish(
                 stop_killed: w.manifest.stop_killed,
                 skipped: w.manifest.skipped,
                 dumps: s.dumps,
+                copies: Vec::new(),
             })
         }
         Err(e) => {
