@@ -234,7 +234,11 @@ impl Remote {
             .await
             .map_err(|e| self.error(e))?;
         let mut sent = 0u64;
-        let mut buf = vec![0u8; PART];
+        // The test hook that slows copies down (NUWAX_RATE_LIMIT), so a test can cut an upload.
+        let rate = crate::faults::rate_limit();
+        let started = std::time::Instant::now();
+        let mut buf =
+            vec![0u8; rate.map_or(PART, |r| usize::try_from(r / 4).unwrap_or(PART).clamp(4096, PART))];
         let outcome: Result<()> = async {
             loop {
                 let n = file.read(&mut buf).await.with_context(|| format!("reading {}", local.display()))?;
@@ -244,6 +248,12 @@ impl Remote {
                 w.write(buf[..n].to_vec()).await.map_err(|e| self.error(e))?;
                 sent += n as u64;
                 progress.inc(n as u64);
+                if let Some(rate) = rate {
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
             w.close().await.map_err(|e| self.error(e))?;
             Ok(())
