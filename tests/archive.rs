@@ -1336,7 +1336,7 @@ fn encrypted_archives_hold_no_plaintext_and_verify_and_extract_exactly() {
     }
     for compression in ALL {
         let mut o = opts(compression);
-        o.recipients = nuwax::archive::seal::parse_recipients(&[recipient.clone()]).unwrap();
+        o.recipients = nuwax::archive::seal::parse_recipients(std::slice::from_ref(&recipient)).unwrap();
         let path = tmp.path().join(format!("enc.{}", compression.extension()));
         let (scanned, summary) = archive_tree("data", &src, &path, &o);
         let bytes = fs::read(&path).unwrap();

@@ -11,12 +11,15 @@ use crate::catalog::BackupRecord;
 
 /// The services whose images are kept (by tag) for `rec`, as its manifest says. Read before
 /// the archive goes: afterwards nothing says it.
-pub fn kept_services(rec: &BackupRecord) -> Vec<String> {
-    rec.path
-        .as_deref()
-        .and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok())
-        .map(|m| m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect())
-        .unwrap_or_default()
+/// An archive this host cannot read (encrypted, no identity here) names none: then every service
+/// of the project's compose files is tried (a tag that is not there is no error).
+pub fn kept_services(rec: &BackupRecord, project: &crate::project::Project) -> Vec<String> {
+    let manifest = rec.path.as_deref().and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok());
+    match manifest {
+        Some(m) => m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect(),
+        None if rec.path.is_some() => project.services.keys().cloned().collect(),
+        None => Vec::new(),
+    }
 }
 
 /// Removes `rec`'s archive, then its row (kept, pointing at no archive, while a remote holds a

@@ -183,7 +183,37 @@ pub async fn doctor(
             ));
         }
     }
+    out.extend(remotes(project, &records).await);
     Ok(out)
+}
+
+/// Each remote: reachable (listed, nothing written), what it holds, and the copies it owes.
+async fn remotes(project: &Project, records: &[crate::catalog::BackupRecord]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for r in &project.settings.remotes {
+        let pending =
+            records.iter().flat_map(|b| &b.copies).filter(|c| c.remote == r.name && !c.is_copied()).count();
+        let listed = match crate::remote::Remote::open(r, &project.name) {
+            Ok(remote) => remote.list().await,
+            Err(e) => Err(e),
+        };
+        match (listed, pending) {
+            (Ok(held), 0) => {
+                out.push(ok("remote", format!("{}: {} archive(s) there, none pending", r.name, held.len())))
+            }
+            (Ok(held), n) => out.push(bad(
+                "remote",
+                format!("{}: {} archive(s) there, {n} copy(ies) pending", r.name, held.len()),
+                "`nuwax sync` copies them",
+            )),
+            (Err(e), _) => out.push(bad(
+                "remote",
+                format!("{}: {e:#}", r.name),
+                "check the URL, the credentials and the network; `nuwax remote test NAME`",
+            )),
+        }
+    }
+    out
 }
 
 /// The snapshot backups copy into while the services run: where, how big, whether its last

@@ -183,7 +183,7 @@ pub async fn delete(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
 /// kept for it), then its file, its row, its tags.
 async fn delete_journaled(op: &mut Operation<'_, Journal>, r: &BackupRecord) -> Result<u64> {
     // Once the file is gone, only the journal says which image tags to release.
-    let kept = super::delete::kept_services(r);
+    let kept = super::delete::kept_services(r, &op.ctx().project);
     op.advance(|j| *j = Journal { deleting: Some(r.id), path: r.path.clone(), kept: kept.clone() }).await?;
     let ctx = op.ctx();
     if let Some(p) = r.path.as_ref().filter(|_| faults::crash_armed(Crash::PruneAfterFile)) {
