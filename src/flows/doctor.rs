@@ -184,7 +184,37 @@ pub async fn doctor(
         }
     }
     out.extend(remotes(project, &records).await);
+    if let Some(f) = encryption(project) {
+        out.push(f);
+    }
     Ok(out)
+}
+
+/// Encrypted archives and the identity that opens them: without one on this host, nuwax can
+/// write backups but not restore them, not even to undo a crashed upgrade on its own.
+fn encryption(project: &Project) -> Option<Finding> {
+    let s = &project.settings;
+    if s.encrypt_to.is_empty() {
+        return None;
+    }
+    let n = s.encrypt_to.len();
+    Some(match &s.identity_file {
+        Some(f) if project.dir.join(f).is_file() => {
+            ok("encryption", format!("archives encrypted to {n} recipient(s); identity_file {} is here", f.display()))
+        }
+        Some(f) => bad(
+            "encryption",
+            format!("archives encrypted to {n} recipient(s); identity_file {} is not there", f.display()),
+            "restores (and the automatic recovery of a crashed upgrade) need it: put it back, or pass --identity",
+        ),
+        None => ok(
+            "encryption",
+            format!(
+                "archives encrypted to {n} recipient(s); no identity on this host: restores need --identity (the \
+                 recovery of a crashed upgrade too)"
+            ),
+        ),
+    })
 }
 
 /// Each remote: reachable (listed, nothing written), what it holds, and the copies it owes.
