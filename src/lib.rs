@@ -19,6 +19,7 @@ pub mod interrupt;
 pub mod lock;
 pub mod package;
 pub mod project;
+pub mod remote;
 pub mod retention;
 pub mod runner;
 pub mod schedule;

@@ -58,6 +58,14 @@ pub struct Settings {
     /// `[services.NAME]`: what the operator says about a service (its database, SQLite files).
     #[serde(default)]
     pub services: BTreeMap<String, crate::database::ServiceSettings>,
+    /// age recipients (`age1...`) every archive is encrypted to as it is written.
+    #[serde(default)]
+    pub encrypt_to: Vec<String>,
+    /// The age identity file that opens encrypted archives (restores, verify, show).
+    pub identity_file: Option<PathBuf>,
+    /// `[[remotes]]`: where copies of the backups go.
+    #[serde(default)]
+    pub remotes: Vec<crate::remote::RemoteSettings>,
 }
 
 /// `stop` in nuwax.toml.

@@ -37,6 +37,7 @@ fn opts(compression: Compression) -> WriteOptions {
         rate_limit: None,
         hash_output: true,
         spill_dir: None,
+        recipients: Vec::new(),
     }
 }
 
@@ -1315,4 +1316,62 @@ fn the_writer_holds_dumps_to_their_declaration() {
     let mut bad = m.clone();
     bad.dumps[0].name = "volumes/x.sql".into();
     assert!(matches!(new().write_manifest(&bad, &Vec::<EntryMeta>::new()), Err(Error::Usage(_))));
+}
+
+/// An archive written for an age recipient holds no plaintext (the manifest neither), verifies
+/// and extracts exactly in this process (which made it), and any damage fails verification.
+#[test]
+fn encrypted_archives_hold_no_plaintext_and_verify_and_extract_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/marker.txt"), "NUWAX-PLAINTEXT-MARKER ".repeat(2000)).unwrap();
+    let key = tmp.path().join("key.txt");
+    #[allow(deprecated)]
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    {
+        use age::secrecy::ExposeSecret;
+        fs::write(&key, format!("{}\n", identity.to_string().expose_secret())).unwrap();
+    }
+    for compression in ALL {
+        let mut o = opts(compression);
+        o.recipients = nuwax::archive::seal::parse_recipients(std::slice::from_ref(&recipient)).unwrap();
+        let path = tmp.path().join(format!("enc.{}", compression.extension()));
+        let (scanned, summary) = archive_tree("data", &src, &path, &o);
+        let bytes = fs::read(&path).unwrap();
+        assert!(nuwax::archive::seal::is_encrypted(&bytes), "{compression}");
+        for needle in [&b"NUWAX-PLAINTEXT-MARKER"[..], b"manifest.json", b"marker.txt"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{compression}: plaintext in the file"
+            );
+        }
+        let report =
+            verify(&path, summary.archive_sha256.as_deref(), &Cancel::default(), &NoProgress).unwrap();
+        assert_eq!(report.entries, scanned.entries.len());
+        let dest = tmp.path().join(format!("out-{compression}"));
+        nuwax::archive::extract(
+            &path,
+            &[nuwax::archive::Target { prefix: "data".into(), dest: dest.clone() }],
+            &Cancel::default(),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_same_tree("data", &src, &scanned, &dest);
+        // A flipped byte in the middle fails, as for any archive.
+        let mut bad = bytes.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x40;
+        let damaged = tmp.path().join("damaged");
+        fs::write(&damaged, &bad).unwrap();
+        assert!(check(&damaged).is_err(), "{compression}: a flipped byte verified");
+    }
+    // The CLI's age opens it with the operator's identity, and it is a nuwax archive inside.
+    if Command::new("age").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        let path = tmp.path().join(format!("enc.{}", Compression::None.extension()));
+        let out = Command::new("age").arg("-d").arg("-i").arg(&key).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.windows(13).any(|w| w == b"manifest.json"));
+    }
 }

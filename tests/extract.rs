@@ -115,6 +115,7 @@ fn archive_roots(out: &Path, compression: Compression, roots: &[(&str, &Path)]) 
         rate_limit: None,
         hash_output: true,
         spill_dir: None,
+        recipients: Vec::new(),
     };
     let file = fs::File::create(out).unwrap();
     let mut writer = ArchiveWriter::new(file, &opts, Cancel::new(), Arc::new(NoProgress)).unwrap();

@@ -12,6 +12,7 @@ mod faults;
 mod lifecycle;
 mod major;
 mod modes;
+mod offsite;
 mod package;
 mod pause;
 mod regression;

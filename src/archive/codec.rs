@@ -116,16 +116,28 @@ pub(super) fn is_raw_read_error(err: &io::Error) -> bool {
 struct RawReadError(io::Error);
 
 /// The file end of the pipeline: hashes and counts every byte read from disk, and marks its
-/// errors so they are told apart from corruption found further up.
+/// errors so they are told apart from corruption found further up. The tally is shared, so it
+/// can be read once the layers above (decryption) are done with the file.
 pub(super) struct RawReader {
     file: File,
+    tally: std::sync::Arc<std::sync::Mutex<Tally>>,
+}
+
+/// The whole file's digest and size, as read.
+#[derive(Default)]
+pub(super) struct Tally {
     pub(super) hasher: Sha256,
     pub(super) bytes: u64,
 }
 
 impl RawReader {
     pub(super) fn new(file: File) -> Self {
-        Self { file, hasher: Sha256::new(), bytes: 0 }
+        Self { file, tally: Default::default() }
+    }
+
+    /// A handle on what this reader has read so far.
+    pub(super) fn tally(&self) -> std::sync::Arc<std::sync::Mutex<Tally>> {
+        self.tally.clone()
     }
 }
 
@@ -134,8 +146,9 @@ impl Read for RawReader {
         loop {
             match self.file.read(buf) {
                 Ok(n) => {
-                    self.hasher.update(&buf[..n]);
-                    self.bytes += n as u64;
+                    let mut t = self.tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    t.hasher.update(&buf[..n]);
+                    t.bytes += n as u64;
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

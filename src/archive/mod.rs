@@ -10,6 +10,7 @@ pub mod manifest;
 mod reader;
 mod repack;
 mod scan;
+pub mod seal;
 mod tarfmt;
 mod walk;
 mod writer;
@@ -155,6 +156,13 @@ pub enum Error {
     /// symlink, a symlink leaving its destination, a parent that is not an extracted directory.
     #[error("refusing to extract {path}: {reason}")]
     Refused { path: String, reason: String },
+    /// An age-encrypted archive that none of the identities this process holds opens.
+    #[error(
+        "{} is encrypted (age) and {} opens it: give nuwax the identity (identity_file in nuwax.toml, or --identity PATH)",
+        path.display(),
+        if *identities == 0 { "no identity was given that".to_string() } else { format!("none of the {identities} identities given") }
+    )]
+    Encrypted { path: PathBuf, identities: usize },
     #[error("archive format version {found} is newer than this nuwax supports ({supported})")]
     UnsupportedFormat { found: u32, supported: u32 },
     /// The API was used out of order or with arguments it cannot honour (a bug in the caller).

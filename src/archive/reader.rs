@@ -9,11 +9,12 @@ use std::path::Path;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::codec::{Counting, Decoder, RawReader, is_raw_read_error};
+use super::codec::{Counting, Decoder, RawReader, Tally, is_raw_read_error};
 use super::manifest::{
     CHECKSUMS_NAME, Checksums, DIGESTS_NAME, DigestsInfo, DumpDigest, DumpRecord, EntryKind, EntryMeta,
     FORMAT_VERSION, INDEX_NAME, IndexInfo, MANIFEST_NAME, Manifest, digest_line, dump_part_name,
 };
+use super::seal::Opened;
 use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, detect_compression, hex};
 
 /// Largest `manifest.json` / `checksums.json` accepted; guards memory against a corrupt size.
@@ -124,7 +125,7 @@ pub fn verify(
 
 /// The report of a finished walk, once its whole-file digest matched `expected_sha256`.
 pub(super) fn report(walked: Walked, expected_sha256: Option<&str>) -> Result<VerifyReport> {
-    let archive_sha256 = hex(&walked.raw.hasher.finalize());
+    let archive_sha256 = hex(&walked.raw.hasher.clone().finalize());
     if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&archive_sha256)) {
         return Err(Error::ChecksumMismatch { expected: expected.to_owned(), actual: archive_sha256 });
     }
@@ -198,7 +199,7 @@ pub(super) struct Walked {
     pub(super) entries: u64,
     pub(super) content_bytes: u64,
     /// The file end, holding the size and digest of the whole archive file.
-    pub(super) raw: RawReader,
+    pub(super) raw: Tally,
     pub(super) dumps: Vec<DumpDigest>,
 }
 
@@ -665,12 +666,13 @@ const END_MARKER: u64 = 1024;
 /// returned reader holds the digest of all of it.
 fn check_end(
     path: &Path,
-    mut stream: Stream,
+    stream: Stream,
     compression: Compression,
     trailer_end: u64,
     buf: &mut [u8],
     cancel: &Cancel,
-) -> Result<RawReader> {
+) -> Result<Tally> {
+    let Stream { inner: mut stream, tally } = stream;
     let end = trailer_end + END_MARKER;
     loop {
         cancel.check()?;
@@ -694,13 +696,15 @@ fn check_end(
     if let Some(what) = after_stream(path, &mut raw, compression, buf, cancel)? {
         return Err(Error::corrupt(format!("{what} after the end of the compressed stream")));
     }
-    Ok(raw.into_inner())
+    drop(raw);
+    let mut tally = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(std::mem::take(&mut *tally))
 }
 
 /// What follows the compressed stream in `raw`, if anything, read to the end and named.
 fn after_stream(
     path: &Path,
-    raw: &mut BufReader<RawReader>,
+    raw: &mut impl BufRead,
     compression: Compression,
     buf: &mut [u8],
     cancel: &Cancel,
@@ -751,12 +755,25 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     }
 }
 
-type Stream = Counting<Decoder<BufReader<RawReader>>>;
+/// An archive's bytes as the tar reader takes them: decompressed, decrypted when it is
+/// encrypted, with the whole file's tally on the side.
+struct Stream {
+    inner: Counting<Decoder<Opened<BufReader<RawReader>>>>,
+    tally: std::sync::Arc<std::sync::Mutex<Tally>>,
+}
 
-/// Opens `path` with the decompressor its first bytes call for.
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+/// Opens `path` with the decryption and decompressor its first bytes call for.
 fn open(path: &Path) -> Result<(Stream, Compression)> {
     let file = File::open(path).map_err(Error::io(path))?;
-    let mut raw = BufReader::with_capacity(BUF_SIZE, RawReader::new(file));
+    let raw = RawReader::new(file);
+    let tally = raw.tally();
+    let mut raw = Opened::new(BufReader::with_capacity(BUF_SIZE, raw), path)?;
     let compression = detect_compression(raw.fill_buf().map_err(read_error(path))?);
     let decoder = match compression {
         // One frame: by default the decoder would go on into any frame that follows.
@@ -766,7 +783,7 @@ fn open(path: &Path) -> Result<(Stream, Compression)> {
         Compression::Gzip => Decoder::Gzip(Box::new(flate2::bufread::GzDecoder::new(raw))),
         Compression::None => Decoder::Plain(raw),
     };
-    Ok((Counting::new(decoder), compression))
+    Ok((Stream { inner: Counting::new(decoder), tally }, compression))
 }
 
 /// The first entry must be `manifest.json`; returns it parsed and the digest of its bytes.

@@ -20,6 +20,7 @@ use super::manifest::{
     index_line,
 };
 use super::scan::{StreamItem, StreamNames};
+use super::seal::{Recipient, Sealer};
 use super::{BUF_SIZE, Cancel, Compression, Error, Progress, Result, check_archive_path, hex, tarfmt};
 
 /// Digest lines kept in memory before they move to a temp file.
@@ -46,6 +47,8 @@ pub struct WriteOptions {
     pub hash_output: bool,
     /// Where the file digests go once they outgrow memory (the system's temp dir when `None`).
     pub spill_dir: Option<PathBuf>,
+    /// Encrypt the archive to these age recipients as it is written (see [`super::seal`]).
+    pub recipients: Vec<Recipient>,
 }
 
 impl Default for WriteOptions {
@@ -58,6 +61,7 @@ impl Default for WriteOptions {
             rate_limit: None,
             hash_output: true,
             spill_dir: None,
+            recipients: Vec::new(),
         }
     }
 }
@@ -78,7 +82,7 @@ pub struct WriteSummary {
 /// Streams one archive into `W`. Call [`write_manifest`](Self::write_manifest) first, then
 /// `append_*` for the declared entries in their order, then [`finish`](Self::finish).
 pub struct ArchiveWriter<W: Write> {
-    out: BufWriter<Encoder<HashingWriter<W>>>,
+    out: BufWriter<Encoder<Sealer<HashingWriter<W>>>>,
     cancel: Cancel,
     progress: Arc<dyn Progress>,
     limiter: Option<RateLimiter>,
@@ -110,8 +114,9 @@ impl<W: Write> ArchiveWriter<W> {
             )));
         }
         let sink = HashingWriter::new(out, opts.hash_output);
+        let sealed = Sealer::new(sink, &opts.recipients).map_err(Error::Output)?;
         let encoder =
-            Encoder::new(sink, opts.compression, opts.level, opts.threads).map_err(Error::Output)?;
+            Encoder::new(sealed, opts.compression, opts.level, opts.threads).map_err(Error::Output)?;
         // Enough chunks per second that throttling stays smooth and cancellation prompt.
         let chunk = opts
             .rate_limit
@@ -408,7 +413,7 @@ impl<W: Write> ArchiveWriter<W> {
         self.write_member(CHECKSUMS_NAME, &bytes, 0)?;
         self.out.write_all(&[0; 1024]).map_err(Error::Output)?;
         let encoder = self.out.into_inner().map_err(|e| Error::Output(e.into_error()))?;
-        let mut sink = encoder.finish().map_err(Error::Output)?;
+        let mut sink = encoder.finish().and_then(Sealer::finish).map_err(Error::Output)?;
         sink.inner.flush().map_err(Error::Output)?;
         Ok(WriteSummary {
             archive_bytes: sink.bytes,

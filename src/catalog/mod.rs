@@ -1,6 +1,7 @@
 //! The catalog: SQLite through sqlx (WAL), migrations embedded from `migrations/`.
 //! Backups (`pending` → `complete` | `failed`), the operations journal, upgrades and versions.
 
+mod copies;
 mod lifecycle;
 mod records;
 mod upgrades;
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+pub use copies::CopyRecord;
 pub use lifecycle::*;
 pub use records::*;
 pub use upgrades::*;
@@ -149,17 +151,27 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .await
             .context("reading the catalog")?;
-        row.map(|r| BackupRecord::from_row(&r)).transpose()
+        let mut rec = row.map(|r| BackupRecord::from_row(&r)).transpose()?;
+        if let Some(r) = &mut rec {
+            r.copies = self.copies_of(r.id).await?;
+        }
+        Ok(rec)
     }
 
-    /// All backups of the project, oldest first.
+    /// All backups of the project, oldest first, with their copies.
     pub async fn list(&self, project: &str) -> Result<Vec<BackupRecord>> {
         let rows = sqlx::query("SELECT * FROM backups WHERE project = ? ORDER BY id")
             .bind(project)
             .fetch_all(&self.pool)
             .await
             .context("reading the catalog")?;
-        rows.iter().map(BackupRecord::from_row).collect()
+        let mut records: Vec<BackupRecord> =
+            rows.iter().map(BackupRecord::from_row).collect::<Result<_>>()?;
+        let copies = self.copies(project).await?;
+        for r in &mut records {
+            r.copies = copies.iter().filter(|c| c.backup_id == r.id).cloned().collect();
+        }
+        Ok(records)
     }
 
     pub async fn last_complete(&self, project: &str) -> Result<Option<BackupRecord>> {
@@ -175,6 +187,7 @@ impl Catalog {
     }
 
     pub async fn delete(&self, id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM copies WHERE backup_id = ?").bind(id).execute(&self.pool).await?;
         sqlx::query("UPDATE operations SET backup_id = NULL WHERE backup_id = ?")
             .bind(id)
             .execute(&self.pool)

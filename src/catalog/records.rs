@@ -76,6 +76,8 @@ pub struct BackupRecord {
     pub live: bool,
     /// Services the engine killed because they did not stop within their stop timeout.
     pub stop_killed: Vec<String>,
+    /// Its copies on remotes (`[[remotes]]`), copied or pending.
+    pub copies: Vec<super::CopyRecord>,
 }
 
 impl BackupRecord {
@@ -104,6 +106,7 @@ impl BackupRecord {
                 .map(|s| serde_json::from_str(&s))
                 .transpose()?
                 .unwrap_or_default(),
+            copies: Vec::new(),
         })
         .map(|mut b: BackupRecord| {
             if b.missing_at.is_some() && b.status == "complete" {

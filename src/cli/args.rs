@@ -19,6 +19,9 @@ pub struct Cli {
     /// Only errors on stderr.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// An age identity file that opens encrypted archives (besides `identity_file` in nuwax.toml).
+    #[arg(long, global = true, value_name = "PATH", env = "NUWAX_IDENTITY")]
+    pub identity: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,18 +40,28 @@ pub enum Command {
     Show { id: i64 },
     /// Read an archive back and check every byte against its checksums.
     Verify {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "remote"], conflicts_with_all = ["all", "remote"])]
         id: Option<i64>,
         /// Every complete backup of the project.
         #[arg(long)]
         all: bool,
+        /// Read every copy on the remotes back instead and hold it to its archive's sha256.
+        #[arg(long, conflicts_with = "all")]
+        remote: bool,
     },
     /// Remove a backup's archive, then its record.
     Delete { id: i64 },
     /// Finish an operation a killed nuwax left behind: start its services, mark its backup failed.
     Recover,
     /// Add an archive made elsewhere to the catalog, after verifying it.
-    Import { archive: std::path::PathBuf },
+    Import {
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        archive: Option<std::path::PathBuf>,
+        /// Fetch every archive of this project that remote REMOTE holds and the catalog does not
+        /// know (a site moved to a new machine with its compose files and the remote's credentials).
+        #[arg(long, value_name = "REMOTE")]
+        from: Option<String>,
+    },
     /// Make the project what a backup holds: configs, volumes, bind mounts, images.
     Rollback(RollbackArgs),
     /// Move the project to a package's version: pre-upgrade backup, apply, health gate, and an
@@ -78,6 +91,15 @@ pub enum Command {
     /// The console's access token.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Remotes: where copies of the backups go.
+    #[command(subcommand)]
+    Remote(RemoteCommand),
+    /// Copy the backups the remotes' policies want and do not hold yet (pending copies included).
+    Sync {
+        /// Only this remote.
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -153,7 +175,46 @@ pub enum StorageCommand {
 pub enum CatalogCommand {
     /// Record the archives in the storage directory the catalog does not know; mark rows whose
     /// archive is gone as missing.
-    Rebuild,
+    Rebuild {
+        /// First fetch the archives remote REMOTE holds that the storage directory lacks.
+        #[arg(long, value_name = "REMOTE")]
+        from: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum RemoteCommand {
+    /// Add a remote to nuwax.toml (credentials go in a file or the environment, never here).
+    Add(RemoteAddArgs),
+    /// The remotes, and how many copies each holds or owes.
+    List,
+    /// Write, read back and remove a test object.
+    Test { name: String },
+    /// Remove a remote from nuwax.toml (its objects stay where they are).
+    Remove { name: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RemoteAddArgs {
+    pub name: String,
+    /// `s3://bucket/prefix`, `sftp://user@host:port/path`, or a directory.
+    pub url: String,
+    /// S3: the endpoint URL (AWS's own when left out).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// S3: the region (default us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// A file of KEY=VALUE lines holding the credentials (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY; SSH_KEY for SFTP).
+    #[arg(long, value_name = "FILE")]
+    pub credentials_file: Option<PathBuf>,
+    /// Which backups are copied there.
+    #[arg(long, default_value = "all", value_parser = ["all", "kinds", "scheduled"])]
+    pub copy: String,
+    /// With --copy kinds: manual, scheduled, pre-upgrade, pre-rollback (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Vec<String>,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -21,7 +21,11 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
         Command::Storage(super::StorageCommand::Migrate { new_dir }) => {
             super::lifecycle::migrate(&cli, new_dir, interrupt).await
         }
-        Command::Catalog(super::CatalogCommand::Rebuild) => super::lifecycle::rebuild(&cli, interrupt).await,
+        Command::Catalog(super::CatalogCommand::Rebuild { from }) => {
+            super::lifecycle::rebuild(&cli, from.as_deref(), interrupt).await
+        }
+        Command::Remote(cmd) => super::offsite::remote(&cli, cmd, interrupt).await,
+        Command::Sync { remote } => super::offsite::sync(&cli, remote.as_deref(), interrupt).await,
         Command::Doctor => super::lifecycle::doctor(&cli, interrupt).await,
         Command::Serve(args) => {
             let dir = cli.project_dir.clone().unwrap_or_else(|| ".".into());
@@ -58,7 +62,11 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
             let bar = progress::bar(cli.json || cli.quiet);
             let outcome = backup(&ctx, &opts, bar.clone()).await;
             bar.done();
-            let outcome = outcome?;
+            let mut outcome = outcome?;
+            // The backup is complete and the services run: the copies never hold them up.
+            let bar = progress::bar(cli.json || cli.quiet);
+            outcome.copies = crate::flows::offsite::after_backup(&ctx, outcome.id, &*bar).await?;
+            bar.done();
             ctx.catalog.close().await;
             render::backup(&cli, &outcome);
             Ok(())
@@ -79,7 +87,8 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
             render::show(&cli, &rec, manifest.as_ref());
             Ok(())
         }
-        Command::Verify { id, all } => {
+        Command::Verify { remote: true, .. } => super::offsite::verify_remote(&cli, interrupt).await,
+        Command::Verify { id, all, .. } => {
             let mut ctx = context(&cli, false, interrupt).await?;
             recover_if_needed(&mut ctx, None).await?;
             let records = if *all {
@@ -127,7 +136,9 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
             render::deleted(&cli, &rec);
             Ok(())
         }
-        Command::Import { archive } => {
+        Command::Import { from: Some(from), .. } => super::offsite::import_from(&cli, from, interrupt).await,
+        Command::Import { archive, .. } => {
+            let archive = archive.as_deref().expect("clap requires an archive without --from");
             let mut ctx = context(&cli, false, interrupt).await?;
             let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
             recover_if_needed(&mut ctx, Some(&lock)).await?;
@@ -164,6 +175,11 @@ async fn rollback(cli: &Cli, args: &crate::cli::RollbackArgs, interrupt: Interru
         note: None,
         accept_live: args.accept_live,
     };
+    // An archive this host no longer has comes back from a remote that holds a copy.
+    let bar = progress::bar(cli.json || cli.quiet);
+    let fetched = crate::flows::offsite::ensure_local(&ctx, record(&ctx, args.id).await?, &*bar).await;
+    bar.done();
+    fetched?;
     let plan = plan(&ctx, &opts).await?;
     if args.dry_run {
         render::rollback_plan(cli, &plan);

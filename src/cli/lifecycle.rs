@@ -39,7 +39,10 @@ pub async fn prune(cli: &Cli, args: &PruneArgs, interrupt: Interrupt) -> Result<
     let policy = policy(&ctx, args);
     let out = crate::flows::prune::prune(&ctx, &policy, args.dry_run, chrono::Utc::now()).await?;
     render_prune(cli, &out);
-    Ok(())
+    match out.remotes.iter().find(|r| r.error.is_some()) {
+        Some(r) => anyhow::bail!("pruning remote {}: {}", r.remote, r.error.as_deref().unwrap_or_default()),
+        None => Ok(()),
+    }
 }
 
 fn render_prune(cli: &Cli, o: &crate::flows::prune::PruneOutcome) {
@@ -60,6 +63,16 @@ fn render_prune(cli: &Cli, o: &crate::flows::prune::PruneOutcome) {
         ]);
     }
     outln!("{t}");
+    for r in &o.remotes {
+        let verb = if o.dry_run { "would remove" } else { "removed" };
+        outln!(
+            "remote {}: keeps the copies of {}; {verb} {}{}",
+            r.remote,
+            ids(&r.kept),
+            ids(&r.removed),
+            r.error.as_deref().map(|e| format!(" (stopped: {e})")).unwrap_or_default()
+        );
+    }
     if o.dry_run {
         outln!("dry run: nothing was deleted");
         return;
@@ -70,6 +83,13 @@ fn render_prune(cli: &Cli, o: &crate::flows::prune::PruneOutcome) {
     outln!("removed {} backup(s), {} freed", o.removed.len(), human_bytes(o.freed_bytes));
     for l in &o.leftovers_removed {
         outln!("removed leftover {}", l.display());
+    }
+}
+
+fn ids(v: &[i64]) -> String {
+    match v.is_empty() {
+        true => "none".into(),
+        false => v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
     }
 }
 
@@ -146,12 +166,16 @@ async fn run_once(cli: &Cli, interrupt: &Interrupt) -> Result<String> {
     let b = backup(&ctx, &opts, std::sync::Arc::new(crate::archive::NoProgress)).await?;
     let policy = ctx.project.settings.retention.clone().unwrap_or_default();
     let p = crate::flows::prune::prune(&ctx, &policy, false, chrono::Utc::now()).await?;
+    // Copies: this backup's, and any an unreachable remote still owes from earlier runs.
+    let copies = crate::flows::offsite::sync(&ctx, None, &crate::archive::NoProgress).await?;
+    let pending = copies.iter().filter(|c| c.status == "pending").count();
     Ok(format!(
-        "backup {} complete ({}, downtime {}); prune removed {:?}",
+        "backup {} complete ({}, downtime {}); prune removed {:?}; {} copied to remotes, {pending} pending",
         b.id,
         human_bytes(b.size_bytes),
         b.downtime_ms.map(crate::fsutil::human_ms).unwrap_or_else(|| "none".into()),
-        p.removed
+        p.removed,
+        copies.iter().filter(|c| c.status == "copied").count()
     ))
 }
 
@@ -182,11 +206,27 @@ pub async fn migrate(cli: &Cli, new_dir: &std::path::Path, interrupt: Interrupt)
     Ok(())
 }
 
-pub async fn rebuild(cli: &Cli, interrupt: Interrupt) -> Result<()> {
+pub async fn rebuild(cli: &Cli, from: Option<&str>, interrupt: Interrupt) -> Result<()> {
     let mut ctx = context(cli, false, interrupt).await?;
     let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
     recover_if_needed(&mut ctx, Some(&lock)).await?;
+    let fetched = match from {
+        Some(remote) => {
+            let bar = progress::bar(cli.json || cli.quiet);
+            let f = crate::flows::offsite::fetch_for_rebuild(&ctx, remote, &*bar).await;
+            bar.done();
+            let f = f?;
+            if !cli.json {
+                outln!("fetched {} archive(s) from remote {remote}", f.len());
+            }
+            f
+        }
+        None => Vec::new(),
+    };
     let out = crate::flows::rebuild::rebuild(&ctx).await?;
+    if let Some(remote) = from {
+        crate::flows::offsite::record_rebuilt(&ctx, remote, &fetched).await?;
+    }
     if cli.json {
         outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());

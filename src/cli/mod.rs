@@ -5,6 +5,7 @@
 mod args;
 pub(crate) mod commands;
 mod lifecycle;
+mod offsite;
 mod out;
 mod progress;
 pub(crate) mod render;
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use anyhow::Result;
 
 pub use args::{
-    BackupArgs, CatalogCommand, Cli, Command, PackageCommand, PruneArgs, RollbackArgs, ScheduleCommand,
-    ServeArgs, StorageCommand, TokenCommand, UpgradeArgs,
+    BackupArgs, CatalogCommand, Cli, Command, PackageCommand, PruneArgs, RemoteAddArgs, RemoteCommand,
+    RollbackArgs, ScheduleCommand, ServeArgs, StorageCommand, TokenCommand, UpgradeArgs,
 };
 
 use out::{errln, outln};
@@ -170,6 +171,9 @@ pub(crate) async fn connect() -> Result<Arc<dyn Engine>> {
 
 /// The project, its catalog and (when `engine`) a connected engine.
 async fn context(cli: &Cli, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
+    if let Some(id) = &cli.identity {
+        crate::archive::seal::load_identity_file(id)?;
+    }
     let dir = cli.project_dir.clone().unwrap_or_else(|| ".".into());
     context_at(&dir, engine, interrupt).await
 }
@@ -177,6 +181,14 @@ async fn context(cli: &Cli, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
 /// [`context`] for the project in `dir`.
 pub(crate) async fn context_at(dir: &std::path::Path, engine: bool, interrupt: Interrupt) -> Result<Ctx> {
     let project = Project::discover(dir)?;
+    if let Some(file) = &project.settings.identity_file {
+        // Resolved against the project dir; kept in memory only. A missing key is only a
+        // problem for what needs it (that error names it), not for every command.
+        let file = project.dir.join(file);
+        if let Err(e) = crate::archive::seal::load_identity_file(&file) {
+            tracing::warn!("identity_file: {e:#}; encrypted archives cannot be read");
+        }
+    }
     let catalog = Catalog::open(&project.state_dir).await?;
     let engine = if engine { Some(connect().await?) } else { None };
     let compose = engine.as_ref().and_then(|_| compose_of(&project));

@@ -97,6 +97,9 @@ pub fn backup(cli: &Cli, o: &BackupOutcome) {
     for w in backup_warnings(o.live, &o.stop_killed) {
         outln!("  warning: {w}");
     }
+    for c in &o.copies {
+        super::offsite::copy_line(c);
+    }
 }
 
 /// `backup --dry-run`: what the backup would do; nothing was changed.
@@ -313,6 +316,7 @@ pub fn list(cli: &Cli, records: &[BackupRecord]) {
         "size",
         "downtime",
         "note",
+        "where",
         "path / error",
     ]);
     for r in records {
@@ -328,10 +332,22 @@ pub fn list(cli: &Cli, records: &[BackupRecord]) {
             opt(r.size_bytes.map(|s| human_bytes(s as u64))),
             opt(r.downtime_ms.map(|d| human_ms(d as u64))),
             backup_flags(r),
+            places(r),
             last,
         ]);
     }
     outln!("{t}");
+}
+
+/// Where a backup's archive is: "here", and each remote (pending ones marked so).
+fn places(r: &BackupRecord) -> String {
+    let here = r.path.is_some() && r.status == "complete";
+    let mut v: Vec<String> = here.then(|| "here".to_string()).into_iter().collect();
+    v.extend(r.copies.iter().map(|c| match c.is_copied() {
+        true => c.remote.clone(),
+        false => format!("{} (pending)", c.remote),
+    }));
+    if v.is_empty() { "-".into() } else { v.join(", ") }
 }
 
 fn file_name(p: &str) -> String {
@@ -365,6 +381,13 @@ pub fn show(cli: &Cli, r: &BackupRecord, m: Option<&Manifest>) {
     outln!("  files        {}", opt(r.file_count));
     outln!("  duration     {}", opt(r.duration_ms.map(|d| human_ms(d as u64))));
     outln!("  downtime     {}", opt(r.downtime_ms.map(|d| human_ms(d as u64))));
+    outln!("  where        {}", places(r));
+    for c in &r.copies {
+        let when = c.copied_at.as_deref().map(|t| format!(", copied {t}")).unwrap_or_default();
+        let checked = c.verified_at.as_deref().map(|t| format!(", read back {t}")).unwrap_or_default();
+        let why = c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        outln!("    {} {} as {}{when}{checked}{why}", c.remote, c.status, c.name);
+    }
     if let Some(n) = &r.note {
         outln!("  note         {n}");
     }

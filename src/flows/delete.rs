@@ -11,15 +11,19 @@ use crate::catalog::BackupRecord;
 
 /// The services whose images are kept (by tag) for `rec`, as its manifest says. Read before
 /// the archive goes: afterwards nothing says it.
-pub fn kept_services(rec: &BackupRecord) -> Vec<String> {
-    rec.path
-        .as_deref()
-        .and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok())
-        .map(|m| m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect())
-        .unwrap_or_default()
+/// An archive this host cannot read (encrypted, no identity here) names none: then every service
+/// of the project's compose files is tried (a tag that is not there is no error).
+pub fn kept_services(rec: &BackupRecord, project: &crate::project::Project) -> Vec<String> {
+    let manifest = rec.path.as_deref().and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok());
+    match manifest {
+        Some(m) => m.services.into_iter().filter(|s| s.keep_tag.is_some()).map(|s| s.service).collect(),
+        None if rec.path.is_some() => project.services.keys().cloned().collect(),
+        None => Vec::new(),
+    }
 }
 
-/// Removes `rec`'s archive, then its row. Returns the bytes freed. The image tags kept for it
+/// Removes `rec`'s archive, then its row (kept, pointing at no archive, while a remote holds a
+/// copy). Returns the bytes freed. The image tags kept for it
 /// go with [`release_tags`], after the row: a journal that names them must come first (see
 /// [`crate::flows::prune::delete`]), since nothing else says which they were.
 pub async fn remove(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
@@ -33,7 +37,13 @@ pub async fn remove(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", p.display()))),
         }
     }
-    ctx.catalog.delete(rec.id).await?;
+    // A copy on a remote still holds it: the row stays, pointing at no local archive, so that
+    // the backup can still be fetched back and rolled back to (the remote's retention decides).
+    if ctx.catalog.copies_of(rec.id).await?.iter().any(|c| c.is_copied()) {
+        ctx.catalog.set_path(rec.id, None).await?;
+    } else {
+        ctx.catalog.delete(rec.id).await?;
+    }
     Ok(freed)
 }
 

@@ -91,8 +91,10 @@ pub async fn doctor(
 
     // Archives on disk against catalog rows.
     let records = catalog.list(&project.name).await?;
+    let offsite = super::offsite::offsite_only(&records);
     let gone: Vec<String> = records
         .iter()
+        .filter(|r| !offsite.contains(&r.id))
         .filter(|r| {
             r.status == "missing"
                 || (r.is_complete() && !r.path.as_deref().is_some_and(|p| std::path::Path::new(p).is_file()))
@@ -181,7 +183,67 @@ pub async fn doctor(
             ));
         }
     }
+    out.extend(remotes(project, &records).await);
+    if let Some(f) = encryption(project) {
+        out.push(f);
+    }
     Ok(out)
+}
+
+/// Encrypted archives and the identity that opens them: without one on this host, nuwax can
+/// write backups but not restore them, not even to undo a crashed upgrade on its own.
+fn encryption(project: &Project) -> Option<Finding> {
+    let s = &project.settings;
+    if s.encrypt_to.is_empty() {
+        return None;
+    }
+    let n = s.encrypt_to.len();
+    Some(match &s.identity_file {
+        Some(f) if project.dir.join(f).is_file() => {
+            ok("encryption", format!("archives encrypted to {n} recipient(s); identity_file {} is here", f.display()))
+        }
+        Some(f) => bad(
+            "encryption",
+            format!("archives encrypted to {n} recipient(s); identity_file {} is not there", f.display()),
+            "restores (and the automatic recovery of a crashed upgrade) need it: put it back, or pass --identity",
+        ),
+        None => ok(
+            "encryption",
+            format!(
+                "archives encrypted to {n} recipient(s); no identity on this host: restores need --identity (the \
+                 recovery of a crashed upgrade too)"
+            ),
+        ),
+    })
+}
+
+/// Each remote: reachable (listed, nothing written), what it holds, and the copies it owes.
+async fn remotes(project: &Project, records: &[crate::catalog::BackupRecord]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for r in &project.settings.remotes {
+        let pending =
+            records.iter().flat_map(|b| &b.copies).filter(|c| c.remote == r.name && !c.is_copied()).count();
+        let listed = match crate::remote::Remote::open(r, &project.name) {
+            Ok(remote) => remote.list().await,
+            Err(e) => Err(e),
+        };
+        match (listed, pending) {
+            (Ok(held), 0) => {
+                out.push(ok("remote", format!("{}: {} archive(s) there, none pending", r.name, held.len())))
+            }
+            (Ok(held), n) => out.push(bad(
+                "remote",
+                format!("{}: {} archive(s) there, {n} copy(ies) pending", r.name, held.len()),
+                "`nuwax sync` copies them",
+            )),
+            (Err(e), _) => out.push(bad(
+                "remote",
+                format!("{}: {e:#}", r.name),
+                "check the URL, the credentials and the network; `nuwax remote test NAME`",
+            )),
+        }
+    }
+    out
 }
 
 /// The snapshot backups copy into while the services run: where, how big, whether its last

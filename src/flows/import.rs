@@ -92,7 +92,8 @@ pub async fn import_with(ctx: &Ctx, source: &Path, take: Take) -> Result<Importe
             note: Some(&note),
         })
         .await?;
-    let name = super::backup::archive_name(kind, &version, created_at, id, compression);
+    let encrypted = archive::seal::is_encrypted(&head(&source)?);
+    let name = super::backup::archive_name(kind, &version, created_at, id, compression, encrypted);
     let final_path = storage.join(name);
     let temp = storage.join(format!(".nuwax-partial-{id}.tmp"));
     let result = async {
@@ -148,6 +149,17 @@ pub async fn import_with(ctx: &Ctx, source: &Path, take: Take) -> Result<Importe
         from_backup_id: m.backup_id,
         size_bytes: report.archive_bytes,
     })
+}
+
+/// The first bytes of a file (enough to tell an age file).
+fn head(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(64);
+    std::fs::File::open(path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .take(64)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 fn copy_private(from: &Path, to: &Path) -> Result<()> {

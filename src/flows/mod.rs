@@ -5,6 +5,7 @@ pub mod backup;
 pub mod delete;
 pub mod doctor;
 pub mod import;
+pub mod offsite;
 pub mod prune;
 pub mod rebuild;
 pub mod recover;

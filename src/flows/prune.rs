@@ -52,6 +52,8 @@ pub struct PruneOutcome {
     /// The newest complete backup, verified before anything was deleted.
     pub verified: Option<i64>,
     pub leftovers_removed: Vec<PathBuf>,
+    /// Each remote's own retention over the copies it holds.
+    pub remotes: Vec<super::offsite::RemotePrune>,
 }
 
 pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>) -> Result<PruneOutcome> {
@@ -65,6 +67,9 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
         )));
     }
     let mut records = ctx.catalog.list(project).await?;
+    // Backups whose only archive is a remote's copy are that remote's to prune (`prune_remotes`).
+    let offsite = super::offsite::offsite_only(&records);
+    records.retain(|r| !offsite.contains(&r.id));
     // A complete row whose archive is gone is `missing`: not restorable, removed below.
     for r in records.iter_mut().filter(|r| r.is_complete()) {
         if !r.path.as_deref().is_some_and(|p| std::path::Path::new(p).is_file()) {
@@ -109,10 +114,12 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
         freed_bytes: 0,
         verified: None,
         leftovers_removed: Vec::new(),
+        remotes: Vec::new(),
     };
     let doomed: Vec<&BackupRecord> =
         decisions.iter().filter(|d| !d.keep).filter_map(|d| records.iter().find(|r| r.id == d.id)).collect();
     if dry_run {
+        out.remotes = super::offsite::prune_remotes(ctx, true, now).await?;
         return Ok(out);
     }
 
@@ -144,6 +151,9 @@ pub async fn prune(ctx: &Ctx, policy: &Policy, dry_run: bool, now: DateTime<Utc>
     op.close(deleted.as_ref().err().map(|_| "failed")).await?;
     deleted?;
     out.leftovers_removed = super::recover::sweep(&ctx.project.storage_dir);
+    // The remotes after the local archives: a backup pruned here whose copy a remote keeps
+    // stays restorable from there.
+    out.remotes = super::offsite::prune_remotes(ctx, false, now).await?;
     Ok(out)
 }
 
@@ -173,7 +183,7 @@ pub async fn delete(ctx: &Ctx, rec: &BackupRecord) -> Result<u64> {
 /// kept for it), then its file, its row, its tags.
 async fn delete_journaled(op: &mut Operation<'_, Journal>, r: &BackupRecord) -> Result<u64> {
     // Once the file is gone, only the journal says which image tags to release.
-    let kept = super::delete::kept_services(r);
+    let kept = super::delete::kept_services(r, &op.ctx().project);
     op.advance(|j| *j = Journal { deleting: Some(r.id), path: r.path.clone(), kept: kept.clone() }).await?;
     let ctx = op.ctx();
     if let Some(p) = r.path.as_ref().filter(|_| faults::crash_armed(Crash::PruneAfterFile)) {

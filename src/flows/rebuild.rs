@@ -32,7 +32,8 @@ pub async fn rebuild(ctx: &Ctx) -> Result<RebuildOutcome> {
         skipped: Vec::new(),
         known: 0,
     };
-    for r in &records {
+    let offsite = super::offsite::offsite_only(&records);
+    for r in records.iter().filter(|r| !offsite.contains(&r.id)) {
         let exists = r.path.as_deref().is_some_and(|p| std::path::Path::new(p).is_file());
         match (r.status.as_str(), exists) {
             ("complete", false) => {
@@ -97,7 +98,10 @@ pub fn archives_in(dir: &std::path::Path) -> Vec<PathBuf> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("backup_") && [".tar", ".tar.zst", ".tar.gz"].iter().any(|x| n.ends_with(x))
+            n.starts_with("backup_")
+                && [".tar", ".tar.zst", ".tar.gz"]
+                    .iter()
+                    .any(|x| n.ends_with(x) || n.ends_with(&format!("{x}.age")))
         })
         .map(|e| e.path())
         .collect();

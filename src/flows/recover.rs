@@ -104,8 +104,9 @@ pub async fn recover(ctx: &Ctx) -> Result<Vec<Recovered>> {
 
 /// Names of what operations keep in the storage dir while they run: partial archives, staged
 /// restores, image spools, unpacked packages, loaded images, half-copied archives.
-pub const LEFTOVER_PREFIXES: [&str; 8] = [
+pub const LEFTOVER_PREFIXES: [&str; 9] = [
     ".nuwax-partial-",
+    ".nuwax-fetch-",
     ".nuwax-restore-",
     ".nuwax-images-",
     ".nuwax-pkg-",

@@ -107,7 +107,8 @@ pub async fn start_backup(
     start(&app, Kind::Backup, true, move |ctx, op| async move {
         let mut opts = BackupOptions::for_project(&ctx.project, BackupKind::Manual, None, None)?;
         opts.note = note;
-        let outcome = crate::flows::backup::backup(&ctx, &opts, op).await?;
+        let mut outcome = crate::flows::backup::backup(&ctx, &opts, op.clone()).await?;
+        outcome.copies = crate::flows::offsite::after_backup(&ctx, outcome.id, &*op).await?;
         Ok(serde_json::to_value(outcome)?)
     })
     .await
@@ -183,6 +184,7 @@ pub async fn rollback(
     }
     start(&app, Kind::Rollback, true, move |ctx, op| async move {
         let opts = rollback_options(&ctx, id, body.accept_live)?;
+        crate::flows::offsite::ensure_local(&ctx, record(&ctx, id).await?, &*op).await?;
         let plan = crate::flows::rollback::plan(&ctx, &opts).await?;
         let outcome = crate::flows::rollback::rollback(&ctx, &opts, plan, op).await?;
         Ok(serde_json::to_value(outcome)?)

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod remote;
 pub mod site;
 pub mod tree;
 

@@ -43,21 +43,24 @@ use plan::{build_excludes, preflight, sanitize};
 use twophase::Phases;
 use write::{Dumps, Moment, Sources, Written, seal, write};
 
-/// `backup_{kind}_v{version}_{YYYY-MM-DD_HH-MM-SS}_{id}.tar.zst` (or `.tar.gz`, `.tar`).
+/// `backup_{kind}_v{version}_{YYYY-MM-DD_HH-MM-SS}_{id}.tar.zst` (or `.tar.gz`, `.tar`), and
+/// `.age` after it when the archive is encrypted.
 pub fn archive_name(
     kind: BackupKind,
     version: &str,
     created_at: chrono::DateTime<Utc>,
     id: i64,
     compression: Compression,
+    encrypted: bool,
 ) -> String {
     format!(
-        "backup_{}_v{}_{}_{}.{}",
+        "backup_{}_v{}_{}_{}.{}{}",
         kind.as_str(),
         sanitize(version),
         created_at.format("%Y-%m-%d_%H-%M-%S"),
         id,
-        compression.extension()
+        compression.extension(),
+        if encrypted { ".age" } else { "" }
     )
 }
 
@@ -78,6 +81,8 @@ pub struct BackupOptions {
     pub snapshot: SnapshotUse,
     /// `stop = "each"`: stop one group of linked services at a time (two phases only).
     pub stop_each: bool,
+    /// `encrypt_to` in nuwax.toml: the archive is encrypted to these age recipients.
+    pub recipients: Vec<crate::archive::seal::Recipient>,
 }
 
 impl BackupOptions {
@@ -121,6 +126,8 @@ impl BackupOptions {
                 _ => SnapshotUse::On,
             },
             stop_each: s.stop == crate::project::StopMode::Each,
+            recipients: crate::archive::seal::parse_recipients(&s.encrypt_to)
+                .map_err(crate::Error::Config)?,
         })
     }
 }
@@ -173,6 +180,8 @@ pub struct BackupOutcome {
     pub dumps: Vec<crate::archive::manifest::DumpDigest>,
     /// Per dump and mount, whether it holds one point in time.
     pub items: Vec<ItemMoment>,
+    /// Its copies to the remotes (made after it completed; see [`crate::flows::offsite`]).
+    pub copies: Vec<crate::flows::offsite::CopyOutcome>,
 }
 
 /// One stop of `stop = "each"`.
@@ -614,6 +623,7 @@ async fn begin<'c>(
             created_at,
             id,
             opts.compression,
+            !opts.recipients.is_empty(),
         )),
         temp_path: project.storage_dir.join(format!(".nuwax-partial-{id}.tmp")),
         version,
@@ -692,6 +702,7 @@ async fn finish(
                 stop_killed: w.manifest.stop_killed,
                 skipped: w.manifest.skipped,
                 dumps: s.dumps,
+                copies: Vec::new(),
             })
         }
         Err(e) => {

@@ -86,6 +86,9 @@ pub(super) async fn finish(ctx: &Ctx, j: &Journal, path: &Path) -> Result<()> {
         with_images: false,
         snapshot: SnapshotUse::On,
         stop_each: false,
+        // As the backup was begun (its name says .age or not): the project's settings.
+        recipients: crate::archive::seal::parse_recipients(&ctx.project.settings.encrypt_to)
+            .unwrap_or_default(),
     };
     let sources = Sources {
         plan: saved.plan.into_owned(),

@@ -63,6 +63,7 @@ fn opts() -> BackupOptions {
         with_images: false,
         snapshot: super::SnapshotUse::On,
         stop_each: false,
+        recipients: Vec::new(),
     }
 }
 

@@ -126,6 +126,7 @@ pub(super) async fn write(
         // the whole-file digest, so hashing the output while they are down is wasted time.
         hash_output: false,
         spill_dir: Some(ctx.project.storage_dir.clone()),
+        recipients: opts.recipients.clone(),
     };
     let spill = ctx.project.storage_dir.clone();
     let written = tokio::task::spawn_blocking(move || -> Result<(archive::WriteSummary, Manifest)> {

@@ -376,7 +376,8 @@ async fn stage(
 }
 
 /// A rollback never moves the project's storage: a restored nuwax.toml keeps this project's
-/// `storage_dir` (another site's backup, or one made before `storage migrate`, names another).
+/// `storage_dir` (another site's backup, or one made before `storage migrate`, names another),
+/// and its remotes and encryption settings.
 fn keep_local_storage(ctx: &Ctx, journal: &Journal) -> Result<()> {
     let config = ctx.project.dir.join(crate::project::CONFIG_FILE);
     let Some(slot) = journal.slots.iter().find(|s| s.dest == config) else { return Ok(()) };
@@ -396,6 +397,13 @@ fn keep_local_storage(ctx: &Ctx, journal: &Journal) -> Result<()> {
             show(&local)
         );
         crate::project::set_storage_dir(&slot.staging, local.as_deref())?;
+    }
+    // Likewise where copies go and how archives are encrypted: this host's, not the backup's.
+    if config.is_file() {
+        let kept = crate::remote::settings_file::keep_local(&slot.staging, &config)?;
+        if !kept.is_empty() {
+            tracing::info!("the restored nuwax.toml keeps this project's {}", kept.join(", "));
+        }
     }
     Ok(())
 }
