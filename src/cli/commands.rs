@@ -81,7 +81,7 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
         Command::Show { id } => {
             let mut ctx = context(&cli, false, interrupt).await?;
             recover_if_needed(&mut ctx, None).await?;
-            let rec = record(&ctx, *id).await?;
+            let rec = ctx.record(*id).await?;
             let manifest =
                 rec.path.as_ref().and_then(|p| archive::read_manifest(std::path::Path::new(p)).ok());
             render::show(&cli, &rec, manifest.as_ref());
@@ -95,7 +95,7 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
                 ctx.catalog.list(&ctx.project.name).await?.into_iter().filter(|r| r.is_complete()).collect()
             } else {
                 let id = id.expect("clap requires an id without --all");
-                vec![record(&ctx, id).await?]
+                vec![ctx.record(id).await?]
             };
             let mut results = Vec::new();
             for rec in &records {
@@ -128,7 +128,7 @@ pub async fn run(cli: Cli, interrupt: Interrupt) -> Result<()> {
             let mut ctx = context(&cli, false, interrupt).await?;
             let lock = ProjectLock::acquire(&ctx.project.state_dir)?;
             recover_if_needed(&mut ctx, Some(&lock)).await?;
-            let rec = record(&ctx, *id).await?;
+            let rec = ctx.record(*id).await?;
             if ctx.engine.is_none() {
                 ctx.engine = super::connect().await.ok();
             }
@@ -177,7 +177,7 @@ async fn rollback(cli: &Cli, args: &crate::cli::RollbackArgs, interrupt: Interru
     };
     // An archive this host no longer has comes back from a remote that holds a copy.
     let bar = progress::bar(cli.json || cli.quiet);
-    let fetched = crate::flows::offsite::ensure_local(&ctx, record(&ctx, args.id).await?, &*bar).await;
+    let fetched = crate::flows::offsite::ensure_local(&ctx, ctx.record(args.id).await?, &*bar).await;
     bar.done();
     fetched?;
     let plan = plan(&ctx, &opts).await?;
@@ -213,16 +213,6 @@ fn confirm(question: &str) -> Result<()> {
         "y" | "Y" | "yes" | "YES" => Ok(()),
         _ => Err(crate::Error::Declined.into()),
     }
-}
-
-/// Backup `id` of this project, or [`crate::Error::BackupNotFound`].
-async fn record(ctx: &crate::flows::Ctx, id: i64) -> Result<crate::catalog::BackupRecord> {
-    Ok(ctx
-        .catalog
-        .get(id)
-        .await?
-        .filter(|r| r.project == ctx.project.name)
-        .ok_or(crate::Error::BackupNotFound { id })?)
 }
 
 fn backup_options(project: &Project, args: &crate::cli::BackupArgs) -> Result<BackupOptions> {

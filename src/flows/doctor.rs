@@ -199,9 +199,10 @@ fn encryption(project: &Project) -> Option<Finding> {
     }
     let n = s.encrypt_to.len();
     Some(match &s.identity_file {
-        Some(f) if project.dir.join(f).is_file() => {
-            ok("encryption", format!("archives encrypted to {n} recipient(s); identity_file {} is here", f.display()))
-        }
+        Some(f) if project.dir.join(f).is_file() => ok(
+            "encryption",
+            format!("archives encrypted to {n} recipient(s); identity_file {} is here", f.display()),
+        ),
         Some(f) => bad(
             "encryption",
             format!("archives encrypted to {n} recipient(s); identity_file {} is not there", f.display()),

@@ -51,6 +51,16 @@ impl Default for Timeouts {
 }
 
 impl Ctx {
+    /// Backup `id` of this project, or [`crate::Error::BackupNotFound`].
+    pub async fn record(&self, id: i64) -> anyhow::Result<crate::catalog::BackupRecord> {
+        Ok(self
+            .catalog
+            .get(id)
+            .await?
+            .filter(|r| r.project == self.project.name)
+            .ok_or(crate::Error::BackupNotFound { id })?)
+    }
+
     /// The same context with the project read again from disk: after an upgrade placed new
     /// compose files, or a rollback restored old ones.
     pub fn rediscover(&self) -> anyhow::Result<Ctx> {

@@ -274,6 +274,16 @@ impl Remote {
 
     /// The sha256 and size of object `name`, read back whole.
     pub async fn digest(&self, name: &str) -> Result<(String, u64)> {
+        self.read_out(name, None, &crate::archive::NoProgress).await
+    }
+
+    /// Reads object `name` whole: its sha256 and size, its bytes written to `out` if given.
+    async fn read_out(
+        &self,
+        name: &str,
+        mut out: Option<(&mut tokio::fs::File, &Path)>,
+        progress: &dyn crate::archive::Progress,
+    ) -> Result<(String, u64)> {
         let mut r = self.reader(name).await?;
         let (mut hasher, mut bytes, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
         loop {
@@ -282,7 +292,11 @@ impl Remote {
                 break;
             }
             hasher.update(&buf[..n]);
+            if let Some((f, path)) = &mut out {
+                f.write_all(&buf[..n]).await.with_context(|| format!("writing {}", path.display()))?;
+            }
             bytes += n as u64;
+            progress.inc(n as u64);
         }
         Ok((crate::archive::hex(&hasher.finalize()), bytes))
     }
@@ -321,7 +335,6 @@ impl Remote {
         dest: &Path,
         progress: &dyn crate::archive::Progress,
     ) -> Result<(String, u64)> {
-        let mut r = self.reader(name).await?;
         let partial = PathBuf::from(format!("{}.partial", dest.display()));
         let outcome: Result<(String, u64)> = async {
             let mut out = tokio::fs::OpenOptions::new()
@@ -332,19 +345,9 @@ impl Remote {
                 .open(&partial)
                 .await
                 .with_context(|| format!("creating {}", partial.display()))?;
-            let (mut hasher, mut bytes, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
-            loop {
-                let n = r.read(&mut buf).await.map_err(|e| self.io_error(e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n]).await.with_context(|| format!("writing {}", partial.display()))?;
-                bytes += n as u64;
-                progress.inc(n as u64);
-            }
+            let done = self.read_out(name, Some((&mut out, &partial)), progress).await?;
             out.sync_all().await?;
-            Ok((crate::archive::hex(&hasher.finalize()), bytes))
+            Ok(done)
         }
         .await;
         match outcome {

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::ops::{self, Event, Kind, Op};
 use super::{ApiError, App, upload};
-use crate::catalog::{BackupKind, BackupRecord};
+use crate::catalog::BackupKind;
 use crate::cli::{commands::StatusFacts, recover_after_panic, recover_if_needed, render};
 use crate::flows::Ctx;
 use crate::flows::backup::BackupOptions;
@@ -49,18 +49,9 @@ pub async fn backups(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     Ok(Json(serde_json::to_value(ctx.catalog.list(&ctx.project.name).await?)?))
 }
 
-async fn record(ctx: &Ctx, id: i64) -> anyhow::Result<BackupRecord> {
-    Ok(ctx
-        .catalog
-        .get(id)
-        .await?
-        .filter(|r| r.project == ctx.project.name)
-        .ok_or(crate::Error::BackupNotFound { id })?)
-}
-
 pub async fn show(State(app): State<Arc<App>>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
     let ctx = app.ctx(false).await?;
-    let rec = record(&ctx, id).await?;
+    let rec = ctx.record(id).await?;
     let manifest =
         rec.path.as_ref().and_then(|p| crate::archive::read_manifest(std::path::Path::new(p)).ok());
     Ok(Json(render::show_value(&rec, manifest.as_ref())))
@@ -71,7 +62,7 @@ pub async fn show(State(app): State<Arc<App>>, Path(id): Path<i64>) -> ApiResult
 pub async fn download(State(app): State<Arc<App>>, Path(id): Path<i64>, req: Request) -> ApiResult<Response> {
     use tower::ServiceExt;
     let ctx = app.ctx(false).await?;
-    let rec = record(&ctx, id).await?;
+    let rec = ctx.record(id).await?;
     let path = std::path::PathBuf::from(rec.path.clone().unwrap_or_default());
     if !rec.is_complete() || !path.is_file() {
         return Err(ApiError::new(
@@ -119,7 +110,7 @@ pub async fn verify(
     Path(id): Path<i64>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     start(&app, Kind::Verify, false, move |ctx, op| async move {
-        let rec = record(&ctx, id).await?;
+        let rec = ctx.record(id).await?;
         if !rec.is_complete() {
             anyhow::bail!(crate::Error::VerifyFailed {
                 id,
@@ -184,7 +175,7 @@ pub async fn rollback(
     }
     start(&app, Kind::Rollback, true, move |ctx, op| async move {
         let opts = rollback_options(&ctx, id, body.accept_live)?;
-        crate::flows::offsite::ensure_local(&ctx, record(&ctx, id).await?, &*op).await?;
+        crate::flows::offsite::ensure_local(&ctx, ctx.record(id).await?, &*op).await?;
         let plan = crate::flows::rollback::plan(&ctx, &opts).await?;
         let outcome = crate::flows::rollback::rollback(&ctx, &opts, plan, op).await?;
         Ok(serde_json::to_value(outcome)?)
@@ -234,7 +225,7 @@ pub async fn import(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
         }
         err
     })?;
-    let rec = record(&ctx, imported.id).await?;
+    let rec = ctx.record(imported.id).await?;
     Ok(Json(json!({ "imported": imported, "record": rec })))
 }
 
